@@ -1,0 +1,108 @@
+"""`luna-vault` command line: a map from verbs to core functions (heavy imports happen in the verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="luna-vault", description="Build and query Luna vaults (image embedding -> prompt).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return sp
+
+    def pairs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--embeddings", required=True, help="safetensors file with an 'embeddings' [N, D] tensor")
+        sp.add_argument("--entries", required=True, help="JSONL file, one object per embedding: prompt + metadata")
+        sp.add_argument("--encoder-name", help="image encoder name (default: the file's encoder_name metadata)")
+        sp.add_argument("--encoder-hash", help="image encoder weights hash (default: the file's encoder_hash metadata)")
+        sp.add_argument("--thumbnails", action="store_true", help="store previews from each entry's 'thumbnail' image path")
+        sp.add_argument("--no-index", action="store_true", help="do not build the search index now (first query will)")
+
+    sp = verb("build", "create a vault from embeddings + entries files")
+    sp.add_argument("vault", help="vault folder to create, e.g. models/vaults/eyes.vault")
+    pairs(sp)
+    sp.add_argument("--category", required=True, help="what the vault holds, e.g. eyes")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing vault")
+    sp.add_argument("--index", default="auto", help="'auto' (by size), 'Flat' (exact) or a FAISS factory string")
+
+    sp = verb("append", "add entries to a vault (existing data is never rewritten)")
+    sp.add_argument("vault")
+    pairs(sp)
+
+    sp = verb("query", "nearest entries for embeddings; several vaults = category auto-detect")
+    sp.add_argument("vaults", nargs="+", help="one vault, or several to auto-detect the category")
+    sp.add_argument("--embeddings", required=True, help="safetensors file with an 'embeddings' [N, D] tensor")
+    sp.add_argument("--rows", help="which rows to query, e.g. 0,3,10-12 (default: all)")
+    sp.add_argument("-k", "--k", type=int, default=5, help="matches per query (default 5)")
+    sp.add_argument("--filter", help="metadata filter, e.g. 'checkpoint=ponyXL, quality>=0.7'")
+    sp.add_argument("--encoder-hash", help="refuse vaults built with another encoder")
+
+    sp = verb("info", "what a vault holds")
+    sp.add_argument("vault")
+
+    sp = verb("verify", "check checksums, dims and counts (exit code 1 on a problem)")
+    sp.add_argument("vault")
+
+    sp = verb("merge", "merge vaults of the same encoder into a new one")
+    sp.add_argument("out", help="the new vault")
+    sp.add_argument("sources", nargs="+", help="vaults to merge")
+    sp.add_argument("--category", help="category of the result (default: the first source's)")
+    sp.add_argument("--drop-baked", action="store_true", help="merge vaults with different baked conditioning as text-mode")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--no-index", action="store_true")
+
+    sp = verb("delete", "delete entries matching a metadata filter")
+    sp.add_argument("vault")
+    sp.add_argument("--filter", required=True, help="e.g. 'quality<0.3' or 'checkpoint=badModel'")
+
+    sp = verb("rebuild", "rebuild the search index (optionally compacting deleted entries away first)")
+    sp.add_argument("vault")
+    sp.add_argument("--index", help="'auto', 'Flat' or a FAISS factory string (saved in the vault)")
+    sp.add_argument("--compact", dest="compact_", action="store_true", help="rewrite without deleted entries (ids change)")
+    sp.add_argument("--recall", type=float, default=0.97, help="recall@5 target for tuning (default 0.97)")
+
+    sp = verb("demo", "build and query a vault from generated crops with a random encoder (no downloads)")
+    sp.add_argument("--n", type=int, default=2000, help="generated entries (default 2000)")
+    sp.add_argument("--queries", type=int, default=200, help="unseen query crops (default 200)")
+    sp.add_argument("-k", "--k", type=int, default=5)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", help="keep the demo vault in this folder")
+    return p
+
+
+def _handler(verb: str) -> Callable[..., int]:
+    if verb == "demo":
+        from .demo import run_demo
+
+        return run_demo
+    from . import vault_cmds
+
+    return getattr(vault_cmds, f"cmd_{verb}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose")}
+    from ..vault.errors import VaultError
+
+    try:
+        return _handler(args.verb)(**kwargs)
+    except VaultError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Shared CLI helpers: tqdm progress callbacks, JSON/table printing, input files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
+    """Yield a (done, total) callback drawing a tqdm bar on stderr; None when disabled."""
+    if not enabled:
+        yield None
+        return
+    bar = tqdm(desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=1, default=_jsonable) if as_json else text)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def read_embeddings(path: str) -> tuple[np.ndarray, dict[str, str]]:
+    """An `embeddings` [N, D] tensor (and header metadata) from a safetensors file."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: embeddings file {p} does not exist")
+    with safe_open(str(p), framework="numpy") as f:
+        if "embeddings" not in f.keys():
+            raise SystemExit(f"error: {p} has no tensor named 'embeddings' (found: {', '.join(f.keys())})")
+        return f.get_tensor("embeddings"), dict(f.metadata() or {})
+
+
+def read_jsonl(path: str) -> list[dict[str, Any] | None]:
+    """One JSON object per line; a line that is not an object becomes None (and is skipped later)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: entries file {p} does not exist")
+    rows: list[dict[str, Any] | None] = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        rows.append(obj if isinstance(obj, dict) else None)
+    return rows

@@ -1,0 +1,213 @@
+"""CLI verbs on vaults: build, append, query, info, verify, merge, delete, rebuild."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..vault import (
+    EncoderFingerprint,
+    Vault,
+    append,
+    build,
+    compact,
+    delete_where,
+    detect_category,
+    get_index,
+    merge,
+    rebuild_index,
+    search,
+)
+from ..vault.entries import AddReport
+from ..vault.thumbnails import make_thumbnail
+from .common import emit, progress_bar, read_embeddings, read_jsonl
+
+
+def _load_pairs(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.ndarray, list[Any], list[Any], list[Any] | None, dict[str, str]]:
+    emb, header = read_embeddings(embeddings)
+    rows = read_jsonl(entries)
+    if len(rows) != len(emb):
+        raise SystemExit(f"error: {embeddings} has {len(emb)} embeddings but {entries} has {len(rows)} entries; "
+                         "they must pair up line by line")
+    prompts = [r.get("prompt") if r else None for r in rows]
+    metas = [{k: v for k, v in r.items() if k not in ("prompt", "thumbnail")} if r else None for r in rows]
+    thumbs = None
+    if thumbnails:
+        base = Path(entries).parent
+        thumbs = []
+        for r in rows:
+            src = r.get("thumbnail") if r else None
+            try:
+                thumbs.append(make_thumbnail(_open_image(base / src)) if src else None)
+            except (OSError, ValueError):
+                thumbs.append(None)
+    return emb, prompts, metas, thumbs, header
+
+
+def _open_image(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _fingerprint(dim: int, header: dict[str, str], name: str | None, weights_hash: str | None) -> EncoderFingerprint:
+    return EncoderFingerprint(name or header.get("encoder_name") or "unknown", dim,
+                              weights_hash or header.get("encoder_hash", ""))
+
+
+def _report_text(path: str, report: AddReport, seconds: float) -> str:
+    lines = [f"{path}: {report.summary()} in {seconds:.1f} s"]
+    for s in report.skipped[:20]:
+        lines.append(f"  skipped #{s.index} {s.source}: {s.reason}")
+    if len(report.skipped) > 20:
+        lines.append(f"  ... and {len(report.skipped) - 20} more (use --json for the full list)")
+    return "\n".join(lines)
+
+
+def _report_json(path: str, report: AddReport, seconds: float, vault: Vault) -> dict[str, Any]:
+    return {"vault": path, "added": report.added, "new_prompts": report.new_prompts, "seconds": round(seconds, 3),
+            "entries": len(vault), "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in report.skipped]}
+
+
+def _warm_index(path: str, show: bool) -> None:
+    with progress_bar("indexing", "vec", show) as cb:
+        vault = Vault.open(path)
+        if len(vault):
+            get_index(vault, progress=cb)
+
+
+def cmd_build(vault: str, embeddings: str, entries: str, category: str, encoder_name: str | None = None,
+              encoder_hash: str | None = None, thumbnails: bool = False, overwrite: bool = False, index: str = "auto",
+              no_index: bool = False, json: bool = False) -> int:
+    emb, prompts, metas, thumbs, header = _load_pairs(embeddings, entries, thumbnails)
+    fp = _fingerprint(emb.shape[1], header, encoder_name, encoder_hash)
+    t = time.perf_counter()
+    with progress_bar("building", "entry", not json) as cb:
+        report = build(vault, emb, prompts, metas, thumbs, encoder=fp, category=category, overwrite=overwrite,
+                       index=index, progress=cb)
+    if not no_index:
+        _warm_index(vault, not json)
+    seconds = time.perf_counter() - t
+    emit(_report_json(vault, report, seconds, Vault.open(vault)), json, _report_text(vault, report, seconds))
+    return 0
+
+
+def cmd_append(vault: str, embeddings: str, entries: str, encoder_name: str | None = None,
+               encoder_hash: str | None = None, thumbnails: bool = False, no_index: bool = False, json: bool = False) -> int:
+    emb, prompts, metas, thumbs, header = _load_pairs(embeddings, entries, thumbnails)
+    fp = _fingerprint(emb.shape[1], header, encoder_name, encoder_hash)
+    t = time.perf_counter()
+    with progress_bar("appending", "entry", not json) as cb:
+        report = append(vault, emb, prompts, metas, thumbs, encoder=fp, progress=cb)
+    if not no_index:
+        _warm_index(vault, not json)
+    seconds = time.perf_counter() - t
+    emit(_report_json(vault, report, seconds, Vault.open(vault)), json, _report_text(vault, report, seconds))
+    return 0
+
+
+def _parse_rows(rows: str | None, n: int) -> list[int]:
+    if not rows:
+        return list(range(n))
+    out = []
+    for part in rows.split(","):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    bad = [r for r in out if not 0 <= r < n]
+    if bad:
+        raise SystemExit(f"error: rows {bad} are outside 0..{n - 1}")
+    return out
+
+
+def cmd_query(vaults: list[str], embeddings: str, rows: str | None = None, k: int = 5, filter: str | None = None,
+              encoder_hash: str | None = None, json: bool = False) -> int:
+    emb, header = read_embeddings(embeddings)
+    picked = _parse_rows(rows, len(emb))
+    queries = emb[picked]
+    fp = _fingerprint(emb.shape[1], header, None, encoder_hash)
+    fp = fp if fp.weights_hash else None
+    opened = [Vault.open(v) for v in vaults]
+    t = time.perf_counter()
+    if len(opened) == 1:
+        results, detection = search(opened[0], queries, k=k, filter=filter, encoder=fp), None
+    else:
+        detection, results = detect_category(opened, queries, k=k, filter=filter, encoder=fp)
+    ms = (time.perf_counter() - t) * 1e3
+    data = {"queries": [{"row": r, **res.to_json()} for r, res in zip(picked, results)], "milliseconds": round(ms, 3)}
+    if detection is not None:
+        data["skipped_vaults"] = detection.skipped
+    lines = []
+    for r, res in zip(picked, results):
+        head = f"query row {r} -> vault '{res.vault}'"
+        if res.scores:
+            head += "  (scores: " + ", ".join(f"{n} {s:.3f}" for n, s in res.scores.items()) + ")"
+        lines.append(head)
+        for m in res.matches:
+            extra = ", ".join(f"{key}={m.metadata[key]}" for key in ("checkpoint", "seed", "quality") if key in m.metadata)
+            lines.append(f"  {m.similarity:7.4f}  #{m.id:<8d} {m.prompt}" + (f"   [{extra}]" if extra else ""))
+    lines.append(f"{len(results)} queries in {ms:.1f} ms")
+    emit(data, json, "\n".join(lines))
+    return 0
+
+
+def cmd_info(vault: str, json: bool = False) -> int:
+    v = Vault.open(vault)
+    info = v.info()
+    index = get_index(v)
+    info["index_state"] = index.describe()
+    text = "\n".join([
+        f"vault     {info['name']}  ({info['path']})",
+        f"category  {info['category']}",
+        f"encoder   {info['encoder']['name']}  dim {info['encoder']['dim']}  weights {info['encoder']['weights_hash'][:16] or '-'}",
+        f"mode      {info['mode']}" + (f" ({info['text']['family']}, {info['text']['dim']}-d + pooled {info['text']['pooled_dim']})" if info["text"] else ""),
+        f"entries   {info['entries']} live, {info['deleted']} deleted, {info['prompts']} unique prompts, {info['segments']} segments",
+        f"size      {info['bytes']['total'] / 1e6:.2f} MB ({info['bytes']['thumbnails'] / 1e6:.2f} MB thumbnails, {info['bytes']['baked'] / 1e6:.2f} MB baked)",
+        f"index     {index.spec}" + ("" if index.exact else f"  nprobe {index.state.nprobe} k_factor {index.state.k_factor} recall@5 {index.state.recall:.3f}"),
+    ])
+    emit(info, json, text)
+    return 0
+
+
+def cmd_verify(vault: str, json: bool = False) -> int:
+    v = Vault.open(vault)
+    with progress_bar("verifying", "B", not json) as cb:
+        problems = v.verify(progress=cb)
+    emit({"vault": vault, "ok": not problems, "problems": problems}, json,
+         f"{vault}: OK ({len(v)} entries, checksums match)" if not problems else f"{vault}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+    return 0 if not problems else 1
+
+
+def cmd_merge(out: str, sources: list[str], category: str | None = None, drop_baked: bool = False,
+              overwrite: bool = False, no_index: bool = False, json: bool = False) -> int:
+    t = time.perf_counter()
+    with progress_bar("merging", "entry", not json) as cb:
+        report = merge(out, sources, category=category, drop_baked=drop_baked, overwrite=overwrite, progress=cb)
+    if not no_index:
+        _warm_index(out, not json)
+    seconds = time.perf_counter() - t
+    emit(_report_json(out, report, seconds, Vault.open(out)), json, _report_text(out, report, seconds))
+    return 0
+
+
+def cmd_delete(vault: str, filter: str, json: bool = False) -> int:
+    n = delete_where(vault, filter)
+    v = Vault.open(vault)
+    emit({"vault": vault, "deleted": n, "entries": len(v)}, json, f"{vault}: deleted {n} entries matching '{filter}'; {len(v)} remain")
+    return 0
+
+
+def cmd_rebuild(vault: str, index: str | None = None, compact_: bool = False, recall: float = 0.97, json: bool = False) -> int:
+    t = time.perf_counter()
+    if compact_:
+        with progress_bar("compacting", "entry", not json) as cb:
+            compact(vault, progress=cb)
+    with progress_bar("indexing", "vec", not json) as cb:
+        idx = rebuild_index(vault, spec=index, progress=cb, recall_target=recall)
+    d = idx.describe()
+    d["seconds"] = round(time.perf_counter() - t, 3)
+    emit(d, json, f"{vault}: index {d['spec']}" + ("" if idx.exact else f", nprobe {d['nprobe']}, k_factor {d['k_factor']}, recall@5 {d['recall_at_5']:.3f}") + f" ({d['seconds']:.1f} s)")
+    return 0

@@ -1,0 +1,1 @@
+"""Encoders (protocols, ComfyUI-backed, open_clip), dataset readers and the batch extraction pipeline."""

@@ -1,0 +1,1 @@
+"""Neural projector: image embedding -> conditioning (Path 2)."""

@@ -1,0 +1,29 @@
+"""Small synthetic data and a toy text encoder shared by the tests."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+
+def clustered(n: int, d: int, clusters: int = 20, seed: int = 0, spread: float = 0.3,
+              sample_seed: int | None = None) -> np.ndarray:
+    """Unit vectors around `clusters` random centres (float32 [n, d]).
+
+    `seed` fixes the centres; `sample_seed` (default: seed) draws the points, so a different
+    sample_seed gives new points from the same distribution.
+    """
+    centres = np.random.default_rng(seed).standard_normal((clusters, d)).astype(np.float32)
+    rng = np.random.default_rng(seed if sample_seed is None else (seed, sample_seed))
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def toy_encode(prompt: str, dim: int = 8, tokens: int = 77, pooled_dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic fake text encoder: values depend only on the prompt; long prompts get 154 tokens."""
+    seed = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    t = tokens * (2 if len(prompt) > 60 else 1)
+    return torch.randn(t, dim, generator=g), torch.randn(pooled_dim, generator=g)

@@ -1,0 +1,199 @@
+"""Conditioning assembly and blending, checked against hand computations and ComfyUI's semantics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import clustered, toy_encode
+from luna_vault.vault import (
+    EncoderFingerprint,
+    EncodingCache,
+    QueryError,
+    TextFamilyMismatchError,
+    TextSpec,
+    Vault,
+    baked_lookup,
+    blend,
+    build,
+    check_baked_family,
+    retrieval_weights,
+    retrieved_conditioning,
+    search,
+    text_lookup,
+)
+from luna_vault.vault.conditioning import match_token_length, weighted_conditioning
+from luna_vault.vault.query import Match, QueryResult
+
+
+def _result(sims: list[float], prompts: list[str], vault: str = "v") -> QueryResult:
+    return QueryResult([Match(i, s, i, p, {}, vault) for i, (s, p) in enumerate(zip(sims, prompts))], vault)
+
+
+def test_softmax_weights_by_hand() -> None:
+    w = retrieval_weights([0.9, 0.8, 0.5], temperature=0.1)
+    e = [math.exp(9), math.exp(8), math.exp(5)]
+    np.testing.assert_allclose(w.numpy(), [x / sum(e) for x in e], rtol=1e-6)
+    np.testing.assert_allclose(retrieval_weights([0.9, 0.8, 0.5], None).numpy(), [1 / 3] * 3)
+    np.testing.assert_allclose(retrieval_weights([0.9, 0.1], math.inf).numpy(), [0.5, 0.5])
+    with pytest.raises(QueryError, match="temperature"):
+        retrieval_weights([0.9], 0.0)
+
+
+def test_token_lengths_repeat_to_lcm_like_comfyui() -> None:
+    a = torch.arange(77 * 2, dtype=torch.float32).view(77, 2)
+    b = torch.arange(154 * 2, dtype=torch.float32).view(154, 2)
+    ra, rb = match_token_length([a, b])
+    assert ra.shape == rb.shape == (154, 2)
+    assert torch.equal(ra, torch.cat([a, a])) and torch.equal(rb, b)
+    c = torch.ones(77 * 5, 2)  # lcm(154, 385) = 770 needs 10x: fall back to repeat-and-cut at 385
+    rb2, rc = match_token_length([b, c])
+    assert rb2.shape == rc.shape == (385, 2)
+    assert torch.equal(rb2, torch.cat([b, b, b])[:385])
+
+
+def test_weighted_conditioning_by_hand() -> None:
+    c1, p1 = torch.full((77, 4), 1.0), torch.tensor([1.0, 0.0])
+    c2, p2 = torch.full((154, 4), 3.0), torch.tensor([0.0, 1.0])
+    c2[77:] = 5.0
+    w = torch.tensor([0.25, 0.75])
+    cond, pooled = weighted_conditioning([(c1, p1), (c2, p2)], w)
+    assert cond.shape == (154, 4)
+    assert torch.allclose(cond[:77], torch.full((77, 4), 0.25 * 1 + 0.75 * 3))
+    assert torch.allclose(cond[77:], torch.full((77, 4), 0.25 * 1 + 0.75 * 5))
+    assert torch.allclose(pooled, torch.tensor([0.25, 0.75]))
+
+
+def test_retrieved_conditioning_batches_one_row_per_crop() -> None:
+    results = [_result([0.9, 0.7], ["red eye", "blue eye"]), _result([0.8, 0.8], ["green eye", "red eye"])]
+    cond, extras = retrieved_conditioning(results, text_lookup(toy_encode), temperature=0.1)[0]
+    assert cond.shape == (2, 77, 8) and extras["pooled_output"].shape == (2, 6)
+    w = torch.softmax(torch.tensor([0.9, 0.7]) / 0.1, 0)
+    want = w[0] * toy_encode("red eye")[0] + w[1] * toy_encode("blue eye")[0]
+    assert torch.allclose(cond[0], want, atol=1e-6)
+    want1 = 0.5 * toy_encode("green eye")[0] + 0.5 * toy_encode("red eye")[0]
+    assert torch.allclose(cond[1], want1, atol=1e-6)
+    want_pooled = 0.5 * toy_encode("green eye")[1] + 0.5 * toy_encode("red eye")[1]
+    assert torch.allclose(extras["pooled_output"][1], want_pooled, atol=1e-6)
+
+
+def test_encoding_cache_avoids_re_encoding() -> None:
+    calls: list[str] = []
+
+    def enc(p: str):
+        calls.append(p)
+        return toy_encode(p)
+
+    cache = EncodingCache()
+    lookup = text_lookup(enc, cache, "clip-a")
+    results = [_result([0.9, 0.7], ["a", "b"])]
+    first = retrieved_conditioning(results, lookup)
+    second = retrieved_conditioning(results, lookup)
+    assert calls == ["a", "b"] and (cache.hits, cache.misses) == (2, 2)
+    assert torch.equal(first[0][0], second[0][0])
+    other = text_lookup(enc, cache, "clip-b")  # another encoder is another cache key
+    retrieved_conditioning(results, other)
+    assert calls == ["a", "b", "a", "b"]
+    small = EncodingCache(max_bytes=1)
+    for p in "abc":
+        small.get("k", p, toy_encode)
+    assert len(small) == 1
+
+
+def _user(t: int = 77, d: int = 8, pooled: bool = True) -> list:
+    g = torch.Generator().manual_seed(7)
+    extras = {"pooled_output": torch.randn(1, 6, generator=g)} if pooled else {}
+    extras["other_key"] = "kept"
+    return [[torch.randn(1, t, d, generator=g), extras]]
+
+
+def _retrieved(b: int = 1, t: int = 77, d: int = 8) -> list:
+    g = torch.Generator().manual_seed(8)
+    return [[torch.randn(b, t, d, generator=g), {"pooled_output": torch.randn(b, 6, generator=g)}]]
+
+
+def comfy_conditioning_average(conditioning_to: list, conditioning_from: list, to_strength: float) -> list:
+    """ComfyUI's ConditioningAverage.addWeighted (nodes.py, v0.3.64), transcribed for comparison."""
+    out = []
+    cond_from = conditioning_from[0][0]
+    pooled_output_from = conditioning_from[0][1].get("pooled_output", None)
+    for i in range(len(conditioning_to)):
+        t1 = conditioning_to[i][0]
+        pooled_output_to = conditioning_to[i][1].get("pooled_output", pooled_output_from)
+        t0 = cond_from[:, : t1.shape[1]]
+        if t0.shape[1] < t1.shape[1]:
+            t0 = torch.cat([t0] + [torch.zeros((1, (t1.shape[1] - t0.shape[1]), t1.shape[2]))], dim=1)
+        tw = torch.mul(t1, to_strength) + torch.mul(t0, (1.0 - to_strength))
+        t_to = conditioning_to[i][1].copy()
+        if pooled_output_from is not None and pooled_output_to is not None:
+            t_to["pooled_output"] = torch.mul(pooled_output_to, to_strength) + torch.mul(pooled_output_from, (1.0 - to_strength))
+        elif pooled_output_from is not None:
+            t_to["pooled_output"] = pooled_output_from
+        out.append([tw, t_to])
+    return out
+
+
+@pytest.mark.parametrize(("user_t", "ret_t"), [(77, 77), (154, 77), (77, 154)])
+def test_average_equals_comfyui_conditioning_average(user_t: int, ret_t: int) -> None:
+    user, ret = _user(user_t), _retrieved(t=ret_t)
+    got = blend(user, ret, "average", 0.3)
+    want = comfy_conditioning_average(user, ret, 0.7)
+    assert torch.allclose(got[0][0], want[0][0], atol=1e-6)
+    assert torch.allclose(got[0][1]["pooled_output"], want[0][1]["pooled_output"], atol=1e-6)
+    assert got[0][1]["other_key"] == "kept"
+    # hand check of one value
+    assert torch.isclose(got[0][0][0, 3, 2], 0.7 * user[0][0][0, 3, 2] + 0.3 * ret[0][0][0, 3, 2])
+    no_pooled = blend(_user(pooled=False), ret, "average", 0.3)
+    assert torch.equal(no_pooled[0][1]["pooled_output"], ret[0][1]["pooled_output"])
+
+
+def test_average_broadcasts_user_over_a_batch_of_crops() -> None:
+    user, ret = _user(), _retrieved(b=3)
+    got = blend(user, ret, "average", 0.4)[0]
+    assert got[0].shape == (3, 77, 8) and got[1]["pooled_output"].shape == (3, 6)
+    for b in range(3):
+        assert torch.allclose(got[0][b], 0.6 * user[0][0][0] + 0.4 * ret[0][0][b], atol=1e-6)
+
+
+def test_concat_combine_replace() -> None:
+    user, ret = _user(), _retrieved(t=154)
+    cat = blend(user, ret, "concat", 0.3)
+    assert cat[0][0].shape == (1, 231, 8)
+    assert torch.equal(cat[0][0][:, :77], user[0][0]) and torch.equal(cat[0][0][:, 77:], ret[0][0])
+    assert torch.equal(cat[0][1]["pooled_output"], user[0][1]["pooled_output"])
+    comb = blend(user, ret, "combine", 0.3)
+    assert len(comb) == 2 and comb[1][1]["strength"] == 0.3 and torch.equal(comb[1][0], ret[0][0])
+    assert "strength" not in comb[0][1]
+    rep = blend(user, ret, "replace", 0.3)
+    assert torch.equal(rep[0][0], ret[0][0]) and torch.equal(rep[0][1]["pooled_output"], ret[0][1]["pooled_output"])
+    assert rep[0][1]["other_key"] == "kept"
+    alone = blend(None, ret, "average", 0.3)
+    assert torch.equal(alone[0][0], ret[0][0])
+
+
+def test_blend_refuses_mismatched_families_and_bad_args() -> None:
+    with pytest.raises(TextFamilyMismatchError, match="2048-wide.*SDXL"):
+        blend(_user(d=2048), _retrieved(d=768), "average", 0.3)
+    with pytest.raises(QueryError, match="blend mode"):
+        blend(_user(), _retrieved(), "multiply", 0.3)
+    with pytest.raises(QueryError, match="strength"):
+        blend(_user(), _retrieved(), "average", 1.5)
+
+
+def test_baked_mode_uses_stored_tensors_and_checks_family(tmp_path: Path) -> None:
+    x = clustered(12, 16)
+    prompts = [f"prompt number {i % 4}" for i in range(12)]
+    build(tmp_path / "b.vault", x, prompts, encoder=EncoderFingerprint("e", 16, "h"), category="eyes",
+          text=TextSpec("sd15", 8, 6), encode_text=toy_encode)
+    v = Vault.open(tmp_path / "b.vault")
+    results = search(v, x[:2], k=3)
+    baked = retrieved_conditioning(results, baked_lookup({"b": v}), temperature=0.05)
+    text = retrieved_conditioning(results, text_lookup(toy_encode), temperature=0.05)
+    assert baked[0][0].shape == text[0][0].shape == (2, 77, 8)
+    assert torch.allclose(baked[0][0], text[0][0], atol=5e-3)  # fp16 storage
+    check_baked_family(v.text, _user(d=8), "b")
+    with pytest.raises(TextFamilyMismatchError, match="stores sd15 conditioning.*connect a CLIP"):
+        check_baked_family(v.text, _user(d=2048), "b")

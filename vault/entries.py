@@ -1,0 +1,101 @@
+"""Per-entry input checks: clean metadata and the reasons bad items are skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+KNOWN_KEYS = ("source", "checkpoint", "loras", "seed", "quality", "category")
+
+
+@dataclass
+class Skipped:
+    """An input item that was not added, and why."""
+
+    index: int
+    reason: str
+    source: str = ""
+
+
+@dataclass
+class AddReport:
+    """What one add() or append did: entries written, new prompts, items skipped with reasons."""
+
+    added: int = 0
+    new_prompts: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def merge(self, other: "AddReport") -> "AddReport":
+        return AddReport(self.added + other.added, self.new_prompts + other.new_prompts, self.skipped + other.skipped)
+
+    def summary(self) -> str:
+        s = f"{self.added} entries added ({self.new_prompts} new prompts), {len(self.skipped)} skipped"
+        if self.skipped:
+            reasons: dict[str, int] = {}
+            for item in self.skipped:
+                reasons[item.reason] = reasons.get(item.reason, 0) + 1
+            s += ": " + "; ".join(f"{n}x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        return s
+
+
+def _normalise_loras(value: Any) -> list[dict[str, Any]]:
+    """Accept 'name', 'name:0.8', {'name':..., 'strength':...} or a list of those."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, Mapping):
+            out.append({"name": str(item.get("name", "")), "strength": float(item.get("strength", 1.0))})
+        else:
+            name, _, strength = str(item).partition(":")
+            out.append({"name": name.strip(), "strength": float(strength) if strength.strip() else 1.0})
+    return [lora for lora in out if lora["name"]]
+
+
+def clean_metadata(meta: Mapping[str, Any] | None, category: str) -> dict[str, Any]:
+    """Return the stored form of an entry's metadata; raise ValueError with a reason if unusable.
+
+    Known keys get fixed types (quality float, seed int, loras list of {name, strength}); other keys
+    are kept as given when they are JSON-serialisable.
+    """
+    meta = dict(meta or {})
+    out: dict[str, Any] = {"category": str(meta.pop("category", None) or category)}
+    if "source" in meta:
+        out["source"] = str(meta.pop("source"))
+    if meta.get("checkpoint") is not None:
+        out["checkpoint"] = str(meta.pop("checkpoint"))
+    if "loras" in meta or "lora" in meta:
+        out["loras"] = _normalise_loras(meta.pop("loras", None) or meta.pop("lora", None))
+    if meta.get("seed") is not None:
+        out["seed"] = int(meta.pop("seed"))
+    for key in ("quality", "quality_score"):
+        if meta.get(key) is not None:
+            q = float(meta.pop(key))
+            if not math.isfinite(q):
+                raise ValueError(f"quality score {q} is not a finite number")
+            out["quality"] = q
+    for k, v in meta.items():
+        out[str(k)] = v
+    json.dumps(out)  # raises TypeError/ValueError for values JSON cannot hold
+    return out
+
+
+def encode_metadata(meta: Mapping[str, Any]) -> bytes:
+    """One entry's metadata as the newline-terminated JSON stored in a segment."""
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
+
+
+def normalise_embeddings(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalise rows; return (normalised float32, ok mask). Rows that are non-finite or zero are not ok."""
+    x = np.asarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1)
+    ok = finite & (norms > 1e-12)
+    out = np.zeros_like(x)
+    out[ok] = x[ok] / norms[ok, None]
+    return out, ok

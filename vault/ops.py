@@ -1,0 +1,180 @@
+"""Whole-vault operations: build, append, delete by filter, merge, compact, rebuild the index."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .entries import AddReport
+from .errors import DimensionError, EncoderMismatchError, QueryError, VaultError
+from .filters import Filter, parse_filter
+from .index import RECALL_TARGET, VaultIndex, index_cache_folder
+from .manifest import EncoderFingerprint, Manifest, TextSpec
+from .store import ProgressFn, TextEncodeFn, Vault, VaultWriter
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for a in range(0, n, size):
+        yield slice(a, min(a + size, n))
+
+
+def _add_all(writer: VaultWriter, embeddings: Any, prompts: Sequence[Any], metadata: Sequence[Any] | None,
+             thumbnails: Sequence[Any] | None, content_hashes: Sequence[Any] | None,
+             encode_text: TextEncodeFn | None, chunk: int, progress: ProgressFn | None) -> AddReport:
+    n = len(prompts)
+    if len(embeddings) != n:
+        raise DimensionError(f"{len(embeddings)} embeddings but {n} prompts: give exactly one prompt per embedding")
+    report = AddReport()
+    for sl in _chunks(n, chunk):
+        part = writer.add(embeddings[sl], prompts[sl],
+                          metadata[sl] if metadata is not None else None,
+                          thumbnails[sl] if thumbnails is not None else None,
+                          content_hashes[sl] if content_hashes is not None else None, encode_text)
+        for s in part.skipped:
+            s.index += sl.start
+        report = report.merge(part)
+        if progress:
+            progress(sl.stop, n)
+    return report
+
+
+def build(path: PathLike, embeddings: Any, prompts: Sequence[Any], metadata: Sequence[Any] | None = None,
+          thumbnails: Sequence[Any] | None = None, *, encoder: EncoderFingerprint, category: str,
+          text: TextSpec | None = None, encode_text: TextEncodeFn | None = None, content_hashes: Sequence[Any] | None = None,
+          overwrite: bool = False, index: str = "auto", chunk: int = 131072, progress: ProgressFn | None = None) -> AddReport:
+    """Create a vault from arrays in one transaction (a crash leaves no vault, never half of one)."""
+    with VaultWriter.create(path, encoder, category, text=text, overwrite=overwrite, index=index) as w:
+        return _add_all(w, embeddings, prompts, metadata, thumbnails, content_hashes, encode_text, chunk, progress)
+
+
+def append(path: PathLike, embeddings: Any, prompts: Sequence[Any], metadata: Sequence[Any] | None = None,
+           thumbnails: Sequence[Any] | None = None, *, encoder: EncoderFingerprint | None = None,
+           encode_text: TextEncodeFn | None = None, content_hashes: Sequence[Any] | None = None,
+           chunk: int = 131072, progress: ProgressFn | None = None) -> AddReport:
+    """Append entries in one transaction: existing files are never rewritten; all or nothing is added."""
+    with VaultWriter.open(path) as w:
+        if encoder is not None:
+            w.encoder.check_compatible(encoder, where=f"vault '{Path(path).name}'")
+        return _add_all(w, embeddings, prompts, metadata, thumbnails, content_hashes, encode_text, chunk, progress)
+
+
+def delete_where(path: PathLike, filter: "str | Mapping[str, Any] | Filter") -> int:
+    """Delete every live entry matching the filter; returns how many. An empty filter is refused."""
+    flt = parse_filter(filter)
+    if not flt:
+        raise QueryError("refusing to delete with an empty filter (it would delete every entry)")
+    with VaultWriter.open(path) as w:
+        vault = Vault.open(path)
+        ids = np.flatnonzero(vault.filter_mask(flt))
+        return w.delete_ids(ids)
+
+
+def iter_live(vault: Vault, batch: int = 65536) -> Iterator[dict[str, Any]]:
+    """Live entries in id order, in batches: embeddings, prompts, metadata, thumbnails, hashes, prompt ids."""
+    live = np.flatnonzero(vault.live_mask())
+    hashes = vault.content_hashes() if any(s.content_hashes is not None for s in vault.segments) else None
+    for sl in _chunks(len(live), batch):
+        ids = live[sl]
+        pids = vault.prompt_ids(ids)
+        yield {
+            "ids": ids,
+            "embeddings": vault.embeddings(ids).astype(np.float32),
+            "prompt_ids": pids,
+            "prompts": [vault.prompt(int(p)) for p in pids],
+            "metadata": [vault.metadata(int(i)) for i in ids],
+            "thumbnails": [vault.thumbnail(int(i)) for i in ids] if vault.has_thumbnails else None,
+            "content_hashes": [bytes(hashes[i]) for i in ids] if hashes is not None else None,
+        }
+
+
+def _copy_from(writer: VaultWriter, source: Vault, progress: ProgressFn | None, offset: int, total: int) -> AddReport:
+    report = AddReport()
+    done = offset
+    for b in iter_live(source):
+        prompt_to_pid = dict(zip(b["prompts"], (int(p) for p in b["prompt_ids"])))
+        encode = None
+        if writer.text is not None:
+            encode = lambda prompt, _m=prompt_to_pid: source.baked(_m[prompt])  # noqa: E731
+        report = report.merge(writer.add(b["embeddings"], b["prompts"], b["metadata"], b["thumbnails"],
+                                         b["content_hashes"], encode))
+        done += len(b["ids"])
+        if progress:
+            progress(done, total)
+    return report
+
+
+def merge(out: PathLike, sources: Sequence[PathLike], *, category: str | None = None, drop_baked: bool = False,
+          overwrite: bool = False, progress: ProgressFn | None = None) -> AddReport:
+    """Merge vaults of the same image encoder into a new vault `out` (live entries, prompts de-duplicated).
+
+    Baked conditioning is kept when every source has the same text family; sources that differ
+    are refused unless drop_baked=True (the result is then a text-mode vault).
+    """
+    if not sources:
+        raise VaultError("merge needs at least one source vault")
+    vaults = [Vault.open(p) for p in sources]
+    first = vaults[0]
+    for v in vaults[1:]:
+        if v.encoder != first.encoder:
+            try:
+                first.encoder.check_compatible(v.encoder, where=f"vault '{first.name}'")
+            except EncoderMismatchError as e:
+                raise EncoderMismatchError(f"cannot merge '{v.name}' into '{first.name}': {e}") from e
+            if v.encoder.weights_hash != first.encoder.weights_hash:
+                raise EncoderMismatchError(
+                    f"cannot merge '{v.name}' ({v.encoder.name}) with '{first.name}' ({first.encoder.name}): "
+                    "one has no weights hash, so they cannot be shown to come from the same encoder"
+                )
+    texts = {v.text for v in vaults}
+    text = first.text if len(texts) == 1 else None
+    if len(texts) > 1 and not drop_baked:
+        raise VaultError(
+            "the sources differ in baked conditioning (" + ", ".join(f"{v.name}: {v.text.family if v.text else 'none'}" for v in vaults)
+            + "); pass drop_baked (CLI: --drop-baked) to merge them as a text-mode vault"
+        )
+    if drop_baked:
+        text = None
+    if Path(out).resolve() in {Path(p).resolve() for p in sources}:
+        raise VaultError("the merge output must be a new vault, not one of the sources")
+    total = sum(len(v) for v in vaults)
+    report = AddReport()
+    with VaultWriter.create(out, first.encoder, category or first.category, text=text, overwrite=overwrite) as w:
+        done = 0
+        for v in vaults:
+            report = report.merge(_copy_from(w, v, progress, done, total))
+            done += len(v)
+    return report
+
+
+def compact(path: PathLike, progress: ProgressFn | None = None) -> Manifest:
+    """Rewrite the vault without its deleted entries (entry ids change; prompts are re-de-duplicated)."""
+    with VaultWriter.rewrite(path) as w:
+        vault = Vault.open(path)
+        if vault.manifest.generation != w.base.generation:
+            raise VaultError("the vault changed while compaction started; run it again")
+        _copy_from(w, vault, progress, 0, len(vault))
+    return Vault.open(path).manifest
+
+
+def rebuild_index(path: PathLike, spec: str | None = None, cache_dir: Path | None = None,
+                  progress: ProgressFn | None = None, recall_target: float = RECALL_TARGET) -> VaultIndex:
+    """Build this machine's index for the vault again, dropping the cached one.
+
+    A `spec` ("auto", "Flat" or a FAISS factory string) is also saved in the manifest so later opens
+    use it too.
+    """
+    if spec is not None:
+        with VaultWriter.open(path) as w:
+            w.set_index(spec)
+    vault = Vault.open(path)
+    shutil.rmtree(index_cache_folder(vault, cache_dir), ignore_errors=True)
+    return VaultIndex(vault, cache_dir=cache_dir, recall_target=recall_target, progress=progress)

@@ -1,0 +1,600 @@
+"""Open, read and write vaults: the reader (Vault) and the transactional writer (VaultWriter).
+
+On disk a vault is a folder `NAME.vault/`: `manifest.json` plus immutable segment files. A write
+puts new segment files next to the old ones, then atomically replaces the manifest; readers only
+ever see files a committed manifest lists. So a crash leaves the old vault or the new one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .atomic import fsync_dir, sha256_file, writer_lock
+from .entries import AddReport, Skipped, clean_metadata, encode_metadata, normalise_embeddings
+from .errors import (
+    DimensionError,
+    VaultCorruptError,
+    VaultError,
+    VaultExistsError,
+)
+from .filters import Filter, parse_filter
+from .manifest import MANIFEST, EncoderFingerprint, Manifest, SegmentInfo, TextSpec, read_manifest, write_manifest
+from .segment import Segment, SegmentData, read_deleted, write_deleted, write_segment
+
+log = logging.getLogger(__name__)
+
+MAX_SEGMENT_ENTRIES = 1 << 18
+_OWN_FILE = re.compile(r"^(seg-|del-)[0-9a-f-]+\.safetensors$|^\..*\.tmp-")
+
+TextEncodeFn = Callable[[str], "tuple[Any, Any]"]  # prompt -> (cond [T, D] or [1, T, D], pooled [P] or [1, P])
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+class Vault:
+    """A read-only snapshot of a vault: memory-mapped segments and the manifest they were opened with."""
+
+    def __init__(self, path: Path, manifest: Manifest, segments: list[Segment], deleted: np.ndarray) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.segments = segments
+        self.deleted = deleted
+        self._entry_bases = np.array([s.entry_base for s in segments] + [manifest.entries], dtype=np.int64)
+        self.n_entries = manifest.entries  # entries ever written, deleted ones included (ids 0..n_entries-1)
+        self.n_prompts = manifest.prompts
+        self.name = self.path.name[: -len(".vault")] if self.path.name.endswith(".vault") else self.path.name
+        self._live = manifest.live
+        self._entry_base_list = [s.entry_base for s in segments]
+        self._prompt_base_list = [s.prompt_base for s in segments]
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._index: Any = None
+        self._lock = threading.Lock()
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "Vault":
+        """Open a vault folder: read the manifest, check file sizes, memory-map the segments.
+
+        Nothing is parsed beyond headers, so opening is fast at any size. Raises VaultNotFoundError,
+        VaultFormatError or VaultCorruptError with what is wrong and what to do.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        text_dims = (manifest.text.dim, manifest.text.pooled_dim) if manifest.text else None
+        segments, entry_base, prompt_base = [], 0, 0
+        for info in manifest.segments:
+            segments.append(Segment(path, info, manifest.encoder.dim, text_dims, entry_base, prompt_base))
+            entry_base += info.entries
+            prompt_base += info.prompts
+        deleted = read_deleted(path, manifest.deleted) if manifest.deleted else np.zeros(0, np.int64)
+        if len(deleted) != manifest.deleted_count or (len(deleted) and (deleted.min() < 0 or deleted.max() >= entry_base)):
+            raise VaultCorruptError(f"{path}: the deleted-entry list does not match the manifest")
+        return cls(path, manifest, segments, deleted)
+
+    # ---- basic properties ----------------------------------------------------------------------
+    @property
+    def encoder(self) -> EncoderFingerprint:
+        return self.manifest.encoder
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.encoder.dim
+
+    @property
+    def category(self) -> str:
+        return self.manifest.category
+
+    @property
+    def text(self) -> TextSpec | None:
+        return self.manifest.text
+
+    def __len__(self) -> int:
+        """Live entries (not deleted)."""
+        return self._live
+
+    def __repr__(self) -> str:
+        return f"Vault({str(self.path)!r}, {len(self)} entries, {self.n_prompts} prompts, {self.encoder.name} {self.dim}-d)"
+
+    # ---- row access ----------------------------------------------------------------------------
+    def embeddings(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored fp16 embeddings of the given entries, in order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) <= 64:  # a query's candidates: plain Python beats numpy's per-call overhead here
+            out = np.empty((len(ids), self.dim), np.float16)
+            for j, i in enumerate(ids.tolist()):
+                seg, local = self._locate_one(i)
+                out[j] = seg.embeddings[local]
+            return out
+        if ids.min() < 0 or ids.max() >= self.n_entries:
+            raise IndexError(f"entry id out of range 0..{self.n_entries - 1}")
+        if len(self.segments) == 1:
+            return self.segments[0].embeddings[ids]
+        seg = np.searchsorted(self._entry_bases, ids, side="right") - 1
+        out = np.empty((len(ids), self.dim), np.float16)
+        for s, segment in enumerate(self.segments):
+            sel = np.flatnonzero(seg == s)
+            if len(sel):
+                out[sel] = segment.embeddings[ids[sel] - segment.entry_base]
+        return out
+
+    def iter_embedding_blocks(self, block: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first_id, fp16 block) over all entries in id order, deleted ones included."""
+        for s in self.segments:
+            for a in range(0, s.n, block):
+                yield s.entry_base + a, s.embeddings[a : a + block]
+
+    def _locate_one(self, entry_id: int) -> tuple[Segment, int]:
+        entry_id = int(entry_id)
+        if not 0 <= entry_id < self.n_entries:
+            raise IndexError(f"entry id {entry_id} out of range 0..{self.n_entries - 1}")
+        s = bisect.bisect_right(self._entry_base_list, entry_id) - 1
+        return self.segments[s], entry_id - self._entry_base_list[s]
+
+    def prompt_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        out = np.empty(len(ids), np.int64)
+        for j, i in enumerate(ids):
+            seg, local = self._locate_one(i)
+            out[j] = seg.prompt_ids[local]
+        return out
+
+    def _prompt_segment(self, pid: int) -> tuple[Segment, int]:
+        if not 0 <= pid < self.n_prompts:
+            raise IndexError(f"prompt id {pid} out of range 0..{self.n_prompts - 1}")
+        s = bisect.bisect_right(self._prompt_base_list, pid) - 1
+        return self.segments[s], pid - self._prompt_base_list[s]
+
+    def prompt(self, pid: int) -> str:
+        seg, local = self._prompt_segment(int(pid))
+        return seg.prompt(local)
+
+    def prompts(self) -> Iterator[str]:
+        """Every unique prompt, in prompt-id order."""
+        for s in self.segments:
+            for i in range(s.info.prompts):
+                yield s.prompt(i)
+
+    def metadata(self, entry_id: int) -> dict[str, Any]:
+        seg, local = self._locate_one(entry_id)
+        return json.loads(seg.metadata_bytes(local).decode("utf-8"))
+
+    def thumbnail(self, entry_id: int) -> bytes | None:
+        """The entry's encoded preview image (WebP/JPEG bytes), or None if it was stored without one."""
+        seg, local = self._locate_one(entry_id)
+        return seg.thumbnail(local)
+
+    @property
+    def has_thumbnails(self) -> bool:
+        return any(s.thumb_offsets is not None for s in self.segments)
+
+    def baked(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Baked (cond [T, D], pooled [P]) fp16 arrays of a prompt; VaultError if none were stored."""
+        if self.text is None:
+            raise VaultError(
+                f"vault {self.name} stores no baked conditioning (it was built in text mode); connect a CLIP so "
+                "the retrieved prompts are encoded, or rebuild the vault with --bake"
+            )
+        seg, local = self._prompt_segment(int(pid))
+        return seg.baked(local)
+
+    def content_hashes(self) -> np.ndarray:
+        """[n_entries, 16] uint8 content hashes (zeros where none was stored)."""
+        out = np.zeros((self.n_entries, 16), np.uint8)
+        for s in self.segments:
+            if s.content_hashes is not None:
+                out[s.entry_base : s.entry_base + s.n] = s.content_hashes
+        return out
+
+    # ---- masks ---------------------------------------------------------------------------------
+    def live_mask(self) -> np.ndarray:
+        mask = np.ones(self.n_entries, dtype=bool)
+        mask[self.deleted] = False
+        return mask
+
+    def iter_metadata(self) -> Iterator[dict[str, Any]]:
+        for s in self.segments:
+            yield from s.all_metadata()
+
+    def filter_mask(self, spec: "str | Mapping[str, Any] | Filter | None") -> np.ndarray:
+        """Boolean mask over entry ids of live entries that pass the filter (cached per filter)."""
+        flt = parse_filter(spec)
+        key = str(flt)
+        with self._lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        mask = self.live_mask()
+        if flt:
+            mask &= np.fromiter((flt.matches(m) for m in self.iter_metadata()), dtype=bool, count=self.n_entries)
+        mask.setflags(write=False)
+        with self._lock:
+            self._masks[key] = mask
+            while len(self._masks) > 8:
+                self._masks.popitem(last=False)
+        return mask
+
+    # ---- reporting -----------------------------------------------------------------------------
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def info(self) -> dict[str, Any]:
+        """What a user wants to know about a vault, as JSON-ready data."""
+        m = self.manifest
+        thumbs = sum(len(s.thumb_blob) for s in self.segments if s.thumb_blob is not None)
+        baked = sum(s.cond_tokens.nbytes + s.pooled.nbytes for s in self.segments if s.cond_tokens is not None)
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "category": m.category,
+            "format_version": m.format_version,
+            "encoder": {"name": m.encoder.name, "dim": m.encoder.dim, "weights_hash": m.encoder.weights_hash},
+            "text": None if m.text is None else {"family": m.text.family, "dim": m.text.dim, "pooled_dim": m.text.pooled_dim},
+            "mode": "baked" if m.text else "text",
+            "entries": len(self),
+            "entries_written": m.entries,
+            "deleted": m.deleted_count,
+            "prompts": m.prompts,
+            "segments": len(m.segments),
+            "thumbnails": self.has_thumbnails,
+            "bytes": {"total": self.disk_bytes(), "thumbnails": thumbs, "baked": baked},
+            "index": m.index,
+            "generation": m.generation,
+            "created": m.created,
+            "updated": m.updated,
+        }
+
+    def verify(self, progress: ProgressFn | None = None) -> list[str]:
+        """Full check: checksums, dims, counts, prompt ids, metadata JSON. Returns problems (empty = good)."""
+        problems: list[str] = []
+        files = list(self.manifest.segments) + ([self.manifest.deleted] if self.manifest.deleted else [])
+        total = sum(f.bytes for f in files)
+        done = 0
+        for f in files:
+            if sha256_file(self.path / f.file) != f.sha256:
+                problems.append(f"{f.file}: checksum differs from the manifest (file damaged or altered)")
+            done += f.bytes
+            if progress:
+                progress(done, total)
+        for s in self.segments:
+            pids = np.asarray(s.prompt_ids)
+            if len(pids) and (pids.min() < 0 or pids.max() >= self.n_prompts):
+                problems.append(f"{s.info.file}: prompt ids outside 0..{self.n_prompts - 1}")
+            norms = np.linalg.norm(np.asarray(s.embeddings, dtype=np.float32), axis=1)
+            if len(norms) and not np.allclose(norms, 1.0, atol=1e-2):
+                problems.append(f"{s.info.file}: {int((abs(norms - 1) > 1e-2).sum())} embeddings are not unit length")
+            try:
+                if len(s.all_metadata()) != s.n:
+                    problems.append(f"{s.info.file}: metadata count differs from entry count")
+            except (ValueError, UnicodeDecodeError) as e:
+                problems.append(f"{s.info.file}: metadata is not valid JSON ({e})")
+        return problems
+
+    # ---- search (implemented in index.py / query.py) -------------------------------------------
+    def search(self, queries: Any, k: int = 5, filter: Any = None, encoder: EncoderFingerprint | None = None) -> Any:
+        """Nearest entries for a batch of embeddings; see vault.query.search."""
+        from .query import search
+
+        return search(self, queries, k=k, filter=filter, encoder=encoder)
+
+
+class VaultWriter:
+    """One write transaction on a vault: add entries, delete entries, then commit (or abort).
+
+    Holds the vault's writer lock from start to commit. New data goes into new segment files;
+    `commit()` publishes them by replacing the manifest atomically. Use as a context manager:
+    a clean exit commits, an exception aborts and removes the new files.
+    """
+
+    def __init__(self, path: Path, base: Manifest, replace_existing: bool, lock: Any) -> None:
+        self.path = path
+        self.base = base
+        self.replace_existing = replace_existing
+        self._lock_cm = lock
+        self._new: list[SegmentInfo] = []
+        self._prompt_table: dict[str, int] | None = None
+        self._n_prompts = 0 if replace_existing else base.prompts
+        self._n_entries = 0 if replace_existing else base.entries
+        self._deleted: set[int] | None = None
+        self._index_spec: str | None = None
+        self._closed = False
+        self.report = AddReport()
+
+    # ---- starting ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], encoder: EncoderFingerprint, category: str,
+               text: TextSpec | None = None, overwrite: bool = False, index: str = "auto") -> "VaultWriter":
+        """Start a transaction that creates a new vault (or replaces one, with overwrite=True)."""
+        path = Path(path)
+        if encoder.dim <= 0:
+            raise DimensionError(f"encoder dim must be positive, got {encoder.dim}")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = writer_lock(path)
+        lock.__enter__()
+        try:
+            exists = (path / MANIFEST).exists()
+            if exists and not overwrite:
+                raise VaultExistsError(f"a vault already exists at {path}; append to it, or pass overwrite to replace it")
+            base = Manifest(encoder=encoder, category=category, text=text, index=index)
+            if exists:  # keep the generation counter moving so names never repeat
+                base = Manifest(encoder=encoder, category=category, text=text, index=index,
+                                generation=read_manifest(path).generation)
+            writer = cls(path, base, replace_existing=True, lock=lock)
+            writer._cleanup_orphans(keep=read_manifest(path) if exists else None)
+            return writer
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "VaultWriter":
+        """Start a transaction on an existing vault (append, delete)."""
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            read_manifest(path)  # raises the right "not a vault" error
+        lock = writer_lock(path)
+        lock.__enter__()
+        try:
+            base = read_manifest(path)
+            writer = cls(path, base, replace_existing=False, lock=lock)
+            writer._cleanup_orphans(keep=base)
+            return writer
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def rewrite(cls, path: str | os.PathLike[str]) -> "VaultWriter":
+        """Start a transaction whose commit replaces all of the vault's entries (used by compact)."""
+        path = Path(path)
+        read_manifest(path)
+        lock = writer_lock(path)
+        lock.__enter__()
+        try:
+            base = read_manifest(path)
+            writer = cls(path, base, replace_existing=True, lock=lock)
+            writer._cleanup_orphans(keep=base)
+            return writer
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> "VaultWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> EncoderFingerprint:
+        return self.base.encoder
+
+    @property
+    def text(self) -> TextSpec | None:
+        return self.base.text
+
+    def _cleanup_orphans(self, keep: Manifest | None) -> None:
+        """Remove segment/temp files no committed manifest lists (left by a crash or an abort)."""
+        listed = set()
+        if keep is not None:
+            listed = {s.file for s in keep.segments} | ({keep.deleted.file} if keep.deleted else set())
+        for f in self.path.iterdir():
+            if _OWN_FILE.match(f.name) and f.name not in listed:
+                try:
+                    f.unlink()
+                except OSError as e:  # e.g. still mapped by a reader on Windows; retried next time
+                    log.debug("could not remove %s: %s", f, e)
+
+    def _load_prompt_table(self) -> dict[str, int]:
+        if self._prompt_table is None:
+            self._prompt_table = {}
+            if not self.replace_existing and self.base.segments:
+                vault = Vault.open(self.path)
+                self._prompt_table = {p: i for i, p in enumerate(vault.prompts())}
+        return self._prompt_table
+
+    def _segment_name(self, kind: str) -> str:
+        return f"{kind}-{self.base.generation + 1:06d}-{len(self._new):04d}-{os.urandom(4).hex()}.safetensors"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VaultError("this vault transaction is already committed or aborted; start a new one")
+
+    # ---- writing -------------------------------------------------------------------------------
+    def add(self, embeddings: Any, prompts: Sequence[Any], metadata: Sequence[Mapping[str, Any] | None] | None = None,
+            thumbnails: Sequence[bytes | None] | None = None, content_hashes: Sequence[bytes | None] | None = None,
+            encode_text: TextEncodeFn | None = None) -> AddReport:
+        """Add a batch of entries: embeddings [n, D], one prompt per entry, optional metadata/thumbnails.
+
+        Items with a missing prompt, non-finite or zero embedding, or unusable metadata are skipped
+        and listed in the returned report; the rest are written. A baked vault needs `encode_text`
+        to produce conditioning for prompts it has not seen.
+        """
+        self._check_open()
+        emb = np.asarray(embeddings.detach().cpu().float().numpy() if hasattr(embeddings, "detach") else embeddings)
+        n = len(prompts)
+        if emb.ndim != 2 or emb.shape[1] != self.encoder.dim:
+            raise DimensionError(
+                f"embeddings have shape {tuple(emb.shape)}, this vault expects [n, {self.encoder.dim}] "
+                f"({self.encoder.name}); use the image encoder the vault was built with"
+            )
+        if emb.shape[0] != n:
+            raise DimensionError(f"{emb.shape[0]} embeddings but {n} prompts: give exactly one prompt per embedding")
+        for name, seq in (("metadata", metadata), ("thumbnails", thumbnails), ("content_hashes", content_hashes)):
+            if seq is not None and len(seq) != n:
+                raise DimensionError(f"{len(seq)} {name} items for {n} embeddings: give one per embedding (None for none)")
+        if self.text is not None and encode_text is None:
+            raise VaultError(
+                f"vault {self.path.name} stores baked {self.text.family} conditioning: pass a text encoder "
+                "(e.g. the checkpoint's CLIP) so new prompts can be baked"
+            )
+        unit, ok = normalise_embeddings(emb)
+        report = AddReport()
+        rows, metas, texts = [], [], []
+        for i in range(n):
+            source = str((metadata[i] or {}).get("source", "")) if metadata is not None and isinstance(metadata[i], Mapping) else ""
+            p = prompts[i]
+            if not isinstance(p, str) or not p.strip():
+                report.skipped.append(Skipped(i, "missing prompt", source))
+                continue
+            if not ok[i]:
+                report.skipped.append(Skipped(i, "embedding is not finite or is all zeros", source))
+                continue
+            try:
+                meta = clean_metadata(metadata[i] if metadata is not None else None, self.base.category)
+            except (TypeError, ValueError) as e:
+                report.skipped.append(Skipped(i, f"bad metadata: {e}", source))
+                continue
+            rows.append(i)
+            metas.append(encode_metadata(meta))
+            texts.append(p.strip())
+        table = self._load_prompt_table()
+        for start in range(0, len(rows), MAX_SEGMENT_ENTRIES):
+            chunk = slice(start, start + MAX_SEGMENT_ENTRIES)
+            part = self._write_part(unit, rows[chunk], metas[chunk], texts[chunk], thumbnails, content_hashes,
+                                    encode_text, table)
+            report.added += part.added
+            report.new_prompts += part.new_prompts
+        self.report = self.report.merge(report)
+        return report
+
+    def _write_part(self, unit: np.ndarray, rows: list[int], metas: list[bytes], texts: list[str],
+                    thumbnails: Sequence[bytes | None] | None, content_hashes: Sequence[bytes | None] | None,
+                    encode_text: TextEncodeFn | None, table: dict[str, int]) -> AddReport:
+        if not rows:
+            return AddReport()
+        new_prompts: list[str] = []
+        pids = np.empty(len(rows), np.int32)
+        for j, t in enumerate(texts):
+            pid = table.get(t)
+            if pid is None:
+                pid = table[t] = self._n_prompts + len(new_prompts)
+                new_prompts.append(t)
+            pids[j] = pid
+        cond_tokens = pooled = None
+        if self.text is not None:
+            assert encode_text is not None
+            cond_tokens, pooled_rows = [], []
+            for t in new_prompts:
+                c, p = _check_baked(encode_text(t), self.text, t)
+                cond_tokens.append(c)
+                pooled_rows.append(p)
+            pooled = np.stack(pooled_rows) if pooled_rows else np.zeros((0, self.text.pooled_dim), np.float16)
+            if not cond_tokens:
+                cond_tokens = [np.zeros((0, self.text.dim), np.float16)]
+        thumbs = [bytes(thumbnails[i] or b"") for i in rows] if thumbnails is not None else None
+        hashes = None
+        if content_hashes is not None:
+            hashes = np.zeros((len(rows), 16), np.uint8)
+            for j, i in enumerate(rows):
+                if content_hashes[i]:
+                    hashes[j] = np.frombuffer(bytes(content_hashes[i])[:16].ljust(16, b"\0"), np.uint8)
+        data = SegmentData(
+            embeddings=unit[rows].astype(np.float16), prompt_ids=pids, metadata=metas, prompts=new_prompts,
+            thumbnails=thumbs, content_hashes=hashes, cond_tokens=cond_tokens, pooled=pooled,
+        )
+        try:
+            info = write_segment(self.path, self._segment_name("seg"), data)
+        except BaseException:
+            for t in new_prompts:  # keep the in-memory table consistent with what was written
+                table.pop(t, None)
+            raise
+        self._new.append(info)
+        self._n_prompts += len(new_prompts)
+        self._n_entries += len(rows)
+        return AddReport(added=len(rows), new_prompts=len(new_prompts))
+
+    def delete_ids(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Mark entries deleted (they stop matching at once; `compact` reclaims the space). Returns how many were new."""
+        self._check_open()
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self._n_entries):
+            raise IndexError(f"entry ids must lie in 0..{self._n_entries - 1}")
+        if self._deleted is None:
+            self._deleted = set()
+            if not self.replace_existing and self.base.deleted:
+                self._deleted = set(read_deleted(self.path, self.base.deleted).tolist())
+        before = len(self._deleted)
+        self._deleted.update(int(i) for i in ids)
+        return len(self._deleted) - before
+
+    def set_index(self, spec: str) -> None:
+        """Record which index this vault should use on every machine ("auto", "Flat" or a FAISS factory string)."""
+        self._check_open()
+        self._index_spec = spec
+
+    def commit(self) -> Manifest:
+        """Publish everything added/deleted in one atomic manifest replacement; release the lock."""
+        self._check_open()
+        try:
+            segments = (() if self.replace_existing else self.base.segments) + tuple(self._new)
+            deleted, deleted_count = (None, 0) if self.replace_existing else (self.base.deleted, self.base.deleted_count)
+            if self._deleted is not None and len(self._deleted) != deleted_count:
+                deleted = write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64))
+                deleted_count = len(self._deleted)
+            manifest = self.base.evolve(segments=segments, deleted=deleted, deleted_count=deleted_count,
+                                        index=self._index_spec or self.base.index)
+            fsync_dir(self.path)
+            write_manifest(self.path, manifest)
+            self._cleanup_orphans(keep=manifest)
+            return manifest
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """Drop everything this transaction wrote; the vault stays as it was."""
+        if self._closed:
+            return
+        try:
+            for info in self._new:
+                (self.path / info.file).unlink(missing_ok=True)
+            if self.replace_existing and not (self.path / MANIFEST).exists():
+                _remove_if_empty(self.path)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._lock_cm.__exit__(None, None, None)
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        (path / ".lock").unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _check_baked(out: Any, spec: TextSpec, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a text encoder's (cond, pooled) into fp16 arrays [T, D], [P], checking dims against the vault."""
+    cond, pooled = out
+    cond = np.asarray(cond.detach().cpu().float().numpy() if hasattr(cond, "detach") else cond, dtype=np.float32)
+    if pooled is None:
+        raise DimensionError(f"the text encoder returned no pooled output for {prompt!r}; {spec.family} needs one")
+    pooled = np.asarray(pooled.detach().cpu().float().numpy() if hasattr(pooled, "detach") else pooled, dtype=np.float32)
+    cond = cond.reshape(-1, cond.shape[-1])
+    pooled = pooled.reshape(-1)
+    if cond.shape[1] != spec.dim or pooled.shape[0] != spec.pooled_dim:
+        raise DimensionError(
+            f"the text encoder gives cond [*, {cond.shape[1]}] and pooled [{pooled.shape[0]}], but this vault bakes "
+            f"{spec.family} conditioning [*, {spec.dim}] + pooled [{spec.pooled_dim}]; use a {spec.family} CLIP"
+        )
+    return cond.astype(np.float16), pooled.astype(np.float16)
+
+
+def vault_exists(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / MANIFEST).is_file()
