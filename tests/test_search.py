@@ -197,3 +197,23 @@ def test_auto_detect_picks_the_closest_vault_per_crop(tmp_path: Path) -> None:
         assert results[b].scores[name] == pytest.approx(det.scores[name][b])
     with pytest.raises(QueryError, match="no vault can answer"):
         detect_category(vaults[3:], queries, k=3)
+
+
+def _gpu() -> bool:
+    from luna_vault.vault.index import gpu_available
+
+    return gpu_available()
+
+
+@pytest.mark.skipif(not _gpu(), reason="faiss has no GPU here (install faiss-gpu on a CUDA machine)")
+def test_gpu_index_gives_the_cpu_answers(tmp_path: Path) -> None:
+    path = tmp_path / "v.vault"
+    _build(path, 3000)
+    v = Vault.open(path)
+    idx = get_index(v)
+    assert idx.describe()["gpu"]
+    q = clustered(16, D, clusters=12, sample_seed=4)
+    sims, ids = search_arrays(v, q, 5)
+    want_s, want_i = brute(v.embeddings(np.arange(3000)), q, 5)
+    np.testing.assert_array_equal(ids, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-3)
