@@ -112,6 +112,7 @@ def drop_page_cache() -> bool:
 def bench_size(n: int, d: int, kind: str, n_queries: int, work: Path, cache: str) -> dict[str, object]:
     import faiss
     import torch
+
     from luna_vault.vault import EncoderFingerprint, Vault, append, build, get_index, search
     from luna_vault.vault.query import search_arrays
 

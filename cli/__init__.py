@@ -69,6 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--compact", dest="compact_", action="store_true", help="rewrite without deleted entries (ids change)")
     sp.add_argument("--recall", type=float, default=0.97, help="recall@5 target for tuning (default 0.97)")
 
+    sp = verb("extract", "embed a folder of generated images into a vault (resumable, shardable)")
+    sp.add_argument("folder", help="images (png/jpg/webp) with .txt/.json sidecars or prompts embedded by ComfyUI/A1111")
+    sp.add_argument("--vault", help="output vault (created if missing, appended otherwise)")
+    sp.add_argument("--vault-dir", help="instead of --vault: one vault per category in this folder")
+    enc = sp.add_argument_group("image encoder (choose one)")
+    enc.add_argument("--clip-vision", help="a ComfyUI clip_vision file, loaded with ComfyUI's own loader")
+    enc.add_argument("--open-clip", help="an open_clip model name, e.g. ViT-H-14 (with --weights)")
+    enc.add_argument("--weights", help="local weights file for --open-clip")
+    enc.add_argument("--open-clip-config", help="extra open_clip model config JSON (for custom architectures)")
+    enc.add_argument("--random-encoder", type=int, metavar="DIM", help="random-initialised encoder (tests/demo only)")
+    sp.add_argument("--comfyui", help="ComfyUI folder for its loaders (default: $LUNA_COMFYUI or the one this pack is in)")
+    sp.add_argument("--bake", action="store_true", help="also store each new prompt's conditioning (needs --checkpoint or --clip)")
+    sp.add_argument("--checkpoint", help="checkpoint whose CLIP encodes prompts for --bake")
+    sp.add_argument("--clip", action="append", help="standalone CLIP file(s) for --bake (repeat for SDXL: clip_l + clip_g)")
+    sp.add_argument("--clip-type", default="sdxl", help="with --clip: stable_diffusion, sdxl, flux or sd3 (default sdxl)")
+    sp.add_argument("--category", help="category for items whose sidecar has none (default: their folder name)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--workers", type=int, help="decoding processes (default: min(4, CPUs))")
+    sp.add_argument("--no-thumbnails", action="store_true", help="do not store 96 px previews")
+    sp.add_argument("--shard", help="i/n: process shard i of n (default: torchrun's RANK/WORLD_SIZE); merge the parts after")
+    sp.add_argument("--commit-every", type=int, default=2048, help="images per atomic vault append (default 2048)")
+    sp.add_argument("--pairs", help="also export projector training pairs to this folder")
+    sp.add_argument("--report", help="where to list skipped items (default: next to the vault)")
+
     sp = verb("demo", "build and query a vault from generated crops with a random encoder (no downloads)")
     sp.add_argument("--n", type=int, default=2000, help="generated entries (default 2000)")
     sp.add_argument("--queries", type=int, default=200, help="unseen query crops (default 200)")
@@ -83,6 +107,10 @@ def _handler(verb: str) -> Callable[..., int]:
         from .demo import run_demo
 
         return run_demo
+    if verb == "extract":
+        from .extract_cmd import cmd_extract
+
+        return cmd_extract
     from . import vault_cmds
 
     return getattr(vault_cmds, f"cmd_{verb}")
@@ -93,10 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kwargs = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose")}
     from ..vault.errors import VaultError
+    from .common import UsageError
 
     try:
         return _handler(args.verb)(**kwargs)
-    except VaultError as e:
+    except (VaultError, UsageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

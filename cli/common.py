@@ -12,6 +12,10 @@ import numpy as np
 from tqdm import tqdm
 
 
+class UsageError(Exception):
+    """A command line that cannot work as given; printed as one `error:` line, exit code 2."""
+
+
 @contextlib.contextmanager
 def progress_bar(desc: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
     """Yield a (done, total) callback drawing a tqdm bar on stderr; None when disabled."""
@@ -51,10 +55,10 @@ def read_embeddings(path: str) -> tuple[np.ndarray, dict[str, str]]:
 
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"error: embeddings file {p} does not exist")
+        raise UsageError(f"embeddings file {p} does not exist")
     with safe_open(str(p), framework="numpy") as f:
         if "embeddings" not in f.keys():
-            raise SystemExit(f"error: {p} has no tensor named 'embeddings' (found: {', '.join(f.keys())})")
+            raise UsageError(f"{p} has no tensor named 'embeddings' (found: {', '.join(f.keys())})")
         return f.get_tensor("embeddings"), dict(f.metadata() or {})
 
 
@@ -62,7 +66,7 @@ def read_jsonl(path: str) -> list[dict[str, Any] | None]:
     """One JSON object per line; a line that is not an object becomes None (and is skipped later)."""
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"error: entries file {p} does not exist")
+        raise UsageError(f"entries file {p} does not exist")
     rows: list[dict[str, Any] | None] = []
     for line in p.read_text(encoding="utf-8").splitlines():
         if not line.strip():

@@ -23,14 +23,14 @@ from ..vault import (
 )
 from ..vault.entries import AddReport
 from ..vault.thumbnails import make_thumbnail
-from .common import emit, progress_bar, read_embeddings, read_jsonl
+from .common import UsageError, emit, progress_bar, read_embeddings, read_jsonl
 
 
 def _load_pairs(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.ndarray, list[Any], list[Any], list[Any] | None, dict[str, str]]:
     emb, header = read_embeddings(embeddings)
     rows = read_jsonl(entries)
     if len(rows) != len(emb):
-        raise SystemExit(f"error: {embeddings} has {len(emb)} embeddings but {entries} has {len(rows)} entries; "
+        raise UsageError(f"{embeddings} has {len(emb)} embeddings but {entries} has {len(rows)} entries; "
                          "they must pair up line by line")
     prompts = [r.get("prompt") if r else None for r in rows]
     metas = [{k: v for k, v in r.items() if k not in ("prompt", "thumbnail")} if r else None for r in rows]
@@ -119,7 +119,7 @@ def _parse_rows(rows: str | None, n: int) -> list[int]:
         out.extend(range(int(a), int(b) + 1) if b else [int(a)])
     bad = [r for r in out if not 0 <= r < n]
     if bad:
-        raise SystemExit(f"error: rows {bad} are outside 0..{n - 1}")
+        raise UsageError(f"rows {bad} are outside 0..{n - 1}")
     return out
 
 

@@ -1,19 +1,23 @@
-"""Image-encoder protocol and the small random-initialised encoder used by the demo and tests.
+"""Encoder protocols, fingerprints, and the small random-initialised encoder used by the demo and tests.
 
 An image encoder maps an IMAGE batch [B, H, W, C] (floats 0..1, ComfyUI's layout) to L2-normalised
-embeddings [B, D] and carries a fingerprint (name, dim, weights hash) that vaults check.
+embeddings [B, D] and carries a fingerprint (name, dim, weights hash, probe embedding) that vaults
+check. A text encoder maps a prompt to conditioning (cond [T, D], pooled [P]) of one text family.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..vault.manifest import EncoderFingerprint
+from ..vault.manifest import TEXT_FAMILIES, EncoderFingerprint
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @runtime_checkable
@@ -21,23 +25,75 @@ class ImageEncoder(Protocol):
     """What the vault needs from an image encoder."""
 
     fingerprint: EncoderFingerprint
+    input_size: int  # pixels the model sees; batch pipelines resize to this in their workers
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, C] floats in 0..1 -> [B, D] L2-normalised float32."""
+        """[B, H, W, C] floats in 0..1 -> [B, D] L2-normalised float32 (CPU)."""
         ...
 
 
-def weights_hash(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict (names, shapes, bytes): changes whenever any weight changes."""
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What conditioning assembly and baking need from a text encoder."""
+
+    family: str  # sd15 / sdxl / flux
+    key: str  # identifies the encoder in caches
+
+    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """prompt -> (cond [T, D], pooled [P] or None), as CLIPTextEncode would give for it."""
+        ...
+
+
+def family_for_dims(dim: int, pooled_dim: int | None) -> str:
+    """Text family from conditioning widths (768 -> sd15, 2048 -> sdxl, 4096 -> flux)."""
+    for family, (d, p) in TEXT_FAMILIES.items():
+        if d == dim and (pooled_dim is None or p == pooled_dim):
+            return family
+    raise ValueError(f"conditioning [*, {dim}] + pooled {pooled_dim} matches no known text family {sorted(TEXT_FAMILIES)}")
+
+
+def sampled_weights_hash(tensors: Iterable[tuple[str, torch.Tensor]], samples: int = 256) -> str:
+    """SHA-256 over each tensor's name, shape, dtype and `samples` evenly spaced values.
+
+    Hashing a 1 GB model byte by byte takes seconds; the sample changes whenever weights are
+    retrained or re-initialised (every value moves), and costs milliseconds.
+    """
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+    for name, t in sorted(tensors, key=lambda x: x[0]):
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // samples)
+        picked = flat[::step][:samples].to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(picked.numpy().tobytes())
     return h.hexdigest()
 
 
-def check_image_batch(images: torch.Tensor) -> torch.Tensor:
+def weights_hash(module: nn.Module) -> str:
+    """Sampled hash of a module's state dict (see sampled_weights_hash)."""
+    return sampled_weights_hash(module.state_dict().items())
+
+
+def probe_image(size: int = 224) -> torch.Tensor:
+    """A fixed, smooth test image [1, size, size, 3]: its embedding identifies an encoder's function.
+
+    Smooth colour gradients and blobs survive any resize/crop the loaders apply nearly unchanged,
+    so two loaders of the same model give (almost) the same probe embedding.
+    """
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    r = 0.5 + 0.4 * torch.sin(3.0 * x + 1.0)
+    g = 0.5 + 0.4 * torch.cos(2.0 * y + 0.5 * x)
+    b = torch.exp(-(((x - 0.6) ** 2 + (y - 0.4) ** 2) / 0.05))
+    return torch.stack([r, g, b], dim=-1)[None].clamp(0, 1)
+
+
+def make_fingerprint(name: str, encode: Callable[[torch.Tensor], torch.Tensor], weights: str) -> EncoderFingerprint:
+    """Fingerprint of an encoder: its name, dim, weights hash and probe embedding."""
+    probe = encode(probe_image())[0].float()
+    return EncoderFingerprint(name=name, dim=int(probe.shape[-1]), weights_hash=weights,
+                              probe=tuple(round(float(v), 5) for v in probe))
+
+
+def check_image_batch(images: Any) -> torch.Tensor:
     """Validate an IMAGE batch and return it as float32 [B, H, W, 3]."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -48,6 +104,29 @@ def check_image_batch(images: torch.Tensor) -> torch.Tensor:
     if images.shape[-1] == 1:
         images = images.expand(*images.shape[:-1], 3)
     return images[..., :3]
+
+
+def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> [B, size, size, 3] in 0..1: shortest side to `size` (bicubic, antialiased),
+    centre crop, 8-bit levels. Exactly what ComfyUI's comfy.clip_vision.clip_preprocess does before
+    normalising, so pixels prepared here and pixels ComfyUI prepares itself are identical."""
+    x = check_image_batch(images).permute(0, 3, 1, 2)
+    if not (x.shape[2] == size and x.shape[3] == size):
+        scale = size / min(x.shape[2], x.shape[3])
+        x = F.interpolate(x, size=(round(scale * x.shape[2]), round(scale * x.shape[3])), mode="bicubic", antialias=True)
+        h, w = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
+        x = x[:, :, h : h + size, w : w + size]
+    x = torch.clip(255.0 * x, 0, 255).round() / 255.0
+    return x.permute(0, 2, 3, 1)
+
+
+def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Iterable[float] = CLIP_MEAN,
+                    std: Iterable[float] = CLIP_STD) -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> normalised pixels [B, 3, size, size] (resize_crop, then mean/std)."""
+    x = resize_crop(images, size).permute(0, 3, 1, 2)
+    m = torch.tensor(list(mean), dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 class RandomConvNet(nn.Module):
@@ -76,8 +155,8 @@ class RandomImageEncoder:
         torch.manual_seed(seed)
         self.model = RandomConvNet(dim).eval()
         torch.random.set_rng_state(gen_state)
-        self.size = size
-        self.fingerprint = EncoderFingerprint(f"random-cnn-{dim}d-seed{seed}", dim, weights_hash(self.model))
+        self.size = self.input_size = size
+        self.fingerprint = make_fingerprint(f"random-cnn-{dim}d-seed{seed}", self.encode, weights_hash(self.model))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

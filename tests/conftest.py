@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from helpers import SHARED
+
 # PyPI's torchvision is a CUDA build; with the CPU torch its ops fail to register at import. The
 # shared sitecustomize defines them (see ../shared/COMFYUI.md) for this process and its children.
 TOOLS = SHARED / "comfyui-tools"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the checkout
+COMFYUI = SHARED / "comfyui"
 
 
 def clustered(n: int, d: int, clusters: int = 20, seed: int = 0, spread: float = 0.3,

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
+
 from helpers import clustered
 from luna_vault.cli import main
 from luna_vault.vault import Vault
-from safetensors.numpy import save_file
 
 
 def _pairs(folder: Path, n: int, seed: int, d: int = 24, name: str = "pairs") -> tuple[Path, Path, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from helpers import clustered, toy_encode
 from luna_vault.vault import (
     EncoderFingerprint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from luna_vault.vault import QueryError, parse_filter
 
 ENTRY = {

@@ -124,16 +124,16 @@ def merge(out: PathLike, sources: Sequence[PathLike], *, category: str | None = 
     vaults = [Vault.open(p) for p in sources]
     first = vaults[0]
     for v in vaults[1:]:
-        if v.encoder != first.encoder:
-            try:
-                first.encoder.check_compatible(v.encoder, where=f"vault '{first.name}'")
-            except EncoderMismatchError as e:
-                raise EncoderMismatchError(f"cannot merge '{v.name}' into '{first.name}': {e}") from e
-            if v.encoder.weights_hash != first.encoder.weights_hash:
-                raise EncoderMismatchError(
-                    f"cannot merge '{v.name}' ({v.encoder.name}) with '{first.name}' ({first.encoder.name}): "
-                    "one has no weights hash, so they cannot be shown to come from the same encoder"
-                )
+        try:
+            first.encoder.check_compatible(v.encoder, where=f"vault '{first.name}'")
+        except EncoderMismatchError as e:
+            raise EncoderMismatchError(f"cannot merge '{v.name}' into '{first.name}': {e}") from e
+        hashes_agree = bool(first.encoder.weights_hash) and first.encoder.weights_hash == v.encoder.weights_hash
+        if first.encoder.probe_cosine(v.encoder) is None and not hashes_agree:
+            raise EncoderMismatchError(
+                f"cannot merge '{v.name}' ({v.encoder.name}) with '{first.name}' ({first.encoder.name}): "
+                "neither a weights hash nor a probe embedding shows they come from the same encoder"
+            )
     texts = {v.text for v in vaults}
     text = first.text if len(texts) == 1 else None
     if len(texts) > 1 and not drop_baked:

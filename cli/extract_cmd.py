@@ -1,0 +1,78 @@
+"""`luna-vault extract`: a folder of generated images -> vault(s), optional baked conditioning and pairs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .common import UsageError, emit, progress_bar
+
+
+def _image_encoder(clip_vision: str | None, comfyui: str | None, open_clip: str | None, weights: str | None,
+                   open_clip_config: str | None, random_encoder: int | None) -> Any:
+    chosen = [x for x in (clip_vision, open_clip, random_encoder) if x]
+    if len(chosen) != 1:
+        raise UsageError("choose one image encoder: --clip-vision FILE (ComfyUI loader), "
+                         "--open-clip NAME --weights FILE, or --random-encoder DIM (tests/demo only)")
+    if clip_vision:
+        from ..extraction.comfy_loader import load_clip_vision
+
+        return load_clip_vision(clip_vision, comfyui)
+    if open_clip:
+        if not weights:
+            raise UsageError("--open-clip needs --weights FILE (a local weights file; nothing is downloaded)")
+        from ..extraction.open_clip_encoder import OpenClipImageEncoder
+
+        return OpenClipImageEncoder(open_clip, weights, config=open_clip_config)
+    from ..extraction.encoders import RandomImageEncoder
+
+    return RandomImageEncoder(dim=int(random_encoder))  # type: ignore[arg-type]
+
+
+def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = None, clip_vision: str | None = None,
+                comfyui: str | None = None, open_clip: str | None = None, weights: str | None = None,
+                open_clip_config: str | None = None, random_encoder: int | None = None, checkpoint: str | None = None,
+                clip: list[str] | None = None, clip_type: str = "sdxl", bake: bool = False, category: str | None = None,
+                batch_size: int = 32, workers: int | None = None, no_thumbnails: bool = False, shard: str | None = None,
+                commit_every: int = 2048, pairs: str | None = None, report: str | None = None, json: bool = False) -> int:
+    from ..extraction.pipeline import Extractor, default_report_path, parse_shard, write_report
+
+    if (vault is None) == (vault_dir is None):
+        raise UsageError("give --vault FILE.vault (one vault) or --vault-dir DIR (one vault per category)")
+    encoder = _image_encoder(clip_vision, comfyui, open_clip, weights, open_clip_config, random_encoder)
+    text_encoder = None
+    if bake:
+        if not (checkpoint or clip):
+            raise UsageError("--bake needs the text encoder: --checkpoint FILE or --clip FILE [--clip FILE]")
+        from ..extraction.comfy_loader import load_text_encoder
+
+        text_encoder = load_text_encoder(checkpoint=checkpoint, clip_files=clip, clip_type=clip_type, comfyui=comfyui)
+    elif checkpoint or clip:
+        print("note: --checkpoint/--clip only matter with --bake; building a text-mode vault", file=sys.stderr)
+    shard_spec = parse_shard(shard)
+    extractor = Extractor(encoder, vault=vault, vault_dir=vault_dir, text_encoder=text_encoder, batch_size=batch_size,
+                          workers=workers, thumbnails=not no_thumbnails, commit_every=commit_every, shard=shard_spec)
+    with progress_bar("extracting", "img", not json) as cb:
+        result = extractor.run(folder, category=category, progress=cb)
+    report_path = report or str(default_report_path(extractor.vault, extractor.vault_dir))
+    if result.skipped:
+        write_report(result, report_path)
+    data = result.to_json()
+    data["report"] = report_path if result.skipped else None
+    lines = [result.summary()]
+    for path, n in result.added.items():
+        lines.append(f"  {path}: +{n} entries")
+    if result.skipped:
+        lines.append(f"  skipped items listed in {report_path}")
+    if pairs:
+        from ..extraction.pairs import export_pairs
+        from ..vault import Vault
+
+        targets = [t.path for t in extractor.targets.values()]
+        if len(targets) != 1:
+            raise UsageError("--pairs needs a single output vault (use --vault, not --vault-dir)")
+        info = export_pairs(Vault.open(targets[0]), pairs)
+        data["pairs"] = info
+        lines.append(f"  {info['pairs']} training pairs written to {pairs}")
+    emit(data, json, "\n".join(lines))
+    return 0

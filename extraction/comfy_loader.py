@@ -1,0 +1,89 @@
+"""ComfyUI used as a library (outside a running server): load the user's CLIP vision and CLIP files.
+
+The CLI finds ComfyUI from `--comfyui DIR`, `$LUNA_COMFYUI`, or automatically when this pack sits
+in `ComfyUI/custom_nodes/`, and then loads `clip_vision/*.safetensors` and checkpoint CLIPs with
+ComfyUI's own loaders, so a batch job embeds exactly as the node path does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
+
+CLIP_TYPES = ("stable_diffusion", "sdxl", "flux", "sd3")
+
+
+class ComfyUINotFound(FileNotFoundError):
+    """No ComfyUI folder could be found or imported."""
+
+
+def find_comfyui(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The ComfyUI folder to use: explicit, $LUNA_COMFYUI, or the one this pack is installed in."""
+    candidates = [Path(explicit)] if explicit else []
+    if os.environ.get("LUNA_COMFYUI"):
+        candidates.append(Path(os.environ["LUNA_COMFYUI"]))
+    here = Path(__file__).resolve().parents[1]  # the pack folder
+    if here.parent.name == "custom_nodes":
+        candidates.append(here.parent.parent)
+    for c in candidates:
+        if (c / "comfy" / "sd.py").is_file():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates) or "nothing (no --comfyui, no $LUNA_COMFYUI, pack not in custom_nodes)"
+    raise ComfyUINotFound(
+        f"cannot find ComfyUI (tried {tried}); pass --comfyui /path/to/ComfyUI to use its loaders, "
+        "or --open-clip MODEL to embed with open_clip instead"
+    )
+
+
+def import_comfy(root: Path) -> Any:
+    """Import ComfyUI's `comfy` package from `root` (CPU mode when there is no CUDA)."""
+    import torch
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        cli_args = importlib.import_module("comfy.cli_args")
+        if not torch.cuda.is_available():
+            cli_args.args.cpu = True  # as `main.py --cpu`; model_management reads it at import
+        importlib.import_module("comfy.clip_vision")
+        return importlib.import_module("comfy.sd")
+    except ImportError as e:
+        raise ComfyUINotFound(f"ComfyUI at {root} could not be imported ({e}); install its requirements.txt") from e
+
+
+def load_clip_vision(path: str | os.PathLike[str], comfyui: str | os.PathLike[str] | None = None) -> ComfyClipVisionEncoder:
+    """A ComfyUI clip_vision file (e.g. CLIP-ViT-H-14 .safetensors) as an ImageEncoder."""
+    root = find_comfyui(comfyui)
+    import_comfy(root)
+    clip_vision = importlib.import_module("comfy.clip_vision")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"CLIP vision file {path} does not exist")
+    model = clip_vision.load(str(path))
+    if model is None:
+        raise ValueError(f"{path} is not a CLIP vision model ComfyUI recognises")
+    return ComfyClipVisionEncoder(model, name=Path(path).stem)
+
+
+def load_text_encoder(checkpoint: str | os.PathLike[str] | None = None, clip_files: list[str] | None = None,
+                      clip_type: str = "stable_diffusion", comfyui: str | os.PathLike[str] | None = None) -> ComfyClipTextEncoder:
+    """The CLIP of a checkpoint, or standalone CLIP files (CLIPLoader/DualCLIPLoader types), as a TextEncoder."""
+    root = find_comfyui(comfyui)
+    sd = import_comfy(root)
+    if checkpoint:
+        out = sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=True, output_model=False)
+        clip = out[1]
+        if clip is None:
+            raise ValueError(f"checkpoint {checkpoint} has no CLIP text encoder")
+    elif clip_files:
+        if clip_type not in CLIP_TYPES:
+            raise ValueError(f"clip type {clip_type!r} unknown; choose one of {CLIP_TYPES}")
+        ctype = getattr(sd.CLIPType, clip_type.upper())
+        clip = sd.load_clip(ckpt_paths=[str(p) for p in clip_files], clip_type=ctype)
+    else:
+        raise ValueError("give a checkpoint or CLIP files to load a text encoder from")
+    return ComfyClipTextEncoder(clip)

@@ -1,0 +1,329 @@
+"""Batch extraction: a folder of generated images -> vault entries, fast and without losing data.
+
+reader (main process: list files, read sidecars, pick this shard)
+-> decode (DataLoader workers: read bytes, content hash, skip what the vault has, decode, embedded
+   prompt, resize+crop to the encoder's input size, thumbnail)
+-> encode (main process: the image encoder, batched on its device)
+-> write (one atomic vault append every `commit_every` items, prompts de-duplicated by the vault,
+   new prompts baked when asked). A killed run loses at most the uncommitted part, and a re-run
+   skips every committed image by its content hash.
+Bad items (unreadable image, missing prompt, duplicate file) are skipped and listed in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..vault.atomic import check_name
+from ..vault.entries import AddReport
+from ..vault.manifest import TextSpec
+from ..vault.store import Vault, VaultWriter, vault_exists
+from ..vault.thumbnails import make_thumbnail
+from .encoders import ImageEncoder, TextEncoder, resize_crop
+from .readers import Item, describe, list_images, read_embedded
+
+log = logging.getLogger(__name__)
+HASH_BYTES = 16
+
+
+def content_hash(data: bytes) -> bytes:
+    """First 16 bytes of SHA-256 of a file's bytes: how a vault knows an image it already holds."""
+    return hashlib.sha256(data).digest()[:HASH_BYTES]
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'i/n' (1-based, as users count) -> (i-1, n); None -> torchrun's RANK/WORLD_SIZE if set."""
+    if spec:
+        try:
+            i, n = (int(x) for x in spec.split("/"))
+        except ValueError as e:
+            raise ValueError(f"--shard must look like 2/8 (this is shard 2 of 8), got {spec!r}") from e
+        if not 1 <= i <= n:
+            raise ValueError(f"--shard {spec}: the shard number must lie in 1..{n}")
+        return i - 1, n
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def in_shard(rel_path: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic split by a hash of the relative path: stable when files are added or removed."""
+    return shard is None or zlib.crc32(rel_path.encode("utf-8")) % shard[1] == shard[0]
+
+
+def shard_vault_path(path: Path, shard: tuple[int, int] | None) -> Path:
+    if shard is None:
+        return path
+    stem = path.name[: -len(".vault")] if path.name.endswith(".vault") else path.name
+    return path.with_name(f"{stem}.shard-{shard[0] + 1}-of-{shard[1]}.vault")
+
+
+@dataclass
+class ExtractReport:
+    """What a run did: entries added per vault, images already present, and every skip with its reason."""
+
+    added: dict[str, int] = field(default_factory=dict)
+    already_present: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    images: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def total_added(self) -> int:
+        return sum(self.added.values())
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for _, r in self.skipped:
+            key = r.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        rate = self.images / self.seconds if self.seconds else 0.0
+        s = (f"{self.images} images in {self.seconds:.1f} s ({rate:.1f} img/s): {self.total_added} added, "
+             f"{self.already_present} already in the vault, {len(self.skipped)} skipped")
+        if reasons:
+            s += " (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])) + ")"
+        return s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "added": self.added, "already_present": self.already_present,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped], "seconds": round(self.seconds, 3),
+                "images_per_s": round(self.images / self.seconds, 2) if self.seconds else None}
+
+
+class DecodeDataset(torch.utils.data.Dataset):
+    """Reads, hashes, decodes and resizes one item; runs in DataLoader workers."""
+
+    def __init__(self, items: list[Item], size: int, known: set[bytes], thumbnails: bool) -> None:
+        self.items, self.size, self.known, self.thumbnails = items, size, known, thumbnails
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.items[i]
+        out: dict[str, Any] = {"index": i, "pixels": None, "reason": None, "hash": None, "prompt": item.prompt,
+                               "metadata": dict(item.metadata), "thumbnail": None}
+        try:
+            data = item.path.read_bytes()
+        except OSError as e:
+            out["reason"] = f"unreadable file: {e.strerror or e}"
+            return out
+        out["hash"] = content_hash(data)
+        if out["hash"] in self.known:
+            out["reason"] = "already in the vault"
+            return out
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                if out["prompt"] is None:
+                    prompt, meta = read_embedded(img)
+                    out["prompt"] = prompt
+                    out["metadata"] = {**meta, **out["metadata"]}
+                rgb = img.convert("RGB")
+        except UnidentifiedImageError:
+            out["reason"] = "unreadable image: not an image format Pillow recognises, or the file is corrupt"
+            return out
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+            out["reason"] = f"unreadable image: {e}"
+            return out
+        if not out["prompt"]:
+            out["reason"] = "missing prompt (no .txt/.json sidecar, no prompt in the image)"
+            return out
+        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]
+        out["pixels"] = resize_crop(pixels, self.size)[0]
+        if self.thumbnails:
+            out["thumbnail"] = make_thumbnail(rgb)
+        return out
+
+
+def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+@dataclass
+class _Target:
+    """One output vault and its uncommitted buffer."""
+
+    path: Path
+    category: str
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    metas: list[dict[str, Any]] = field(default_factory=list)
+    thumbs: list[bytes | None] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def default_report_path(vault: Path | None, vault_dir: Path | None) -> Path:
+    """Where skipped items are listed: beside the vault, or inside the vault folder."""
+    if vault is not None:
+        stem = vault.name[: -len(".vault")] if vault.name.endswith(".vault") else vault.name
+        return vault.with_name(f"{stem}.extract-report.jsonl")
+    assert vault_dir is not None
+    return vault_dir / "extract-report.jsonl"
+
+
+class Extractor:
+    """Runs the pipeline into one vault, or one vault per category in a folder."""
+
+    def __init__(self, encoder: ImageEncoder, *, vault: str | os.PathLike[str] | None = None,
+                 vault_dir: str | os.PathLike[str] | None = None, text_encoder: TextEncoder | None = None,
+                 batch_size: int = 32, workers: int | None = None, thumbnails: bool = True,
+                 commit_every: int = 2048, shard: tuple[int, int] | None = None) -> None:
+        if (vault is None) == (vault_dir is None):
+            raise ValueError("give exactly one of vault (one vault) or vault_dir (one vault per category)")
+        self.encoder = encoder
+        self.vault = shard_vault_path(Path(vault), shard) if vault is not None else None
+        self.vault_dir = Path(vault_dir) if vault_dir is not None else None
+        self.text_encoder = text_encoder
+        self.batch_size = batch_size
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.thumbnails = thumbnails
+        self.commit_every = commit_every
+        self.shard = shard
+        self.targets: dict[str, _Target] = {}
+
+    # ---- targets -----------------------------------------------------------------------------
+    def _target_for(self, category: str) -> _Target:
+        key = "" if self.vault is not None else category
+        if key not in self.targets:
+            if self.vault is not None:
+                path = self.vault
+            else:
+                assert self.vault_dir is not None
+                path = shard_vault_path(self.vault_dir / f"{check_name(category, 'category')}.vault", self.shard)
+            self.targets[key] = _Target(path, category)
+        return self.targets[key]
+
+    def _existing_hashes(self, paths: list[Path]) -> set[bytes]:
+        known: set[bytes] = set()
+        for p in paths:
+            if vault_exists(p):
+                v = Vault.open(p)  # refuse to extend a vault built with another encoder
+                v.encoder.check_compatible(self.encoder.fingerprint, f"vault '{v.name}'")
+                hashes = v.content_hashes()  # deleted entries included: a re-run does not bring them back
+                known.update(bytes(h) for h in hashes if h.any())
+        return known
+
+    def _flush(self, target: _Target, report: ExtractReport) -> None:
+        if not len(target):
+            return
+        text = TextSpec.for_family(self.text_encoder.family) if self.text_encoder is not None else None
+        if vault_exists(target.path):
+            writer = VaultWriter.open(target.path)
+            if text is not None and writer.text != text:
+                writer.abort()
+                raise ValueError(f"vault {target.path} bakes {writer.text.family if writer.text else 'nothing'} "
+                                 f"conditioning, the text encoder gives {text.family}")
+        else:
+            writer = VaultWriter.create(target.path, self.encoder.fingerprint, target.category, text=text)
+        with writer:
+            encode = (lambda p: self.text_encoder.encode(p)) if self.text_encoder is not None else None
+            added: AddReport = writer.add(np.stack(target.embeddings), target.prompts, target.metas, target.thumbs,
+                                          target.hashes, encode)
+        report.added[str(target.path)] = report.added.get(str(target.path), 0) + added.added
+        for s in added.skipped:
+            report.skipped.append((target.metas[s.index].get("source", "?"), s.reason))
+        target.embeddings.clear()
+        target.prompts.clear()
+        target.metas.clear()
+        target.thumbs.clear()
+        target.hashes.clear()
+
+    # ---- running -----------------------------------------------------------------------------
+    def plan(self, root: str | os.PathLike[str], category: str | None = None) -> tuple[list[Item], ExtractReport]:
+        """List this shard's items with their sidecar data; sidecar problems become report entries."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist")
+        report = ExtractReport()
+        items = []
+        for path in list_images(root):
+            rel = str(path.relative_to(root))
+            if not in_shard(rel, self.shard):
+                continue
+            try:
+                items.append(describe(path, root, category))
+            except (ValueError, OSError) as e:
+                report.skipped.append((rel, f"bad sidecar: {e}"))
+        return items, report
+
+    def run(self, root: str | os.PathLike[str], category: str | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            check_interrupt: Callable[[], None] | None = None) -> ExtractReport:
+        """Extract every image under `root` (this shard) into the vault(s); returns the report."""
+        t0 = time.perf_counter()
+        items, report = self.plan(root, category)
+        categories = {it.metadata["category"] for it in items}
+        for c in sorted(categories):
+            self._target_for(str(c))
+        known = self._existing_hashes([t.path for t in self.targets.values()])
+        dataset = DecodeDataset(items, self.encoder.input_size, known, self.thumbnails)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=_collate,
+            prefetch_factor=4 if self.workers else None, persistent_workers=False,
+        )
+        seen: dict[bytes, str] = {}
+        done = 0
+        try:
+            for batch in loader:
+                if check_interrupt is not None:
+                    check_interrupt()
+                good = []
+                for r in batch:
+                    source = r["metadata"].get("source", str(items[r["index"]].path))
+                    if r["reason"] == "already in the vault":
+                        report.already_present += 1
+                    elif r["reason"]:
+                        report.skipped.append((source, r["reason"]))
+                    elif r["hash"] in seen:
+                        report.skipped.append((source, f"duplicate file: same content as {seen[r['hash']]}"))
+                    else:
+                        seen[r["hash"]] = source
+                        good.append(r)
+                if good:
+                    t = time.perf_counter()
+                    emb = self.encoder.encode(torch.stack([r["pixels"] for r in good])).numpy()
+                    report.encode_seconds += time.perf_counter() - t
+                    for r, e in zip(good, emb):
+                        target = self._target_for(str(r["metadata"]["category"]))
+                        target.embeddings.append(e)
+                        target.prompts.append(r["prompt"])
+                        target.metas.append(r["metadata"])
+                        target.thumbs.append(r["thumbnail"])
+                        target.hashes.append(r["hash"])
+                        if len(target) >= self.commit_every:
+                            self._flush(target, report)
+                done += len(batch)
+                report.images = done
+                if progress is not None:
+                    progress(done, len(items))
+        finally:
+            for target in self.targets.values():  # what was encoded is committed, even on interrupt
+                self._flush(target, report)
+            report.images = done
+            report.seconds = time.perf_counter() - t0
+        return report
+
+
+def write_report(report: ExtractReport, path: str | os.PathLike[str]) -> None:
+    """The skipped items as JSON lines: {"path": ..., "reason": ...}."""
+    with open(path, "w", encoding="utf-8") as f:
+        for p, r in report.skipped:
+            f.write(json.dumps({"path": p, "reason": r}, ensure_ascii=False) + "\n")

@@ -1,0 +1,127 @@
+"""Encoders built from small random-initialised models, loaded through the real loading code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from helpers import COMFYUI, SHARED
+from luna_vault.extraction.encoders import RandomImageEncoder, clip_preprocess, probe_image, resize_crop
+from luna_vault.vault import EncoderMismatchError
+
+
+def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 90, 70, 3, generator=g)
+
+
+def test_random_encoder_deterministic_normalised_and_fingerprinted() -> None:
+    a, b, c = RandomImageEncoder(64, seed=1), RandomImageEncoder(64, seed=1), RandomImageEncoder(64, seed=2)
+    x = _images()
+    ea, eb = a.encode(x), b.encode(x)
+    assert ea.shape == (3, 64) and torch.equal(ea, eb)
+    torch.testing.assert_close(ea.norm(dim=1), torch.ones(3))
+    assert a.fingerprint == b.fingerprint and a.fingerprint.weights_hash != c.fingerprint.weights_hash
+    a.fingerprint.check_compatible(b.fingerprint)
+    with pytest.raises(EncoderMismatchError, match="disagree on a test image"):
+        a.fingerprint.check_compatible(c.fingerprint)
+    with pytest.raises(ValueError, match="empty"):
+        a.encode(torch.zeros(0, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        a.encode(torch.zeros(8, 8, 3))
+
+
+def test_resize_crop_matches_comfyui_steps() -> None:
+    x = _images(1)
+    out = resize_crop(x, 32)
+    assert out.shape == (1, 32, 32, 3)
+    assert torch.equal(out * 255, (out * 255).round())  # 8-bit levels
+    same = resize_crop(out, 32)
+    assert torch.equal(same, out)  # already the right size: untouched, as in ComfyUI
+    assert probe_image().shape == (1, 224, 224, 3)
+
+
+@pytest.fixture(scope="module")
+def open_clip_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("open_clip")
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = folder / "luna-tiny-vit.json"
+    cfg.write_text(json.dumps(config))
+    open_clip.add_model_config(str(cfg))
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("luna-tiny-vit")
+        path = folder / f"tiny-{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        paths.append(path)
+    return cfg, paths[0], paths[1]
+
+
+def test_open_clip_from_local_weights(open_clip_model: tuple[Path, Path, Path]) -> None:
+    from luna_vault.extraction.open_clip_encoder import OpenClipImageEncoder
+
+    cfg, w0, w1 = open_clip_model
+    a = OpenClipImageEncoder("luna-tiny-vit", w0, config=cfg)
+    b = OpenClipImageEncoder("luna-tiny-vit", w0, config=cfg)
+    c = OpenClipImageEncoder("luna-tiny-vit", w1, config=cfg)
+    x = _images()
+    ea = a.encode(x)
+    assert ea.shape == (3, 32) and a.input_size == 64
+    torch.testing.assert_close(ea.norm(dim=1), torch.ones(3))
+    assert torch.equal(ea, b.encode(x))
+    assert not torch.allclose(ea, c.encode(x))
+    assert a.fingerprint.weights_hash == b.fingerprint.weights_hash != c.fingerprint.weights_hash
+    a.fingerprint.check_compatible(b.fingerprint)
+    with pytest.raises(EncoderMismatchError):
+        a.fingerprint.check_compatible(c.fingerprint)
+    # the weights really came from the file: the model's tensors equal the saved ones
+    from safetensors.torch import load_file
+
+    saved = load_file(str(w1))
+    key = "visual.conv1.weight"
+    assert torch.equal(c.model.state_dict()[key], saved[key])
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded|no downloads"):
+        OpenClipImageEncoder("luna-tiny-vit", w0.with_name("missing.safetensors"), config=cfg)
+
+
+def _make_clip_vision(path: Path, seed: int) -> Path:
+    sys.path.insert(0, str(SHARED / "comfyui-tools"))
+    from make_clip_vision import ARCHS, build_sd, save, vision_shapes  # noqa: F401
+
+    save(build_sd(vision_shapes("vitl"), "pt", seed=seed), str(path), "pt")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (COMFYUI / "comfy" / "sd.py").is_file(), reason="needs ComfyUI at ../shared/comfyui")
+def test_comfyui_loader_as_a_library(tmp_path: Path) -> None:
+    from luna_vault.extraction.comfy_loader import load_clip_vision
+
+    p0, p1 = _make_clip_vision(tmp_path / "vitl-0.pt", 0), _make_clip_vision(tmp_path / "vitl-1.pt", 1)
+    enc = load_clip_vision(p0, comfyui=COMFYUI)
+    x = _images(1)
+    e1, e2 = enc.encode(x), enc.encode(x)
+    assert e1.shape == (1, 768) and torch.equal(e1, e2)
+    torch.testing.assert_close(e1.norm(dim=1), torch.ones(1))
+    # our resize_crop + ComfyUI's encode == ComfyUI's own preprocessing of the full image
+    torch.testing.assert_close(enc.encode(resize_crop(x, enc.input_size)), e1, atol=1e-5, rtol=0)
+    import comfy.clip_vision as cv  # imported by the loader
+
+    torch.testing.assert_close(clip_preprocess(x, 224), cv.clip_preprocess(x, size=224))
+    fp0 = enc.fingerprint
+    assert fp0.dim == 768 and fp0.probe is not None
+    other = load_clip_vision(p1, comfyui=COMFYUI)
+    assert other.fingerprint.weights_hash != fp0.weights_hash
+    with pytest.raises(EncoderMismatchError):
+        fp0.check_compatible(other.fingerprint)
+    assert np.isfinite(np.asarray(fp0.probe)).all()

@@ -1,0 +1,181 @@
+"""Extraction pipeline: folder -> vault; bad items reported, resumable, sharded + merged, baked, pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+
+from helpers import toy_encode
+from luna_vault.cli import main
+from luna_vault.extraction.encoders import RandomImageEncoder, resize_crop
+from luna_vault.extraction.pairs import export_pairs
+from luna_vault.extraction.pipeline import Extractor, in_shard, parse_shard
+from luna_vault.vault import Vault, merge, search
+
+
+def make_folder(root: Path, n: int, seed: int = 0, sub: str = "eyes") -> list[Path]:
+    rng = np.random.default_rng(seed)
+    (root / sub).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        colour = rng.integers(0, 255, 3)
+        arr = np.clip(colour + rng.normal(0, 20, (48 + i % 5, 40, 3)), 0, 255).astype(np.uint8)
+        p = root / sub / f"img{i:04d}.png"
+        Image.fromarray(arr).save(p)
+        p.with_suffix(".txt").write_text(f"{sub} prompt {i % 7}")
+        paths.append(p)
+    return paths
+
+
+class ToyText:
+    family = "sd15"
+    key = "toy"
+
+    def encode(self, prompt: str):
+        return toy_encode(prompt, dim=768, pooled_dim=768)
+
+
+def test_folder_to_vault_with_bad_items(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    paths = make_folder(data, 20)
+    (data / "eyes" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (data / "eyes" / "broken.txt").write_text("p")
+    Image.new("RGB", (8, 8)).save(data / "eyes" / "noprompt.png")
+    (data / "eyes" / "copy.png").write_bytes(paths[3].read_bytes())
+    (data / "eyes" / "copy.txt").write_text("copy")
+    enc = RandomImageEncoder(dim=32)
+    report = Extractor(enc, vault=tmp_path / "eyes.vault", batch_size=8, workers=2).run(data)
+    assert (report.total_added, report.images, len(report.skipped)) == (20, 23, 3)
+    reasons = dict(report.skipped)
+    assert reasons["eyes/broken.png"].startswith("unreadable image")
+    assert reasons["eyes/noprompt.png"].startswith("missing prompt")
+    assert "duplicate file" in reasons["eyes/img0003.png"] or "duplicate file" in reasons["eyes/copy.png"]
+    v = Vault.open(tmp_path / "eyes.vault")
+    assert (len(v), v.n_prompts, v.category) == (20, 8, "eyes")  # 7 prompts + "copy"
+    assert v.has_thumbnails and v.thumbnail(0)
+    # the stored embedding is the encoder's embedding of the same pixels
+    src = v.metadata(5)["source"]
+    pixels = torch.from_numpy(np.asarray(Image.open(data / src).convert("RGB"), dtype=np.float32) / 255)[None]
+    want = enc.encode(resize_crop(pixels, enc.input_size)).numpy()[0]
+    np.testing.assert_allclose(v.embeddings([5])[0].astype(np.float32), want, atol=2e-3)
+    [r] = search(v, want, k=1)
+    assert r.matches[0].metadata["source"] == src
+
+
+def test_rerun_skips_what_the_vault_has_and_adds_new_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_folder(data, 12)
+    enc = RandomImageEncoder(dim=32)
+    Extractor(enc, vault=tmp_path / "v.vault", workers=0).run(data)
+    again = Extractor(enc, vault=tmp_path / "v.vault", workers=0).run(data)
+    assert (again.total_added, again.already_present) == (0, 12)
+    make_folder(data, 3, seed=9, sub="more")
+    third = Extractor(enc, vault=tmp_path / "v.vault", workers=0).run(data, category="eyes")
+    assert (third.total_added, third.already_present) == (3, 12)
+    assert len(Vault.open(tmp_path / "v.vault")) == 15
+    other = RandomImageEncoder(dim=32, seed=5)
+    with pytest.raises(Exception, match="disagree on a test image"):
+        Extractor(other, vault=tmp_path / "v.vault", workers=0).run(data)
+
+
+def test_shards_split_deterministically_and_merge_to_the_whole(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_folder(data, 30)
+    assert parse_shard("2/3") == (1, 3)
+    with pytest.raises(ValueError):
+        parse_shard("4/3")
+    rels = [f"eyes/img{i:04d}.png" for i in range(30)]
+    parts = [sum(in_shard(r, (i, 3)) for r in rels) for i in range(3)]
+    assert sum(parts) == 30 and all(p > 0 for p in parts)
+    enc = RandomImageEncoder(dim=32)
+    for i in range(3):
+        Extractor(enc, vault=tmp_path / "eyes.vault", shard=(i, 3), workers=0).run(data)
+    shard_paths = sorted(tmp_path.glob("eyes.shard-*-of-3.vault"))
+    assert [len(Vault.open(p)) for p in shard_paths] == parts
+    merge(tmp_path / "eyes.vault", shard_paths)
+    whole = Extractor(enc, vault=tmp_path / "single.vault", workers=0)
+    whole.run(data)
+    merged, single = Vault.open(tmp_path / "eyes.vault"), Vault.open(tmp_path / "single.vault")
+    assert len(merged) == len(single) == 30
+    assert sorted(map(bytes, merged.content_hashes())) == sorted(map(bytes, single.content_hashes()))
+
+
+def test_bake_and_pairs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_folder(data, 14)
+    calls: list[str] = []
+
+    class Counting(ToyText):
+        def encode(self, prompt: str):
+            calls.append(prompt)
+            return super().encode(prompt)
+
+    Extractor(RandomImageEncoder(dim=32), vault=tmp_path / "b.vault", text_encoder=Counting(), workers=0,
+              commit_every=5).run(data)
+    assert sorted(calls) == sorted({f"eyes prompt {i}" for i in range(7)})  # de-duplicated, across commits too
+    v = Vault.open(tmp_path / "b.vault")
+    assert v.text is not None and v.text.family == "sd15" and len(v.manifest.segments) == 3
+    info = export_pairs(v, tmp_path / "pairs", shard_size=6)
+    assert info["pairs"] == 14 and [s["pairs"] for s in info["shards"]] == [6, 6, 2]
+    shard = load_file(str(tmp_path / "pairs" / "pairs-00001.safetensors"))
+    np.testing.assert_array_equal(shard["entry_ids"], np.arange(6, 12))
+    np.testing.assert_array_equal(shard["embeddings"], v.embeddings(np.arange(6, 12)))
+    pid = int(shard["prompt_ids"][0])
+    cond, _ = v.baked(pid)
+    np.testing.assert_allclose(cond.astype(np.float32), toy_encode(v.prompt(pid), dim=768, pooled_dim=768)[0].numpy(),
+                               atol=2e-3, rtol=1e-3)
+    assert json.loads((tmp_path / "pairs" / "pairs.json").read_text())["content_key"] == v.manifest.content_key
+
+
+def test_cli_extract_per_category(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    make_folder(data, 6, sub="eyes")
+    make_folder(data, 4, seed=3, sub="hands")
+    Image.new("RGB", (8, 8)).save(data / "hands" / "lost.png")
+    code = main(["extract", str(data), "--vault-dir", str(tmp_path / "vaults"), "--random-encoder", "32", "--workers", "0",
+                 "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["images"] == 11
+    assert {Path(k).name: n for k, n in out["added"].items()} == {"eyes.vault": 6, "hands.vault": 4}
+    report = (tmp_path / "vaults" / "extract-report.jsonl").read_text().splitlines()
+    assert json.loads(report[0])["path"] == "hands/lost.png"
+    assert main(["extract", str(data), "--vault", str(tmp_path / "x.vault")]) == 2  # no encoder given
+    assert "error: choose one image encoder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_folder(data, 400)
+    vault = tmp_path / "v.vault"
+    cmd = [sys.executable, "-m", "luna_vault.cli", "extract", str(data), "--vault", str(vault), "--random-encoder", "32",
+           "--workers", "1", "--batch-size", "8", "--commit-every", "16", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (vault / "manifest.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "extract exited early"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    partial = len(Vault.open(vault)) if (vault / "manifest.json").exists() else 0
+    assert partial < 400, "the run finished before it could be killed; make the folder bigger"
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    v = Vault.open(vault)
+    assert out["already_present"] == partial and sum(out["added"].values()) == 400 - partial
+    hashes = [bytes(h) for h in v.content_hashes()]
+    assert len(v) == 400 and len(set(hashes)) == 400
+    assert v.verify() == []
