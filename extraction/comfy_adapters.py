@@ -50,13 +50,21 @@ class ComfyClipVisionEncoder:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         images = check_image_batch(images)
-        out = []
-        for a in range(0, images.shape[0], self.batch_size):
-            emb = self.clip_vision.encode_image(images[a : a + self.batch_size])["image_embeds"]
-            if emb.dim() == 3:  # SigLIP: no projection, one embedding per patch token
-                emb = emb.mean(dim=1)
-            out.append(F.normalize(emb.float().cpu(), dim=-1))
-        return torch.cat(out)
+        return torch.cat([self._normalised(self.clip_vision.encode_image(images[a : a + self.batch_size]))
+                          for a in range(0, images.shape[0], self.batch_size)])
+
+    @staticmethod
+    def _normalised(output: Any) -> torch.Tensor:
+        emb = output["image_embeds"]
+        if emb.dim() == 3:  # SigLIP: no projection, one embedding per patch token
+            emb = emb.mean(dim=1)
+        return F.normalize(emb.float().cpu(), dim=-1)
+
+    @torch.no_grad()
+    def encode_with_output(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Normalised embeddings and ComfyUI's own CLIP_VISION_OUTPUT, from one forward pass."""
+        output = self.clip_vision.encode_image(check_image_batch(images))
+        return self._normalised(output), output
 
     @property
     def fingerprint(self) -> EncoderFingerprint:

@@ -1,1 +1,16 @@
-"""ComfyUI nodes (thin adapters over the core library)."""
+"""ComfyUI nodes: thin adapters over the core library (V3 API)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .embedding import LunaEmbeddingExtractor
+from .vault_builder import LunaVaultBuilder
+from .vault_query import LunaVaultInfo, LunaVaultQuery
+
+NODES: list[type[io.ComfyNode]] = [LunaVaultQuery, LunaVaultBuilder, LunaEmbeddingExtractor, LunaVaultInfo]
+
+
+class LunaExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

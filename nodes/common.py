@@ -1,0 +1,112 @@
+"""What the Luna nodes share: model folders, vault names, progress and interruption, previews."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import folder_paths
+import numpy as np
+import torch
+
+from ..vault.atomic import check_name
+from ..vault.manifest import MANIFEST
+
+VAULTS = "vaults"
+PROJECTORS = "luna_projectors"
+AUTO = "auto-detect"
+CATEGORY = "Luna"
+
+
+def register_model_folders() -> None:
+    """Add models/vaults and models/luna_projectors (extra_model_paths.yaml entries for them also work)."""
+    for name in (VAULTS, PROJECTORS):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+
+
+def vault_folders() -> list[Path]:
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(VAULTS)]
+    except KeyError:
+        return [Path(folder_paths.models_dir) / VAULTS]
+
+
+def vault_names() -> list[str]:
+    """Names of the vaults in every vaults folder (a vault is a NAME.vault folder with a manifest)."""
+    names: set[str] = set()
+    for folder in vault_folders():
+        if folder.is_dir():
+            names.update(p.name[: -len(".vault")] for p in folder.glob("*.vault") if (p / MANIFEST).is_file())
+    return sorted(names)
+
+
+def vault_path(name: str) -> Path:
+    """The folder of an existing vault, or a clear error listing what there is."""
+    check_name(name, "vault name")
+    for folder in vault_folders():
+        p = folder / f"{name}.vault"
+        if (p / MANIFEST).is_file():
+            return p
+    known = ", ".join(vault_names()) or "none yet"
+    raise ValueError(f"no vault named '{name}' in {', '.join(map(str, vault_folders()))} (vaults there: {known}); "
+                     "build one with Luna Vault Builder or `luna-vault extract`, then refresh the page")
+
+
+def new_vault_path(name: str) -> Path:
+    """Where a vault of this name lives (existing) or will be created (first vaults folder)."""
+    check_name(name, "vault name")
+    for folder in vault_folders():
+        p = folder / f"{name}.vault"
+        if p.exists():
+            return p
+    folder = vault_folders()[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.vault"
+
+
+def vault_stamp(name: str) -> str:
+    """Changes whenever the vault's manifest changes (every write replaces it)."""
+    try:
+        st = (vault_path(name) / MANIFEST).stat()
+        return f"{st.st_mtime_ns}:{st.st_size}"
+    except (ValueError, OSError):
+        return "missing"
+
+
+def check_interrupt() -> None:
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress_bar() -> Callable[[int, int], None]:
+    """A (done, total) callback driving ComfyUI's progress bar on the running node."""
+    import comfy.utils
+
+    bars: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(comfy.utils.ProgressBar(max(1, total)))
+        bars[0].update_absolute(done, max(1, total))
+
+    return update
+
+
+def as_image_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Stack previews of possibly different sizes into one IMAGE batch (padded to the largest)."""
+    h = max(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    out = torch.zeros(len(arrays), h, w, 3)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0], : a.shape[1]] = torch.from_numpy(a)
+    return out
+
+
+def lines(text: str) -> list[str]:
+    return [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+
+
+def ui_text(*parts: Any) -> dict[str, Any]:
+    return {"text": [str(p) for p in parts]}

@@ -1,0 +1,126 @@
+"""Start a real ComfyUI headless on 127.0.0.1 with this pack installed, and drive it over HTTP.
+
+Follows ../shared/COMFYUI.md: a writable copy of the ComfyUI source, a temp --base-directory whose
+custom_nodes holds a link to this repository, --cpu, an empty front-end root, and the shared
+sitecustomize on PYTHONPATH (CPU torch beside PyPI's CUDA torchvision). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from helpers import COMFYUI, SHARED
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """One ComfyUI process; `base` is its --base-directory (models/, input/, output/, custom_nodes/)."""
+
+    def __init__(self, workdir: Path, start_timeout: float = 180.0) -> None:
+        self.workdir = workdir
+        self.app = workdir / "comfyui"
+        self.base = workdir / "base"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "comfyui.log"
+
+    def prepare(self) -> None:
+        shutil.copytree(COMFYUI, self.app, ignore=shutil.ignore_patterns("__pycache__", "tests", "tests-unit"))
+        for sub in ("custom_nodes", "input", "output", "temp", "user", "models/vaults", "models/clip_vision", "models/clip"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "custom_nodes" / "luna_vault").symlink_to(REPO, target_is_directory=True)
+        (self.workdir / "frontend").mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHARED / "comfyui-tools"), env.get("PYTHONPATH", "")]))
+        env["LUNA_VAULT_CACHE"] = str(self.workdir / "index-cache")
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
+               "--front-end-root", str(self.workdir / "frontend"), "--disable-auto-launch"]
+        self.proc = subprocess.Popen(cmd, cwd=self.app, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.time() + self.start_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/LunaVaultQuery")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer within {self.start_timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    # ---- HTTP ------------------------------------------------------------------------------------
+    def get(self, path: str, timeout: float = 30.0) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def run(self, graph: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        """Queue an API-format graph and wait for it; returns its /history entry (raises if rejected)."""
+        code, body = self.post("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        if code != 200:
+            raise ValueError(f"prompt rejected ({code}): {json.dumps(body)[:2000]}")
+        prompt_id = body["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            entry = hist.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
+                return entry
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died while running a prompt:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
+
+
+def execution_error(entry: dict[str, Any]) -> dict[str, Any] | None:
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None

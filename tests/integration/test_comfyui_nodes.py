@@ -1,0 +1,211 @@
+"""The Luna nodes inside a real, headless ComfyUI, driven over HTTP with small random-initialised models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import ComfyServer, execution_error
+from helpers import COMFYUI, SHARED
+
+pytestmark = pytest.mark.slow
+
+if not (COMFYUI / "main.py").is_file():
+    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
+try:
+    import aiohttp  # noqa: F401
+    import requests  # noqa: F401
+    import transformers  # noqa: F401
+except ImportError as e:
+    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/test.sh", allow_module_level=True)
+
+CROPS = 3
+
+
+def _crop(i: int) -> Image.Image:
+    """Three clearly different crops: a colour field with a bright disc at a different place."""
+    rng = np.random.default_rng(i)
+    arr = np.zeros((160, 160, 3), np.float32) + rng.uniform(0.1, 0.9, 3)
+    yy, xx = np.mgrid[:160, :160]
+    cy, cx = 40 + 40 * i, 120 - 40 * i
+    arr[(yy - cy) ** 2 + (xx - cx) ** 2 < 30**2] = 1.0
+    arr += rng.normal(0, 0.03, arr.shape)
+    return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    sys.path.insert(0, str(SHARED / "comfyui-tools"))
+    from make_clip_text import text_shapes
+    from make_clip_vision import build_sd, save, vision_shapes
+
+    s = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    s.prepare()
+    save(build_sd(vision_shapes("vitl"), "pt", seed=0), str(s.base / "models" / "clip_vision" / "vit-l-random.pt"), "pt")
+    (s.base / "models" / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save(build_sd(text_shapes("clip_l"), "pt", seed=1), str(s.base / "models" / "text_encoders" / "clip-l-random.pt"), "pt")
+    for i in range(CROPS):
+        _crop(i).save(s.base / "input" / f"crop{i}.png")
+    # a vault from another encoder (1024-d) for the mismatch test
+    from luna_vault.vault import EncoderFingerprint, build
+
+    x = np.random.default_rng(0).standard_normal((4, 1024)).astype(np.float32)
+    build(s.base / "models" / "vaults" / "bigdim.vault", x, ["a", "b", "c", "d"],
+          encoder=EncoderFingerprint("vit-h", 1024, "h"), category="other")
+    s.start()
+    yield s
+    s.stop()
+
+
+def _loaders() -> dict[str, Any]:
+    return {
+        "cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit-l-random.pt"}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip-l-random.pt", "type": "stable_diffusion"}},
+    }
+
+
+def _query(vault: str, image: str, **over: Any) -> dict[str, Any]:
+    g = _loaders()
+    g.update({
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a detailed close-up", "clip": ["clip", 0]}},
+        "img": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "q": {"class_type": "LunaVaultQuery", "inputs": {
+            "image": ["img", 0], "clip_vision": ["cv", 0], "vault": vault, "k": 3, "strength": 0.3,
+            "blend_mode": "average", "temperature": 0.05, "conditioning": ["pos", 0], "clip": ["clip", 0], "filter": "",
+            **over}},
+        "prompts": {"class_type": "PreviewAny", "inputs": {"source": ["q", 2]}},
+        "report": {"class_type": "PreviewAny", "inputs": {"source": ["q", 4]}},
+        "thumbs": {"class_type": "PreviewImage", "inputs": {"images": ["q", 3]}},
+    })
+    return g
+
+
+def test_object_info_lists_every_luna_node(server: ComfyServer) -> None:
+    info = server.get("/object_info")
+    luna = {k: v for k, v in info.items() if k.startswith("Luna")}
+    assert set(luna) == {"LunaVaultQuery", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"}
+    q = luna["LunaVaultQuery"]
+    assert q["display_name"] == "Luna Vault Query" and q["category"] == "Luna" and q["output_node"] is True
+    assert list(q["input"]["required"]) == ["image", "clip_vision", "vault", "k", "strength", "blend_mode", "temperature"]
+    assert list(q["input"]["optional"]) == ["conditioning", "clip", "filter"]
+    assert q["output"] == ["CONDITIONING", "CONDITIONING", "STRING", "IMAGE", "STRING"]
+    assert q["output_name"] == ["blended", "retrieved", "prompts", "matches", "report"]
+    vault_options = q["input"]["required"]["vault"][1]["options"] if isinstance(q["input"]["required"]["vault"][0], str) \
+        else q["input"]["required"]["vault"][0]
+    assert vault_options[0] == "auto-detect" and "bigdim" in vault_options
+    assert q["input"]["required"]["k"][1]["default"] == 5 and q["input"]["required"]["strength"][1]["default"] == 0.3
+    for node in luna.values():
+        for group in ("required", "optional"):
+            for name, spec in node["input"].get(group, {}).items():
+                assert spec[1].get("tooltip"), f"{node['name']}.{name} has no tooltip"
+    assert luna["LunaEmbeddingExtractor"]["output"] == ["LUNA_EMBEDDING", "CLIP_VISION_OUTPUT"]
+
+
+def test_builder_graph_creates_a_vault_and_query_finds_the_crop(server: ComfyServer) -> None:
+    g = _loaders()
+    for i in range(CROPS):
+        g[f"img{i}"] = {"class_type": "LoadImage", "inputs": {"image": f"crop{i}.png"}}
+        g[f"build{i}"] = {"class_type": "LunaVaultBuilder", "inputs": {
+            "clip_vision": ["cv", 0], "vault_name": "eyes", "mode": "append", "category": "eyes", "thumbnails": True,
+            "images": [f"img{i}", 0], "prompts": f"crop prompt {i}", "metadata": json.dumps({"seed": i})}}
+    entry = server.run(g)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert any("eyes.vault: +1 entries" in entry["outputs"][f"build{i}"]["text"][0] for i in range(CROPS))
+    from luna_vault.vault import Vault
+
+    vault = Vault.open(server.base / "models" / "vaults" / "eyes.vault")
+    assert len(vault) == CROPS and vault.has_thumbnails and vault.verify() == []
+
+    entry = server.run(_query("eyes", "crop1.png"))
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    out = entry["outputs"]
+    assert out["prompts"]["text"][0] == "crop prompt 1"
+    report = json.loads(out["report"]["text"][0])
+    top = report["crops"][0]["matches"][0]
+    assert top["prompt"] == "crop prompt 1" and top["metadata"]["seed"] == 1 and top["similarity"] > 0.999
+    assert [m["similarity"] for m in report["crops"][0]["matches"]] == sorted(
+        (m["similarity"] for m in report["crops"][0]["matches"]), reverse=True)
+    assert len(out["thumbs"]["images"]) == 3
+    [sheet] = out["q"]["images"]
+    with urllib.request.urlopen(f"{server.url}/view?filename={sheet['filename']}&type={sheet['type']}&subfolder="
+                                f"{sheet['subfolder']}", timeout=30) as r:
+        png = r.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "crop 0: eyes" in out["q"]["text"][0]
+
+
+def test_cli_and_node_embed_the_same_image_identically(server: ComfyServer, tmp_path: Path) -> None:
+    data = tmp_path / "data" / "eyes"
+    data.mkdir(parents=True)
+    for i in range(CROPS):
+        _crop(i).save(data / f"crop{i}.png")
+        (data / f"crop{i}.txt").write_text(f"cli prompt {i}")
+    res = subprocess.run(
+        [sys.executable, "-m", "luna_vault.cli", "extract", str(tmp_path / "data"), "--vault",
+         str(server.base / "models" / "vaults" / "cli.vault"), "--clip-vision",
+         str(server.base / "models" / "clip_vision" / "vit-l-random.pt"), "--comfyui", str(server.app), "--workers", "0",
+         "--json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sum(json.loads(res.stdout)["added"].values()) == CROPS
+    entry = server.run(_query("cli", "crop2.png"))
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    top = json.loads(entry["outputs"]["report"]["text"][0])["crops"][0]["matches"][0]
+    assert top["prompt"] == "cli prompt 2" and top["similarity"] > 0.999
+    # and the node path's embedding equals the stored one, value by value
+    g = _loaders()
+    g["img"] = {"class_type": "LoadImage", "inputs": {"image": "crop2.png"}}
+    g["emb"] = {"class_type": "LunaEmbeddingExtractor", "inputs": {
+        "image": ["img", 0], "clip_vision": ["cv", 0], "prompts": "x", "dataset": "cmp"}}
+    entry = server.run(g)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    from safetensors.numpy import load_file
+
+    from luna_vault.vault import Vault
+
+    [part] = (server.base / "output" / "luna_pairs" / "cmp").glob("*.safetensors")
+    node_emb = load_file(str(part))["embeddings"][0]
+    v = Vault.open(server.base / "models" / "vaults" / "cli.vault")
+    stored = v.embeddings([i for i in range(len(v)) if v.metadata(i)["source"].endswith("crop2.png")])[0]
+    np.testing.assert_allclose(node_emb, stored.astype(np.float32), atol=2e-3)
+
+
+def test_bad_inputs_fail_readably_and_the_server_keeps_serving(server: ComfyServer) -> None:
+    entry = server.run(_query("bigdim", "crop0.png"))
+    assert entry["status"]["status_str"] == "error"
+    err = execution_error(entry)
+    assert err["node_type"] == "LunaVaultQuery"
+    assert "1024-d" in err["exception_message"] and "768-d" in err["exception_message"]
+    code, body = server.post("/prompt", {"prompt": _query("no-such-vault", "crop0.png")})
+    assert code == 400 and "no-such-vault" in json.dumps(body)
+    code, body = server.post("/prompt", {"prompt": _query("eyes", "crop0.png", k=0)})
+    assert code == 400 and "k must be at least 1" in json.dumps(body)
+    entry = server.run(_query("eyes", "crop0.png"))  # still serving
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert entry["outputs"]["prompts"]["text"][0] == "crop prompt 0"
+
+
+def test_baked_vault_queried_without_clip(server: ComfyServer) -> None:
+    g = _loaders()
+    g["img"] = {"class_type": "LoadImage", "inputs": {"image": "crop0.png"}}
+    g["build"] = {"class_type": "LunaVaultBuilder", "inputs": {
+        "clip_vision": ["cv", 0], "vault_name": "baked", "mode": "overwrite", "category": "eyes", "thumbnails": False,
+        "images": ["img", 0], "prompts": "baked prompt", "clip": ["clip", 0]}}
+    entry = server.run(g)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    q = _query("baked", "crop0.png", k=1)
+    del q["q"]["inputs"]["clip"]
+    entry = server.run(q)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert json.loads(entry["outputs"]["report"]["text"][0])["mode"] == "baked"
+    q = _query("eyes", "crop0.png", k=1)
+    del q["q"]["inputs"]["clip"]
+    entry = server.run(q)
+    assert "no baked conditioning" in execution_error(entry)["exception_message"]

@@ -1,0 +1,241 @@
+"""Node schemas and `execute` with small stub encoders, checked against the core library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import COMFYUI, toy_encode
+
+if not (COMFYUI / "comfy_api").is_dir():
+    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
+sys.path.insert(0, str(COMFYUI))
+try:
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+    from comfy_api.latest import io
+except ImportError as e:  # ComfyUI's requirements are not installed
+    pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
+
+from luna_vault.nodes import NODES  # noqa: E402
+from luna_vault.nodes.embedding import LunaEmbeddingExtractor  # noqa: E402
+from luna_vault.nodes.vault_builder import LunaVaultBuilder  # noqa: E402
+from luna_vault.nodes.vault_query import LunaVaultQuery  # noqa: E402
+from luna_vault.vault import EncodingCache, TextSpec, Vault, build, retrieve  # noqa: E402
+
+
+class StubClipVision:
+    """Behaves like ComfyUI's ClipVisionModel: encode_image -> {'image_embeds': [B, D]}."""
+
+    image_size = 224
+
+    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(12, dim)
+
+    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images[..., :3].float()
+        feats = torch.cat([x.mean((1, 2)), x.std((1, 2)), x[:, ::2].mean((1, 2)), x[:, :, ::2].mean((1, 2))], dim=1)
+        with torch.no_grad():
+            return {"image_embeds": self.model(feats * 3)}
+
+
+class ToyText:
+    """The stub CLIP's encoder as a core-library text encoder."""
+
+    key = "toy"
+
+    @staticmethod
+    def encode(prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return toy_encode(prompt, dim=768, pooled_dim=768)
+
+
+class StubClip:
+    """Behaves like ComfyUI's CLIP for CLIPTextEncode: tokenize + encode_from_tokens_scheduled (SD1.5 widths)."""
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens: str) -> list:
+        cond, pooled = toy_encode(tokens, dim=768, pooled_dim=768)
+        return [[cond[None], {"pooled_output": pooled[None]}]]
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 1, 1, 3, generator=g)
+    return (base + 0.1 * torch.rand(n, 40, 40, 3, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture()
+def comfy_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    models = tmp_path / "models"
+    (models / "vaults").mkdir(parents=True)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "vaults", ([str(models / "vaults")], set()))
+    monkeypatch.setattr(folder_paths, "models_dir", str(models))
+    folder_paths.set_temp_directory(str(tmp_path / "temp"))
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    return models / "vaults"
+
+
+def test_schemas_are_complete() -> None:
+    ids = [n.GET_SCHEMA().node_id for n in NODES]
+    assert ids == ["LunaVaultQuery", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"]
+    for node in NODES:
+        schema = node.GET_SCHEMA()
+        assert schema.category == "Luna" and schema.display_name.startswith("Luna ") and schema.description
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
+        for out in schema.outputs:
+            assert out.tooltip, f"{schema.node_id} output {out.id} has no tooltip"
+
+
+def _stub_vault(vaults: Path, cv: StubClipVision, baked: bool = False) -> tuple[torch.Tensor, list[str]]:
+    from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
+
+    enc = ComfyClipVisionEncoder(cv)
+    images = _images(6)
+    prompts = [f"colour {i}" for i in range(6)]
+    kwargs: dict[str, Any] = {}
+    if baked:
+        kwargs = {"text": TextSpec.for_family("sd15"), "encode_text": lambda p: toy_encode(p, dim=768, pooled_dim=768)}
+    from luna_vault.vault.thumbnails import make_thumbnail
+
+    build(vaults / ("baked.vault" if baked else "eyes.vault"), enc.encode(images), prompts,
+          [{"seed": i} for i in range(6)], [make_thumbnail(im) for im in images], encoder=enc.fingerprint,
+          category="eyes", **kwargs)
+    return images, prompts
+
+
+def test_query_execute_matches_the_core_library(comfy_dirs: Path) -> None:
+    cv = StubClipVision()
+    images, prompts = _stub_vault(comfy_dirs, cv)
+    user = StubClip().encode_from_tokens_scheduled("a detailed eye")
+    crops = images[[2, 4]]
+    out = LunaVaultQuery.execute(image=crops, clip_vision=cv, vault="eyes", k=3, strength=0.3, blend_mode="average",
+                                 temperature=0.05, conditioning=user, clip=StubClip(), filter="")
+    blended, retrieved, best, matches, report = out.args
+    from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
+
+    enc = ComfyClipVisionEncoder(cv)
+    want = retrieve([Vault.open(comfy_dirs / "eyes.vault")], enc.encode(crops), k=3, encoder=enc.fingerprint,
+                    text_encoder=ToyText(), user=user, mode="average", strength=0.3, temperature=0.05, cache=EncodingCache())
+    assert blended[0][0].shape == (2, 77, 768)
+    torch.testing.assert_close(blended[0][0], want.blended[0][0])
+    torch.testing.assert_close(blended[0][1]["pooled_output"], want.blended[0][1]["pooled_output"])
+    torch.testing.assert_close(retrieved[0][0], want.retrieved[0][0])
+    assert best.splitlines() == ["colour 2", "colour 4"]
+    assert matches.shape == (6, 96, 96, 3)
+    rep = json.loads(report)
+    assert rep["mode"] == "text" and rep["crops"][0]["matches"][0]["id"] == 2
+    assert rep["crops"][0]["matches"][0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    assert sum(m["weight"] for m in rep["crops"][0]["matches"]) == pytest.approx(1.0, abs=1e-5)  # rounded to 6 places
+    assert out.ui["images"] and "crop 0: eyes" in out.ui["text"][0]
+
+
+def test_query_validation_and_mode_errors(comfy_dirs: Path) -> None:
+    cv = StubClipVision()
+    images, _ = _stub_vault(comfy_dirs, cv)
+    assert "not found" in LunaVaultQuery.validate_inputs(vault="nope", k=3)
+    assert "at least 1" in LunaVaultQuery.validate_inputs(vault="eyes", k=0)
+    assert "needs a number" in LunaVaultQuery.validate_inputs(vault="eyes", k=3, filter="quality>>x")
+    assert LunaVaultQuery.validate_inputs(vault="auto-detect", k=3, filter="seed>=2") is True
+    with pytest.raises(Exception, match="no baked conditioning.*connect a CLIP"):
+        LunaVaultQuery.execute(image=images[:1], clip_vision=cv, vault="eyes", k=2, strength=0.3, blend_mode="average",
+                               temperature=0.05)
+    with pytest.raises(Exception, match="16-d"):
+        LunaVaultQuery.execute(image=images[:1], clip_vision=StubClipVision(dim=8), vault="eyes", k=2, strength=0.3,
+                               blend_mode="average", temperature=0.05, clip=StubClip())
+    with pytest.raises(ValueError, match="empty"):
+        LunaVaultQuery.execute(image=images[:0], clip_vision=cv, vault="eyes", k=2, strength=0.3, blend_mode="average",
+                               temperature=0.05, clip=StubClip())
+
+
+def test_query_baked_mode_and_auto_detect(comfy_dirs: Path) -> None:
+    cv = StubClipVision()
+    images, _ = _stub_vault(comfy_dirs, cv, baked=True)
+    out = LunaVaultQuery.execute(image=images[1:2], clip_vision=cv, vault="auto-detect", k=2, strength=1.0,
+                                 blend_mode="replace", temperature=0.0)
+    blended, retrieved, best, _, report = out.args
+    assert best == "colour 1" and json.loads(report)["mode"] == "baked"
+    v = Vault.open(comfy_dirs / "baked.vault")
+    rep = json.loads(report)["crops"][0]["matches"]
+    pids = [m["prompt_id"] for m in rep]
+    want = torch.stack([torch.from_numpy(v.baked(p)[0].astype(np.float32)) for p in pids]).mean(0)  # temperature 0 = mean
+    torch.testing.assert_close(retrieved[0][0][0], want)
+    sdxl_user = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    with pytest.raises(Exception, match="stores sd15 conditioning"):
+        LunaVaultQuery.execute(image=images[1:2], clip_vision=cv, vault="baked", k=2, strength=0.3, blend_mode="average",
+                               temperature=0.05, conditioning=sdxl_user)
+
+
+def test_builder_graph_mode(comfy_dirs: Path) -> None:
+    cv = StubClipVision()
+    images = _images(4, seed=3)
+    out = LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="append", category="", thumbnails=True,
+                                   images=images, prompts="open hand\nfist\npointing\nwave",
+                                   metadata='{"checkpoint": "ponyXL"}')
+    assert out.args[0].startswith("hands.vault: +4 entries (0 already present)") and "4 entries in total" in out.args[0]
+    v = Vault.open(comfy_dirs / "hands.vault")
+    assert (len(v), v.category, v.prompt(int(v.prompt_ids([1])[0]))) == (4, "hands", "fist")
+    assert v.metadata(2) == {"category": "hands", "checkpoint": "ponyXL", "source": "comfyui"}
+    again = LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="append", category="", thumbnails=True,
+                                     images=images[:2], prompts="x")
+    assert "+0 entries (2 already present)" in again.args[0]
+    with pytest.raises(ValueError, match="already exists"):
+        LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="create", category="", thumbnails=True,
+                                 images=images, prompts="x")
+    with pytest.raises(ValueError, match="3 prompts for 4 images"):
+        LunaVaultBuilder.execute(clip_vision=cv, vault_name="other", mode="append", category="", thumbnails=False,
+                                 images=images, prompts="a\nb\nc")
+    with pytest.raises(ValueError, match="JSON"):
+        LunaVaultBuilder.execute(clip_vision=cv, vault_name="other", mode="append", category="", thumbnails=False,
+                                 images=images, prompts="a", metadata="{nope")
+    assert "not a plain name" in LunaVaultBuilder.validate_inputs(vault_name="../evil", mode="append")
+    out = LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="overwrite", category="", thumbnails=False,
+                                   images=images[:1], prompts="only", clip=StubClip())
+    v = Vault.open(comfy_dirs / "hands.vault")
+    assert len(v) == 1 and v.text is not None and v.text.family == "sd15"
+
+
+def test_builder_folder_mode(comfy_dirs: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "input" / "datasets" / "eyes"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"eye {i}")
+    Image.new("RGB", (8, 8)).save(folder / "lonely.png")
+    out = LunaVaultBuilder.execute(clip_vision=StubClipVision(), vault_name="ds", mode="append", category="eyes",
+                                   thumbnails=True, folder="datasets/eyes")
+    assert "+5 entries from 6 images" in out.args[0] and "1 missing prompt" in out.args[0]
+    assert len(Vault.open(comfy_dirs / "ds.vault")) == 5
+    for bad in ("../secrets", "/etc"):
+        with pytest.raises(ValueError, match="inside ComfyUI's input directory"):
+            LunaVaultBuilder.execute(clip_vision=StubClipVision(), vault_name="ds", mode="append", category="eyes",
+                                     thumbnails=True, folder=bad)
+
+
+def test_embedding_extractor(comfy_dirs: Path, tmp_path: Path) -> None:
+    cv = StubClipVision()
+    images = _images(3)
+    out = LunaEmbeddingExtractor.execute(image=images, clip_vision=cv, prompts="a\nb\nc", dataset="pairs1")
+    emb, clip_out = out.args
+    assert emb["embeddings"].shape == (3, 16) and emb["fingerprint"].dim == 16
+    torch.testing.assert_close(emb["embeddings"].norm(dim=1), torch.ones(3))
+    assert clip_out["image_embeds"].shape == (3, 16)
+    parts = list((tmp_path / "output" / "luna_pairs" / "pairs1").glob("*.safetensors"))
+    assert len(parts) == 1
+    lines = parts[0].with_suffix(".jsonl").read_text().splitlines()
+    assert [json.loads(x)["prompt"] for x in lines] == ["a", "b", "c"]
+    assert isinstance(io.NodeOutput, type)

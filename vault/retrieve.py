@@ -1,0 +1,91 @@
+"""One call from crop embeddings to blended conditioning: search (or auto-detect), assemble, blend.
+
+This is what the Vault Query node does, kept here so a script, a test or a service can do the same.
+Text mode encodes retrieved prompts with the given text encoder (cached); without one, the vaults'
+baked conditioning is used, and a vault without it is a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .conditioning import (
+    Conditioning,
+    EncodingCache,
+    baked_lookup,
+    blend,
+    check_baked_family,
+    retrieval_weights,
+    retrieved_conditioning,
+    text_lookup,
+)
+from .errors import VaultError
+from .manifest import EncoderFingerprint
+from .query import QueryResult, detect_category, search
+from .store import Vault
+
+SHARED_TEXT_CACHE = EncodingCache()
+
+
+@dataclass
+class Retrieval:
+    """Everything a query produced, per crop."""
+
+    results: list[QueryResult]
+    retrieved: Conditioning
+    blended: Conditioning
+    mode: str  # "text" or "baked"
+    temperature: float | None
+    skipped_vaults: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_prompts(self) -> list[str]:
+        """The best match's prompt for each crop."""
+        return [r.matches[0].prompt if r.matches else "" for r in self.results]
+
+    def report(self) -> dict[str, Any]:
+        crops = []
+        for r in self.results:
+            weights = retrieval_weights(r.similarities, self.temperature).tolist() if r.matches else []
+            crop = r.to_json()
+            for m, w in zip(crop["matches"], weights):
+                m["weight"] = round(float(w), 6)
+            crops.append(crop)
+        return {"mode": self.mode, "temperature": self.temperature, "crops": crops, "skipped_vaults": self.skipped_vaults}
+
+
+def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: Any = None,
+             encoder: EncoderFingerprint | None = None, text_encoder: Any = None, user: Conditioning | None = None,
+             mode: str = "average", strength: float = 0.3, temperature: float | None = 0.05,
+             cache: EncodingCache | None = SHARED_TEXT_CACHE) -> Retrieval:
+    """Search one vault (or auto-detect across several), build the retrieved conditioning, blend it.
+
+    `text_encoder` needs `.encode(prompt) -> (cond, pooled)` and `.key`; None means baked mode.
+    """
+    if not vaults:
+        raise VaultError("no vault to query: put a vault in models/vaults (luna-vault build/extract, or Luna Vault Builder)")
+    skipped: dict[str, str] = {}
+    if len(vaults) == 1:
+        results = search(vaults[0], embeddings, k=k, filter=filter, encoder=encoder)
+    else:
+        detection, results = detect_category(vaults, embeddings, k=k, filter=filter, encoder=encoder)
+        skipped = detection.skipped
+    by_name = {v.name: v for v in vaults}
+    if text_encoder is not None:
+        lookup = text_lookup(text_encoder.encode, cache, getattr(text_encoder, "key", ""))
+        text_mode = "text"
+    else:
+        used = {r.vault for r in results}
+        for name in sorted(used):
+            if by_name[name].text is None:
+                raise VaultError(
+                    f"vault '{name}' stores no baked conditioning (it is a text-mode vault): connect a CLIP to the "
+                    "query so the matched prompts are encoded, or rebuild the vault with baking (--bake)"
+                )
+            check_baked_family(by_name[name].text, user, name)
+        lookup = baked_lookup(by_name)
+        text_mode = "baked"
+    retrieved = retrieved_conditioning(results, lookup, temperature=temperature)
+    blended = blend(user, retrieved, mode, strength)
+    return Retrieval(results, retrieved, blended, text_mode, temperature, skipped)
