@@ -39,6 +39,12 @@ def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = N
 
     if (vault is None) == (vault_dir is None):
         raise UsageError("give --vault FILE.vault (one vault) or --vault-dir DIR (one vault per category)")
+    import os
+
+    import torch
+
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():  # under torchrun: one GPU per process
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     encoder = _image_encoder(clip_vision, comfyui, open_clip, weights, open_clip_config, random_encoder)
     text_encoder = None
     if bake:

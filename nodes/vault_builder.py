@@ -36,9 +36,15 @@ def _metadata(text: str, n: int) -> list[dict[str, Any]]:
     if not text:
         return [{}] * n
     try:
-        objs = [json.loads(text)] if text.startswith("{") and text.count("\n{") == 0 else [json.loads(x) for x in lines(text)]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"metadata must be a JSON object (for all images) or one JSON object per line: {e}") from e
+        whole = json.loads(text)
+        objs = [whole] if isinstance(whole, dict) else None
+    except json.JSONDecodeError:
+        objs = None
+    if objs is None:
+        try:
+            objs = [json.loads(x) for x in lines(text)]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"metadata must be a JSON object (for all images) or one JSON object per line: {e}") from e
     if not all(isinstance(o, dict) for o in objs):
         raise ValueError("metadata must be JSON objects, e.g. {\"checkpoint\": \"ponyXL\", \"quality\": 0.8}")
     return _per_image(objs, n, "metadata lines")

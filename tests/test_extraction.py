@@ -179,3 +179,12 @@ def test_killed_extraction_resumes_without_duplicates_or_loss(tmp_path: Path) ->
     hashes = [bytes(h) for h in v.content_hashes()]
     assert len(v) == 400 and len(set(hashes)) == 400
     assert v.verify() == []
+
+
+def test_shard_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard(None) == (2, 4)
+    assert parse_shard("1/2") == (0, 2)  # an explicit --shard wins
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parse_shard(None) is None

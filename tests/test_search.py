@@ -218,3 +218,17 @@ def test_gpu_index_gives_the_cpu_answers(tmp_path: Path) -> None:
     want_s, want_i = brute(v.embeddings(np.arange(3000)), q, 5)
     np.testing.assert_array_equal(ids, want_i)
     np.testing.assert_allclose(sims, want_s, atol=1e-3)
+
+
+def test_open_cached_reuses_until_the_manifest_changes(tmp_path: Path) -> None:
+    from luna_vault.vault.cache import forget, open_cached
+
+    path = tmp_path / "v.vault"
+    _build(path, 50)
+    a = open_cached(path)
+    assert open_cached(path) is a
+    append(path, clustered(5, D, clusters=12, sample_seed=8), [f"n{i}" for i in range(5)], encoder=ENC)
+    b = open_cached(path)
+    assert b is not a and len(b) == 55
+    forget(path)
+    assert open_cached(path) is not b

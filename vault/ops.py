@@ -157,7 +157,7 @@ def merge(out: PathLike, sources: Sequence[PathLike], *, category: str | None = 
 
 def compact(path: PathLike, progress: ProgressFn | None = None) -> Manifest:
     """Rewrite the vault without its deleted entries (entry ids change; prompts are re-de-duplicated)."""
-    with VaultWriter.rewrite(path) as w:
+    with VaultWriter.open(path, replace_all=True) as w:
         vault = Vault.open(path)
         if vault.manifest.generation != w.base.generation:
             raise VaultError("the vault changed while compaction started; run it again")

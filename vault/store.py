@@ -334,8 +334,11 @@ class VaultWriter:
             raise
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "VaultWriter":
-        """Start a transaction on an existing vault (append, delete)."""
+    def open(cls, path: str | os.PathLike[str], replace_all: bool = False) -> "VaultWriter":
+        """Start a transaction on an existing vault (append, delete).
+
+        With replace_all=True the commit replaces every entry with what this transaction adds (compact).
+        """
         path = Path(path)
         if not (path / MANIFEST).exists():
             read_manifest(path)  # raises the right "not a vault" error
@@ -343,23 +346,7 @@ class VaultWriter:
         lock.__enter__()
         try:
             base = read_manifest(path)
-            writer = cls(path, base, replace_existing=False, lock=lock)
-            writer._cleanup_orphans(keep=base)
-            return writer
-        except BaseException:
-            lock.__exit__(None, None, None)
-            raise
-
-    @classmethod
-    def rewrite(cls, path: str | os.PathLike[str]) -> "VaultWriter":
-        """Start a transaction whose commit replaces all of the vault's entries (used by compact)."""
-        path = Path(path)
-        read_manifest(path)
-        lock = writer_lock(path)
-        lock.__enter__()
-        try:
-            base = read_manifest(path)
-            writer = cls(path, base, replace_existing=True, lock=lock)
+            writer = cls(path, base, replace_existing=replace_all, lock=lock)
             writer._cleanup_orphans(keep=base)
             return writer
         except BaseException:

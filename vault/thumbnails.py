@@ -35,7 +35,7 @@ def make_thumbnail(image: Any, size: int = THUMBNAIL_SIZE, quality: int = 80) ->
     img = to_pil(image)
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    img.save(buf, format="WEBP", quality=quality, method=4)
+    img.save(buf, format="WEBP", quality=quality, method=0)  # fastest encoder setting: ~same size at 96 px
     return buf.getvalue()
 
 

@@ -1,0 +1,150 @@
+"""Extraction benchmark: pipeline throughput vs the bare encoder forward on the same batches, same run.
+
+Run by hand: `python bench/bench_extract.py [--n 1000] [--model ViT-B-32] [--device cpu|cuda] [--workers 1]`.
+The image encoder is an open_clip architecture with random weights, saved to a file and loaded
+through the real loader (no download). The reference is `encoder.encode` on batches decoded and
+resized in advance; the pipeline reads PNG files, hashes, decodes, resizes, makes thumbnails in
+DataLoader workers, encodes, and commits to a vault. Ratio = pipeline images/s / reference images/s.
+Text: the share of unique prompts (de-duplication) and prompts/s through ComfyUI's CLIP-L (random
+weights, ../shared/comfyui-tools) when ComfyUI is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def make_dataset(root: Path, n: int, size: int, per_prompt: int = 4) -> list[str]:
+    rng = np.random.default_rng(0)
+    (root / "eyes").mkdir(parents=True)
+    prompts = []
+    for i in range(n):
+        base = rng.uniform(0, 255, 3)
+        img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "eyes" / f"{i:06d}.png", compress_level=1)
+        prompt = f"close-up of an eye, variant {i // per_prompt}"
+        (root / "eyes" / f"{i:06d}.txt").write_text(prompt)
+        prompts.append(prompt)
+    return prompts
+
+
+def open_clip_encoder(model: str, device: str, folder: Path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from luna_vault.extraction.open_clip_encoder import OpenClipImageEncoder
+
+    torch.manual_seed(0)
+    net = open_clip.create_model(model)
+    path = folder / f"{model}-random.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    del net
+    return OpenClipImageEncoder(model, path, device=device)
+
+
+def text_bench(prompts: list[str]) -> dict[str, float] | None:
+    comfy = SHARED / "comfyui"
+    if not (comfy / "comfy" / "sd.py").is_file():
+        return None
+    sys.path.insert(0, str(SHARED / "comfyui-tools"))  # run with PYTHONPATH=../shared/comfyui-tools (torchvision)
+    try:
+        from make_clip_text import text_shapes
+        from make_clip_vision import build_sd, save
+
+        from luna_vault.extraction.comfy_loader import load_text_encoder
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip_l.pt"
+        save(build_sd(text_shapes("clip_l"), "pt", seed=0), str(path), "pt")
+        enc = load_text_encoder(clip_files=[str(path)], clip_type="stable_diffusion", comfyui=comfy)
+        unique = list(dict.fromkeys(prompts))
+        enc.encode(unique[0])
+        t = time.perf_counter()
+        sample = unique[:64]
+        for p in sample:
+            enc.encode(p)
+        rate = len(sample) / (time.perf_counter() - t)
+    return {"prompts": len(prompts), "unique_prompts": len(unique), "unique_share": len(unique) / len(prompts),
+            "clip_l_prompts_per_s": rate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256, help="side of the generated PNGs")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default="bench/out/extract.json")
+    args = ap.parse_args()
+
+    from luna_vault.extraction.encoders import resize_crop
+    from luna_vault.extraction.pipeline import Extractor
+
+    work = Path(tempfile.mkdtemp(prefix="luna-bench-extract-"))
+    os.environ["LUNA_VAULT_CACHE"] = str(work / "cache")
+    try:
+        t = time.perf_counter()
+        prompts = make_dataset(work / "data", args.n, args.size)
+        print(f"dataset: {args.n} PNG {args.size}px in {time.perf_counter() - t:.1f} s", flush=True)
+        enc = open_clip_encoder(args.model, args.device, work)
+        print(f"encoder {enc.fingerprint.name}, {enc.fingerprint.dim}-d")  # the probe forward, outside both timings
+        files = sorted((work / "data" / "eyes").glob("*.png"))
+        pixels = [resize_crop(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), np.float32) / 255)[None],
+                              enc.input_size)[0] for f in files]
+        batches = [torch.stack(pixels[a : a + args.batch]) for a in range(0, len(pixels), args.batch)]
+        enc.encode(batches[0])  # warm-up
+        rounds = []
+        for r in range(args.rounds):  # interleaved, so machine noise hits both sides alike
+            t = time.perf_counter()
+            for b in batches:
+                enc.encode(b)
+            ref_rate = args.n / (time.perf_counter() - t)
+            ex = Extractor(enc, vault=work / f"bench{r}.vault", batch_size=args.batch, workers=args.workers, thumbnails=True)
+            report = ex.run(work / "data")
+            pipe_rate = report.images / report.seconds
+            rounds.append((ref_rate, pipe_rate, report.encode_seconds / report.seconds, report.total_added))
+            print(f"round {r + 1}: bare encoder {ref_rate:.1f} img/s, pipeline {pipe_rate:.1f} img/s, "
+                  f"ratio {pipe_rate / ref_rate:.2f}", flush=True)
+        ratios = [p / r for r, p, _, _ in rounds]
+        best = int(np.argsort(ratios)[len(ratios) // 2])
+        ref_rate, pipe_rate, busy, added = rounds[best]
+        row = {
+            "model": args.model, "device": args.device, "images": args.n, "batch": args.batch, "workers": args.workers,
+            "torch_threads": torch.get_num_threads(), "reference_img_per_s": ref_rate, "pipeline_img_per_s": pipe_rate,
+            "ratio": float(np.median(ratios)), "ratios": ratios, "encode_share_of_pipeline": busy,
+            "added": added, "images_per_hour": pipe_rate * 3600,
+        }
+        print(f"median ratio {row['ratio']:.2f} (target >= 0.9) over {args.rounds} rounds; "
+              f"pipeline {pipe_rate:.1f} img/s = {pipe_rate * 3600:,.0f} img/hour ({args.model}, {args.device})", flush=True)
+        text = text_bench(prompts)
+        if text:
+            row["text"] = text
+            print(f"text: {text['unique_prompts']} unique of {text['prompts']} prompts "
+                  f"({text['unique_share']:.0%} encoded), CLIP-L {text['clip_l_prompts_per_s']:.1f} prompts/s", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(row, indent=1))
+        print(json.dumps(row, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
