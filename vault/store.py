@@ -34,7 +34,8 @@ from .segment import Segment, SegmentData, read_deleted, write_deleted, write_se
 log = logging.getLogger(__name__)
 
 MAX_SEGMENT_ENTRIES = 1 << 18
-_OWN_FILE = re.compile(r"^(seg-|del-)[0-9a-f-]+\.safetensors$|^\..*\.tmp-")
+# our segment files, our temp files, and the temp files safetensors' writer makes beside its target
+_OWN_FILE = re.compile(r"^(seg-|del-)[0-9a-f-]+\.safetensors$|^\..*\.tmp-|^\.tmp[A-Za-z0-9]{6}$")
 
 TextEncodeFn = Callable[[str], "tuple[Any, Any]"]  # prompt -> (cond [T, D] or [1, T, D], pooled [P] or [1, P])
 ProgressFn = Callable[[int, int], None]  # (done, total)
