@@ -25,7 +25,7 @@ try:
     import requests  # noqa: F401
     import transformers  # noqa: F401
 except ImportError as e:
-    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/test.sh", allow_module_level=True)
+    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/setup-test-env.sh", allow_module_level=True)
 
 CROPS = 3
 
