@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,8 @@ def test_query_several_vaults_auto_detects(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.slow
 def test_demo_runs_as_a_user_would(tmp_path: Path) -> None:
-    exe = shutil.which("luna-vault")
+    beside = Path(sys.executable).parent / "luna-vault"  # the venv's script, also when the venv is not activated
+    exe = str(beside) if beside.exists() else shutil.which("luna-vault")
     assert exe, "the luna-vault console script is not installed (pip install -e .)"
     res = subprocess.run([exe, "demo", "--n", "400", "--queries", "30", "--json", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
