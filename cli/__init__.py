@@ -93,6 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--pairs", help="also export projector training pairs to this folder")
     sp.add_argument("--report", help="where to list skipped items (default: next to the vault)")
 
+    sp = verb("train", "train a projector (image embedding -> conditioning) on a baked vault; torchrun for DDP")
+    sp.add_argument("vault", help="a vault with baked conditioning (extract --bake)")
+    sp.add_argument("--out", required=True, help="projector file to write, e.g. models/luna_projectors/eyes-sdxl.safetensors")
+    sp.add_argument("--target", help="sdxl, clip_l or flux (default: the vault's baked family)")
+    sp.add_argument("--epochs", type=int, default=20)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--weight-decay", type=float, default=0.01)
+    sp.add_argument("--dropout", type=float, default=0.1)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--clip-l-weight", type=float, default=2.0, help="loss weight of the CLIP-L part (others 1)")
+    sp.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint is there")
+    sp.add_argument("--workers", type=int, default=0, help="data loading processes")
+
+    sp = verb("eval", "compare a projector with vault k-NN, ridge and the mean on the held-out prompts")
+    sp.add_argument("vault", help="the baked vault the projector was trained on")
+    sp.add_argument("--projector", help="projector file (without it: only the baselines)")
+    sp.add_argument("--report", help="folder for report.md / report.json / report.png")
+    sp.add_argument("--max-val", type=int, default=2000, help="held-out queries at most")
+
     sp = verb("demo", "build and query a vault from generated crops with a random encoder (no downloads)")
     sp.add_argument("--n", type=int, default=2000, help="generated entries (default 2000)")
     sp.add_argument("--queries", type=int, default=200, help="unseen query crops (default 200)")
@@ -111,6 +131,10 @@ def _handler(verb: str) -> Callable[..., int]:
         from .extract_cmd import cmd_extract
 
         return cmd_extract
+    if verb in ("train", "eval"):
+        from . import projector_cmds
+
+        return getattr(projector_cmds, f"cmd_{verb}")
     from . import vault_cmds
 
     return getattr(vault_cmds, f"cmd_{verb}")

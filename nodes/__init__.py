@@ -7,8 +7,10 @@ from comfy_api.latest import ComfyExtension, io
 from .embedding import LunaEmbeddingExtractor
 from .vault_builder import LunaVaultBuilder
 from .vault_query import LunaVaultInfo, LunaVaultQuery
+from .vision_translator import LunaVisionTranslator
 
-NODES: list[type[io.ComfyNode]] = [LunaVaultQuery, LunaVaultBuilder, LunaEmbeddingExtractor, LunaVaultInfo]
+NODES: list[type[io.ComfyNode]] = [LunaVaultQuery, LunaVisionTranslator, LunaVaultBuilder, LunaEmbeddingExtractor,
+                                   LunaVaultInfo]
 
 
 class LunaExtension(ComfyExtension):

@@ -23,6 +23,8 @@ def register_model_folders() -> None:
     """Add models/vaults and models/luna_projectors (extra_model_paths.yaml entries for them also work)."""
     for name in (VAULTS, PROJECTORS):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+    paths, _ = folder_paths.folder_names_and_paths[PROJECTORS]
+    folder_paths.folder_names_and_paths[PROJECTORS] = (paths, {".safetensors"})  # not the training logs beside them
 
 
 def vault_folders() -> list[Path]:

@@ -89,7 +89,7 @@ def comfy_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_schemas_are_complete() -> None:
     ids = [n.GET_SCHEMA().node_id for n in NODES]
-    assert ids == ["LunaVaultQuery", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"]
+    assert ids == ["LunaVaultQuery", "LunaVisionTranslator", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"]
     for node in NODES:
         schema = node.GET_SCHEMA()
         assert schema.category == "Luna" and schema.display_name.startswith("Luna ") and schema.description
@@ -239,3 +239,65 @@ def test_embedding_extractor(comfy_dirs: Path, tmp_path: Path) -> None:
     lines = parts[0].with_suffix(".jsonl").read_text().splitlines()
     assert [json.loads(x)["prompt"] for x in lines] == ["a", "b", "c"]
     assert isinstance(io.NodeOutput, type)
+
+
+def _stub_projector(folder: Path, fingerprint: Any, in_dim: int = 16, seed: int = 0) -> Path:
+    """A small random-initialised CLIP-L-target projector (the values do not matter, only that they are checked)."""
+    from luna_vault.projector.io import save_projector
+    from luna_vault.projector.model import Projector, ProjectorConfig
+
+    torch.manual_seed(seed)
+    model = Projector(ProjectorConfig.preset(in_dim, "clip_l", hidden=32, linear=16, rank=4, token_rank=2))
+    g = torch.Generator().manual_seed(seed)
+    model.set_stats(torch.randn(77, 768, generator=g), torch.rand(77, 768, generator=g) + 0.5, torch.randn(768, generator=g),
+                    torch.rand(768, generator=g) + 0.5)
+    for p in model.head.parameters():  # the head starts at zero (it predicts the mean); make crops differ
+        torch.nn.init.normal_(p, std=0.02)
+    return save_projector(model.eval(), folder / "eyes-l.safetensors", fingerprint)
+
+
+def test_vision_translator_hybrid_matches_the_core_library(comfy_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
+    from luna_vault.nodes.vision_translator import LunaVisionTranslator
+    from luna_vault.projector.io import load_projector
+    from luna_vault.vault.conditioning import blend
+
+    projectors = comfy_dirs.parent / "luna_projectors"
+    projectors.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "luna_projectors", ([str(projectors)], {".safetensors"}))
+    cv = StubClipVision()
+    enc = ComfyClipVisionEncoder(cv)
+    images, prompts = _stub_vault(comfy_dirs, cv, baked=True)
+    path = _stub_projector(projectors, enc.fingerprint)
+    unknown = torch.full((1, 40, 40, 3), 0.5)
+    unknown[:, :20] = 0.05  # unlike any vault crop
+    crops = torch.cat([images[3:4], unknown])
+    user = StubClip().encode_from_tokens_scheduled("a detailed eye")
+    assert LunaVisionTranslator.validate_inputs(projector="eyes-l.safetensors", vault="baked") is True
+    assert "not found" in LunaVisionTranslator.validate_inputs(projector="nope.safetensors")
+    out = LunaVisionTranslator.execute(image=crops, clip_vision=cv, projector="eyes-l.safetensors", strength=0.3,
+                                       blend_mode="average", conditioning=user, vault="baked", threshold=0.99, k=2)
+    blended, translated, report = out.args
+    rep = json.loads(report)
+    assert [c["path"] for c in rep["crops"]] == ["vault", "projector"]
+    assert rep["crops"][0]["best_similarity"] > 0.99 > rep["crops"][1]["best_similarity"]
+    assert rep["crops"][0]["prompt"] == prompts[3] and rep["threshold"] == 0.99
+    model, _ = load_projector(path)
+    with torch.no_grad():
+        want_tok, want_pool = model(enc.encode(unknown))
+    assert translated[0][0].shape == (2, 77, 768)
+    torch.testing.assert_close(translated[0][0][1], want_tok[0])
+    torch.testing.assert_close(translated[0][1]["pooled_output"][1], want_pool[0])
+    torch.testing.assert_close(blended[0][0], blend(user, translated, "average", 0.3)[0][0])
+    assert "crop 0: vault (best vault match" in out.ui["text"][0] and "crop 1: projector" in out.ui["text"][0]
+    # projector only: every crop takes the projector path
+    out = LunaVisionTranslator.execute(image=crops, clip_vision=cv, projector="eyes-l.safetensors", strength=1.0,
+                                       blend_mode="replace")
+    assert [c["path"] for c in json.loads(out.args[2])["crops"]] == ["projector", "projector"]
+    # a CLIP vision model other than the projector's is refused
+    with pytest.raises(Exception, match="projector 'eyes-l.safetensors' holds 16-d.*gives 8-d"):
+        LunaVisionTranslator.execute(image=crops, clip_vision=StubClipVision(dim=8), projector="eyes-l.safetensors",
+                                     strength=0.3, blend_mode="average")
+    with pytest.raises(Exception, match="disagree on a test image"):
+        LunaVisionTranslator.execute(image=crops, clip_vision=StubClipVision(seed=5), projector="eyes-l.safetensors",
+                                     strength=0.3, blend_mode="average")

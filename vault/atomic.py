@@ -13,6 +13,8 @@ from filelock import FileLock, Timeout
 
 from .errors import UnsafeNameError, VaultError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+\-]{0,199}$")
 
 
@@ -39,6 +41,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # writers that use private temp files (safetensors) leave 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

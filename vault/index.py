@@ -274,7 +274,7 @@ class VaultIndex:
         qids = np.sort(rng.choice(np.flatnonzero(live), min(TUNE_QUERIES, int(live.sum())), replace=False))
         queries = vault.embeddings(qids).astype(np.float32)
         truth = exact_search(vault, queries, TUNE_K + 1, None)[1]
-        prompt_of = np.concatenate([np.asarray(s.prompt_ids) for s in vault.segments])
+        prompt_of = vault.all_prompt_ids()
         unseen = live & ~np.isin(prompt_of, prompt_of[qids])
         unseen_truth = exact_search(vault, queries, TUNE_K, unseen)[1] if unseen.sum() >= TUNE_K else None
 

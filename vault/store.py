@@ -147,6 +147,12 @@ class Vault:
             out[j] = seg.prompt_ids[local]
         return out
 
+    def all_prompt_ids(self) -> np.ndarray:
+        """[n_entries] int64: every entry's prompt id, in entry-id order (deleted entries included)."""
+        if not self.segments:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.asarray(s.prompt_ids, dtype=np.int64) for s in self.segments])
+
     def _prompt_segment(self, pid: int) -> tuple[Segment, int]:
         if not 0 <= pid < self.n_prompts:
             raise IndexError(f"prompt id {pid} out of range 0..{self.n_prompts - 1}")

@@ -91,7 +91,8 @@ def _query(vault: str, image: str, **over: Any) -> dict[str, Any]:
 def test_object_info_lists_every_luna_node(server: ComfyServer) -> None:
     info = server.get("/object_info")
     luna = {k: v for k, v in info.items() if k.startswith("Luna")}
-    assert set(luna) == {"LunaVaultQuery", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"}
+    assert set(luna) == {"LunaVaultQuery", "LunaVisionTranslator", "LunaVaultBuilder", "LunaEmbeddingExtractor",
+                         "LunaVaultInfo"}
     q = luna["LunaVaultQuery"]
     assert q["display_name"] == "Luna Vault Query" and q["category"] == "Luna" and q["output_node"] is True
     assert list(q["input"]["required"]) == ["image", "clip_vision", "vault", "k", "strength", "blend_mode", "temperature"]
@@ -209,3 +210,60 @@ def test_baked_vault_queried_without_clip(server: ComfyServer) -> None:
     del q["q"]["inputs"]["clip"]
     entry = server.run(q)
     assert "no baked conditioning" in execution_error(entry)["exception_message"]
+
+
+def test_vision_translator_hybrid_with_a_small_trained_projector(server: ComfyServer, tmp_path: Path) -> None:
+    g = _loaders()
+    for i in (0, 1):
+        g[f"img{i}"] = {"class_type": "LoadImage", "inputs": {"image": f"crop{i}.png"}}
+        g[f"build{i}"] = {"class_type": "LunaVaultBuilder", "inputs": {
+            "clip_vision": ["cv", 0], "vault_name": "hybrid", "mode": "append", "category": "eyes", "thumbnails": False,
+            "images": [f"img{i}", 0], "prompts": f"hybrid prompt {i}", "clip": ["clip", 0]}}
+    entry = server.run(g)
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+
+    # train a small CLIP-L projector for this ComfyUI's random ViT-L (synthetic pairs, the encoder's fingerprint)
+    from luna_vault.projector.model import TARGETS
+    from luna_vault.projector.synthetic import make_synthetic_vault
+    from luna_vault.projector.train import TrainConfig, train
+    from luna_vault.vault import EncoderFingerprint, Vault
+
+    fp = Vault.open(server.base / "models" / "vaults" / "hybrid.vault").encoder
+    make_synthetic_vault(tmp_path / "pairs.vault", TARGETS["clip_l"], 768, n_prompts=40, per_prompt=2, encoder=fp,
+                         family="sd15")
+    projectors = server.base / "models" / "luna_projectors"
+    summary = train(tmp_path / "pairs.vault", projectors / "eyes-l.safetensors", TrainConfig(epochs=2, batch_size=16),
+                    resume=False, progress=False, model_overrides={"hidden": 64, "linear": 32})
+    assert summary["best_epoch"] >= 1
+    make_synthetic_vault(tmp_path / "other.vault", TARGETS["clip_l"], 1024, n_prompts=20, per_prompt=2, family="sd15",
+                         encoder=EncoderFingerprint("vit-h", 1024, "h"))
+    train(tmp_path / "other.vault", projectors / "vit-h.safetensors", TrainConfig(epochs=1, batch_size=16), resume=False,
+          progress=False, model_overrides={"hidden": 64, "linear": 32})
+
+    def graph(projector: str) -> dict[str, Any]:
+        g = _loaders()
+        g.update({
+            "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a detailed close-up", "clip": ["clip", 0]}},
+            "a": {"class_type": "LoadImage", "inputs": {"image": "crop0.png"}},
+            "b": {"class_type": "LoadImage", "inputs": {"image": "crop2.png"}},
+            "batch": {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}},
+            "t": {"class_type": "LunaVisionTranslator", "inputs": {
+                "image": ["batch", 0], "clip_vision": ["cv", 0], "projector": projector, "strength": 0.3,
+                "blend_mode": "average", "conditioning": ["pos", 0], "vault": "hybrid", "threshold": 0.999, "k": 2}},
+            "report": {"class_type": "PreviewAny", "inputs": {"source": ["t", 2]}},
+        })
+        return g
+
+    entry = server.run(graph("eyes-l.safetensors"))
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    report = json.loads(entry["outputs"]["report"]["text"][0])
+    crops = report["crops"]
+    assert [c["path"] for c in crops] == ["vault", "projector"]  # crop0 is in the vault, crop2 is not
+    assert crops[0]["prompt"] == "hybrid prompt 0" and crops[0]["best_similarity"] > 0.999 > crops[1]["best_similarity"]
+    assert "crop 1: projector" in entry["outputs"]["t"]["text"][0]
+
+    entry = server.run(graph("vit-h.safetensors"))
+    assert entry["status"]["status_str"] == "error"
+    err = execution_error(entry)
+    assert err["node_type"] == "LunaVisionTranslator" and "1024-d" in err["exception_message"]
+    assert "768-d" in err["exception_message"]
