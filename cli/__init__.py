@@ -113,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", help="folder for report.md / report.json / report.png")
     sp.add_argument("--max-val", type=int, default=2000, help="held-out queries at most")
 
+    sp = verb("plan", "show what a generation campaign will make: jobs per category and checkpoint, ETA")
+    sp.add_argument("campaign", help="campaign YAML file")
+    sp.add_argument("--workflow", help="check this API-format template against the campaign")
+    sp.add_argument("--rate", type=float, help="images per second, for the ETA (default: measured in --out)")
+    sp.add_argument("--out", help="an output folder where generate has run (measured rate, jobs done)")
+    sp.add_argument("--show", type=int, default=3, help="sample prompts per category")
+
+    sp = verb("generate", "generate a campaign's images + sidecars on one or many ComfyUI servers (resumable)")
+    sp.add_argument("campaign", help="campaign YAML file")
+    sp.add_argument("--workflow", required=True, help="API-format workflow with {{prompt}}, {{seed}}, ... placeholders")
+    sp.add_argument("--server", action="append", default=[], help="host:port of a ComfyUI server (repeat for many)")
+    sp.add_argument("--out", required=True, help="output folder (one subfolder per category; the job ledger)")
+    sp.add_argument("--depth", type=int, default=2, help="prompts kept queued per server")
+    sp.add_argument("--retries", type=int, default=2, help="retries of a failed prompt before it is reported")
+    sp.add_argument("--retry-failed", action="store_true", help="try the jobs that failed in earlier runs again")
+    sp.add_argument("--limit", type=int, help="only the first N jobs (a trial run)")
+
     sp = verb("demo", "build and query a vault from generated crops with a random encoder (no downloads)")
     sp.add_argument("--n", type=int, default=2000, help="generated entries (default 2000)")
     sp.add_argument("--queries", type=int, default=200, help="unseen query crops (default 200)")
@@ -131,6 +148,10 @@ def _handler(verb: str) -> Callable[..., int]:
         from .extract_cmd import cmd_extract
 
         return cmd_extract
+    if verb in ("plan", "generate"):
+        from . import generate_cmds
+
+        return getattr(generate_cmds, f"cmd_{verb}")
     if verb in ("train", "eval"):
         from . import projector_cmds
 
