@@ -35,7 +35,7 @@ def free_port() -> int:
 class ComfyServer:
     """One ComfyUI process; `base` is its --base-directory (models/, input/, output/, custom_nodes/)."""
 
-    def __init__(self, workdir: Path, start_timeout: float = 180.0) -> None:
+    def __init__(self, workdir: Path, start_timeout: float = 180.0, frontend: bool = False) -> None:
         self.workdir = workdir
         self.app = workdir / "comfyui"
         self.base = workdir / "base"
@@ -44,6 +44,7 @@ class ComfyServer:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "comfyui.log"
+        self.frontend = frontend  # serve the installed web UI (comfyui-frontend-package) instead of nothing
 
     def prepare(self) -> None:
         shutil.copytree(COMFYUI, self.app, ignore=shutil.ignore_patterns("__pycache__", "tests", "tests-unit"))
@@ -58,7 +59,9 @@ class ComfyServer:
         env["LUNA_VAULT_CACHE"] = str(self.workdir / "index-cache")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-               "--front-end-root", str(self.workdir / "frontend"), "--disable-auto-launch"]
+               "--disable-auto-launch"]
+        if not self.frontend:
+            cmd += ["--front-end-root", str(self.workdir / "frontend")]
         self.proc = subprocess.Popen(cmd, cwd=self.app, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.time() + self.start_timeout
         while time.time() < deadline:
@@ -91,12 +94,12 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())
 
-    def post(self, path: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, Any]:
+    def post(self, path: str, body: Any, timeout: float = 30.0) -> tuple[int, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read())
+                return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 

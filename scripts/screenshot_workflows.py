@@ -1,0 +1,170 @@
+"""Screenshots of every example workflow loaded in ComfyUI's real web UI (headless Chromium).
+
+`python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows]`
+Starts a headless ComfyUI (../shared/comfyui) serving its installed front end with this pack, opens
+it in headless Chromium (Debian's `chromium` package) over the DevTools protocol, loads each
+workflows/*.json with `app.loadGraphData`, and saves a PNG per workflow (plus a JPEG thumbnail beside
+each file in example_workflows/, which ComfyUI's template browser shows). It prints, per workflow,
+the node types the UI does not know: only the third-party nodes a workflow is marked as needing
+may appear there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from comfy_server import ComfyServer  # noqa: E402
+
+SETTINGS = {  # no dialogs over the canvas: the workflows name models and packs this test server lacks
+    "Comfy.Workflow.ShowMissingNodesWarning": False,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.TutorialCompleted": True,
+    "Comfy.UseNewMenu": "Top",
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,  # always draw widgets and text, even zoomed out to fit
+    "Comfy.Minimap.Visible": False,
+}
+
+
+class DevTools:
+    """The few Chrome DevTools Protocol calls we need, over one page's websocket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws, self.next_id = ws, 0
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        my_id = self.next_id
+        await self.ws.send_json({"id": my_id, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), timeout=60)
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def eval(self, expr: str) -> Any:
+        res = await self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"{expr[:80]}: {res['exceptionDetails'].get('exception', {}).get('description')}")
+        return res.get("result", {}).get("value")
+
+    async def wait_for(self, expr: str, timeout: float = 90.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if await self.eval(expr):
+                    return
+            except RuntimeError:
+                pass
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"the page never satisfied {expr!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size: tuple[int, int]) -> dict[str, list[str]]:
+    port = free_port()
+    profile = tempfile.mkdtemp(prefix="luna-chromium-")
+    proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                             f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
+                             f"--window-size={size[0]},{size[1]}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unknown: dict[str, list[str]] = {}
+    try:
+        async with aiohttp.ClientSession() as http:
+            targets: list[dict[str, Any]] = []
+            for _ in range(120):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/json") as r:
+                        targets = [t for t in await r.json() if t.get("type") == "page"]
+                    if targets:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.25)
+            if not targets:
+                raise RuntimeError("Chromium did not open its DevTools port")
+            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                cdp = DevTools(ws)
+                await cdp.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                               mobile=False)
+                await cdp.call("Page.navigate", url=url)
+                await cdp.wait_for("!!(window.app && window.app.graph && window.LiteGraph)")
+                await asyncio.sleep(2.0)
+                for wf in workflows:
+                    data = wf.read_text()
+                    await cdp.eval(f"window.app.loadGraphData({data}, true, true, {json.dumps(wf.stem)})")
+                    await asyncio.sleep(1.5)
+                    await cdp.eval("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+                    await asyncio.sleep(1.5)
+                    unknown[wf.stem] = await cdp.eval(
+                        "[...new Set(window.app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
+                        ".map(n => n.type))]") or []
+                    shot = await cdp.call("Page.captureScreenshot", format="png")
+                    png = base64.b64decode(shot["data"])
+                    (out / f"{wf.stem}.png").write_bytes(png)
+                    thumb = Image.open(io.BytesIO(png)).convert("RGB")
+                    thumb.thumbnail((800, 800))
+                    thumb.save(REPO / "example_workflows" / f"{wf.stem}.jpg", quality=85)
+                    print(f"{wf.stem}: {out / (wf.stem + '.png')}"
+                          + (f" (not installed here: {', '.join(unknown[wf.stem])})" if unknown[wf.stem] else ""))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+    return unknown
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
+    ap.add_argument("--out", default=str(REPO / "docs" / "workflows"))
+    ap.add_argument("--size", default="2200x1300", help="viewport WIDTHxHEIGHT")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workflows = sorted((REPO / "workflows").glob("*.json"))
+    size = tuple(int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ComfyServer(Path(tmp), frontend=True)
+        server.prepare()
+        server.start()
+        try:
+            for key, value in SETTINGS.items():
+                server.post(f"/settings/{key}", value)
+            unknown = asyncio.run(shoot(server.url, args.chromium, workflows, out, size))  # type: ignore[arg-type]
+        finally:
+            server.stop()
+    needs = {wf.stem: json.loads(wf.read_text())["extra"]["luna_vault"]["needs"] for wf in workflows}
+    bad = {k: v for k, v in unknown.items() if v and not needs[k]}
+    if bad:
+        raise SystemExit(f"unknown node types in workflows that should need no other pack: {bad}")
+
+
+if __name__ == "__main__":
+    main()
