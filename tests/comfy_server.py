@@ -122,6 +122,35 @@ class ComfyServer:
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
 
 
+def require_comfyui(*modules: str) -> None:
+    """Skip the calling test module unless ../shared/comfyui and its requirements (`modules`) are there."""
+    import importlib
+
+    import pytest
+
+    if not (COMFYUI / "main.py").is_file():
+        pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
+    for name in ("aiohttp", "requests", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/setup-test-env.sh",
+                        allow_module_level=True)
+
+
+def save_random_models(base: Path) -> None:
+    """Small random-initialised models ComfyUI's loaders accept: clip_vision/vit-l-random.pt (ViT-L/14)
+    and text_encoders/clip-l-random.pt (CLIP-L), made by ../shared/comfyui-tools."""
+    sys.path.insert(0, str(SHARED / "comfyui-tools"))
+    from make_clip_text import text_shapes
+    from make_clip_vision import build_sd, save, vision_shapes
+
+    (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
+    (base / "models" / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save(build_sd(vision_shapes("vitl"), "pt", seed=0), str(base / "models" / "clip_vision" / "vit-l-random.pt"), "pt")
+    save(build_sd(text_shapes("clip_l"), "pt", seed=1), str(base / "models" / "text_encoders" / "clip-l-random.pt"), "pt")
+
+
 def execution_error(entry: dict[str, Any]) -> dict[str, Any] | None:
     for kind, data in entry.get("status", {}).get("messages", []):
         if kind == "execution_error":

@@ -139,6 +139,7 @@ class Workflow:
         boxes = [(n.pos[0], n.pos[1], *self._size(n)) for n in nodes]
         x0, y0 = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 60
         x1, y1 = max(b[0] + b[2] for b in boxes) + 20, max(b[1] + b[3] for b in boxes) + 20
+        x1 = max(x1, x0 + 14 * len(title))  # room for the title
         self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
                             "color": color, "font_size": 24, "flags": {}})
 
@@ -153,7 +154,7 @@ class Workflow:
         spec = self._spec(n)
         rows = len(input_specs(spec)) + len(spec["output"])
         tall = sum(1 for _, s, _ in input_specs(spec) if len(s) > 1 and isinstance(s[1], dict) and s[1].get("multiline"))
-        return 320, 46 + 24 * rows + 70 * tall
+        return 320, 46 + 24 * rows + 110 * tall
 
     # ---- UI format -----------------------------------------------------------------------------
     def ui(self) -> dict[str, Any]:
@@ -283,6 +284,22 @@ def models(w: Workflow, x: int, y: int) -> tuple[Node, Node]:
     return ckpt, cv
 
 
+def lookup_inputs(w: Workflow, positive: str, negative: str = "blurry, lowres") -> tuple[Node, Node, Node, Node]:
+    """Checkpoint, CLIP vision, positive and negative prompts: the second row of the detailer workflows."""
+    ckpt, cv = models(w, 0, 640)
+    pos = w.add("CLIPTextEncode", (360, 640), title="Positive", text=positive, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text=negative, clip=(ckpt, 1))
+    return ckpt, cv, pos, neg
+
+
+def vault_query(w: Workflow, crop: Node, cv: Node, ckpt: Node, pos: Node, at: tuple[int, int]) -> tuple[Node, Node]:
+    """Luna Vault Query (auto-detect, k 5, strength 0.3) on the crop, and a preview of its matches."""
+    q = w.add("LunaVaultQuery", at, image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
+              blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(ckpt, 1), filter="")
+    prev = w.add("PreviewImage", (at[0] + 380, at[1]), title="Matched images", images=(q, 3))
+    return q, prev
+
+
 def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], positive: tuple[Node, int], negative: Node,
                      img: Node, crop: Node, cx: Node, cy: Node, cs: Node, denoise: float = 0.4) -> list[Node]:
     up = w.add("ImageScale", (x, 170), title="Crop to 1024 px", image=(crop, 0), upscale_method="lanczos", width=1024,
@@ -302,13 +319,9 @@ def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], p
 def wf_crop_detailer_vault(info: dict[str, Any]) -> Workflow:
     w = Workflow("luna_crop_detailer_vault", info)
     img, cx, cy, cs, crop = crop_inputs(w)
-    ckpt, cv = models(w, 0, 640)
-    pos = w.add("CLIPTextEncode", (360, 640), title="Positive", text="extreme close-up of an eye, detailed iris, sharp focus",
-                clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text="blurry, lowres, deformed iris", clip=(ckpt, 1))
-    q = w.add("LunaVaultQuery", (760, 640), image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
-              blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(ckpt, 1), filter="")
-    prev = w.add("PreviewImage", (1140, 640), title="Matched images", images=(q, 3))
+    ckpt, cv, pos, neg = lookup_inputs(w, "extreme close-up of an eye, detailed iris, sharp focus",
+                                       "blurry, lowres, deformed iris")
+    q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ckpt, 0), (q, 0), neg, img, crop, cx, cy, cs)
     w.group("1. The region to detail", [img, cx, cy, cs, crop])
     w.group("2. Look the crop up in the vault", [ckpt, cv, pos, neg, q, prev], color="#8A8")
@@ -324,18 +337,18 @@ def wf_crop_detailer_vault(info: dict[str, Any]) -> Workflow:
 def wf_detailer_segs(info: dict[str, Any]) -> Workflow:
     w = Workflow("luna_detailer_segs_impact", info)
     img = w.add("LoadImage", (0, 0), title="Image to detail", image="example.png")
-    ckpt, cv = models(w, 0, 400)
-    det = w.add("UltralyticsDetectorProvider", (0, 700), model_name="bbox/face_yolov8m.pt")
+    ckpt, cv = models(w, 0, 820)
+    det = w.add("UltralyticsDetectorProvider", (0, 330), model_name="bbox/face_yolov8m.pt")
     segs = w.add("BboxDetectorSEGS", (360, 0), bbox_detector=(det, 0), image=(img, 0), threshold=0.5, dilation=10,
                  crop_factor=3.0, drop_size=10, labels="all")
     pick = w.add("ImpactSEGSOrderedFilter", (360, 330), title="Largest detection", segs=(segs, 0), target="area(=w*h)",
                  order=True, take_start=0, take_count=1)
     crops = w.add("SEGSToImageList", (360, 560), segs=(pick, 0))
-    pos = w.add("CLIPTextEncode", (720, 0), title="Positive", text="detailed face, sharp focus", clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (720, 240), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
-    q = w.add("LunaVaultQuery", (720, 480), image=(crops, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
+    pos = w.add("CLIPTextEncode", (360, 820), title="Positive", text="detailed face, sharp focus", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (360, 1060), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
+    q = w.add("LunaVaultQuery", (720, 820), image=(crops, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
               blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(ckpt, 1), filter="")
-    prev = w.add("PreviewImage", (720, 860), title="Matched images", images=(q, 3))
+    prev = w.add("PreviewImage", (1100, 820), title="Matched images", images=(q, 3))
     d = w.add("DetailerForEach", (1100, 0), image=(img, 0), segs=(pick, 0), model=(ckpt, 0), clip=(ckpt, 1), vae=(ckpt, 2),
               guide_size=512, guide_size_for=True, max_size=1024, seed=42, steps=20, cfg=6.0, sampler_name="dpmpp_2m",
               scheduler="karras", positive=(q, 0), negative=(neg, 0), denoise=0.45, feather=5, noise_mask=True,
@@ -357,15 +370,15 @@ def wf_build_from_generation(info: dict[str, Any]) -> Workflow:
                    value="extreme close-up of green almond-shaped eyes, intricate iris pattern, photorealistic")
     ckpt, cv = models(w, 0, 260)
     pos = w.add("CLIPTextEncode", (360, 0), title="Positive", text=(prompt, 0), clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (360, 200), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
-    lat = w.add("EmptyLatentImage", (360, 440), width=1024, height=1024, batch_size=4)
+    neg = w.add("CLIPTextEncode", (360, 260), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
+    lat = w.add("EmptyLatentImage", (360, 520), width=1024, height=1024, batch_size=4)
     ks = w.add("KSampler", (720, 0), model=(ckpt, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(lat, 0), seed=1,
                steps=25, cfg=6.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=1.0)
     dec = w.add("VAEDecode", (1080, 0), samples=(ks, 0), vae=(ckpt, 2))
     save = w.add("SaveImage", (1080, 120), images=(dec, 0), filename_prefix="luna_dataset/eyes")
     b = w.add("LunaVaultBuilder", (1440, 0), clip_vision=(cv, 0), vault_name="eyes", mode="append", category="eyes",
               thumbnails=True, images=(dec, 0), prompts=(prompt, 0), metadata='{"checkpoint": "sd_xl_base_1.0"}')
-    show = w.add("PreviewAny", (1440, 420), title="Builder summary", source=(b, 0))
+    show = w.add("PreviewAny", (1440, 620), title="Builder summary", source=(b, 0))
     w.group("Generate", [prompt, ckpt, cv, pos, neg, lat, ks, dec, save])
     w.group("Append every image with its prompt", [b, show], color="#8A8")
     w.note("## Build a vault while you generate\n\nEach run appends the 4 images and the prompt that made them to "
@@ -392,9 +405,7 @@ def wf_build_from_folder(info: dict[str, Any]) -> Workflow:
 def wf_vision_translator(info: dict[str, Any]) -> Workflow:
     w = Workflow("luna_vision_translator_hybrid", info)
     img, cx, cy, cs, crop = crop_inputs(w)
-    ckpt, cv = models(w, 0, 640)
-    pos = w.add("CLIPTextEncode", (360, 640), title="Positive", text="extreme close-up of an eye, sharp focus", clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
+    ckpt, cv, pos, neg = lookup_inputs(w, "extreme close-up of an eye, sharp focus")
     t = w.add("LunaVisionTranslator", (760, 640), image=(crop, 0), clip_vision=(cv, 0), projector="eyes-sdxl.safetensors",
               strength=0.3, blend_mode="average", conditioning=(pos, 0), vault="eyes", threshold=0.9, k=5, clip=(ckpt, 1))
     rep = w.add("PreviewAny", (1140, 640), title="Which path each crop took", source=(t, 2))
@@ -413,17 +424,12 @@ def wf_vision_translator(info: dict[str, Any]) -> Workflow:
 def wf_ipadapter(info: dict[str, Any]) -> Workflow:
     w = Workflow("luna_ipadapter_with_vault", info)
     img, cx, cy, cs, crop = crop_inputs(w)
-    ckpt, cv = models(w, 0, 640)
+    ckpt, cv, pos, neg = lookup_inputs(w, "extreme close-up of an eye, detailed iris")
     ipl = w.add("IPAdapterUnifiedLoader", (360, 1120), model=(ckpt, 0), preset="PLUS (high strength)")
     ipa = w.add("IPAdapterAdvanced", (760, 1120), model=(ipl, 0), ipadapter=(ipl, 1), image=(crop, 0), weight=0.6,
                 weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only",
                 clip_vision=(cv, 0))
-    pos = w.add("CLIPTextEncode", (360, 640), title="Positive", text="extreme close-up of an eye, detailed iris",
-                clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text="blurry, lowres", clip=(ckpt, 1))
-    q = w.add("LunaVaultQuery", (760, 640), image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
-              blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(ckpt, 1), filter="")
-    prev = w.add("PreviewImage", (1140, 640), title="Matched images", images=(q, 3))
+    q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ipa, 0), (q, 0), neg, img, crop, cx, cy, cs, denoise=0.5)
     w.group("1. The region to detail", [img, cx, cy, cs, crop])
     w.group("2. Keep the structure (IP-Adapter) + remember the look (vault)", [ckpt, cv, ipl, ipa, pos, neg, q, prev],

@@ -13,19 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import ComfyServer, execution_error
-from helpers import COMFYUI, SHARED
+from comfy_server import ComfyServer, execution_error, require_comfyui, save_random_models
 
 pytestmark = pytest.mark.slow
-
-if not (COMFYUI / "main.py").is_file():
-    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
-try:
-    import aiohttp  # noqa: F401
-    import requests  # noqa: F401
-    import transformers  # noqa: F401
-except ImportError as e:
-    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/setup-test-env.sh", allow_module_level=True)
+require_comfyui("transformers")
 
 CROPS = 3
 
@@ -43,15 +34,9 @@ def _crop(i: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sys.path.insert(0, str(SHARED / "comfyui-tools"))
-    from make_clip_text import text_shapes
-    from make_clip_vision import build_sd, save, vision_shapes
-
     s = ComfyServer(tmp_path_factory.mktemp("comfyui"))
     s.prepare()
-    save(build_sd(vision_shapes("vitl"), "pt", seed=0), str(s.base / "models" / "clip_vision" / "vit-l-random.pt"), "pt")
-    (s.base / "models" / "text_encoders").mkdir(parents=True, exist_ok=True)
-    save(build_sd(text_shapes("clip_l"), "pt", seed=1), str(s.base / "models" / "text_encoders" / "clip-l-random.pt"), "pt")
+    save_random_models(s.base)
     for i in range(CROPS):
         _crop(i).save(s.base / "input" / f"crop{i}.png")
     # a vault from another encoder (1024-d) for the mismatch test

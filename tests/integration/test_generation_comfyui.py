@@ -18,18 +18,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from comfy_server import ComfyServer
-from helpers import COMFYUI
+from comfy_server import ComfyServer, require_comfyui
 
 pytestmark = pytest.mark.slow
-
-if not (COMFYUI / "main.py").is_file():
-    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
-try:
-    import aiohttp  # noqa: F401
-    import requests  # noqa: F401
-except ImportError as e:
-    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/setup-test-env.sh", allow_module_level=True)
+require_comfyui()
 
 from luna_vault.generation.campaign import Campaign  # noqa: E402
 from luna_vault.generation.dispatch import LEDGER, Dispatcher, Ledger  # noqa: E402

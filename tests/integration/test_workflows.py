@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import ComfyServer, execution_error
-from helpers import COMFYUI, SHARED
+from comfy_server import ComfyServer, execution_error, require_comfyui, save_random_models
 from ui_to_api import FRONTEND_ONLY, convert, validate
 
 pytestmark = pytest.mark.slow
-
-if not (COMFYUI / "main.py").is_file():
-    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
-try:
-    import aiohttp  # noqa: F401
-    import requests  # noqa: F401
-    import transformers  # noqa: F401
-except ImportError as e:
-    pytest.skip(f"ComfyUI's requirements are not installed ({e}); run scripts/setup-test-env.sh", allow_module_level=True)
+require_comfyui("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -41,15 +31,9 @@ RUNNABLE = {"luna_build_vault_from_folder", "luna_vault_lookup"}  # no diffusion
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sys.path.insert(0, str(SHARED / "comfyui-tools"))
-    from make_clip_text import text_shapes
-    from make_clip_vision import build_sd, save, vision_shapes
-
     s = ComfyServer(tmp_path_factory.mktemp("comfyui-workflows"))
     s.prepare()
-    save(build_sd(vision_shapes("vitl"), "pt", seed=0), str(s.base / "models" / "clip_vision" / "vit-l-random.pt"), "pt")
-    (s.base / "models" / "text_encoders").mkdir(parents=True, exist_ok=True)
-    save(build_sd(text_shapes("clip_l"), "pt", seed=1), str(s.base / "models" / "text_encoders" / "clip-l-random.pt"), "pt")
+    save_random_models(s.base)
     data = s.base / "input" / "datasets" / "eyes"
     data.mkdir(parents=True)
     for i in range(6):  # the lookup workflow asks for k=5
