@@ -122,7 +122,8 @@ def main() -> None:
             pipe_rate = report.images / report.seconds
             rounds.append((ref_rate, pipe_rate, report.encode_seconds / report.seconds, report.total_added))
             print(f"round {r + 1}: bare encoder {ref_rate:.1f} img/s, pipeline {pipe_rate:.1f} img/s, "
-                  f"ratio {pipe_rate / ref_rate:.2f}", flush=True)
+                  f"ratio {pipe_rate / ref_rate:.2f} (of {report.seconds:.1f} s: encode {report.encode_seconds:.1f}, "
+                  f"waiting for workers {report.wait_seconds:.1f}, vault commits {report.write_seconds:.1f})", flush=True)
         ratios = [p / r for r, p, _, _ in rounds]
         best = int(np.argsort(ratios)[len(ratios) // 2])
         ref_rate, pipe_rate, busy, added = rounds[best]

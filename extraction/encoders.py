@@ -124,8 +124,8 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Iterable[float]
                     std: Iterable[float] = CLIP_STD) -> torch.Tensor:
     """IMAGE [B, H, W, C] -> normalised pixels [B, 3, size, size] (resize_crop, then mean/std)."""
     x = resize_crop(images, size).permute(0, 3, 1, 2)
-    m = torch.tensor(list(mean), dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(list(std), dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
 
 

@@ -75,15 +75,16 @@ class PairSet:
         return cls(vault, target, live[~is_val], live[is_val])
 
     # ---- targets -------------------------------------------------------------------------------
-    def conditioning(self, pids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Targets for prompt ids: tokens [n, T, D] and pooled [n, P], float32."""
+    def conditioning(self, pids: np.ndarray, dtype: Any = np.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets for prompt ids: tokens [n, T, D] and pooled [n, P] (float32; the training loader asks for the
+        stored float16, half the bytes, and converts on the device)."""
         toks, pools = [], []
         for p in pids.tolist():
             cond, pooled = self.vault.baked(int(p))
             toks.append(fit_tokens(cond, self.target.tokens))
             pools.append(pooled)
-        return (torch.from_numpy(np.stack(toks).astype(np.float32)),
-                torch.from_numpy(np.stack(pools).astype(np.float32)))
+        return (torch.from_numpy(np.stack(toks).astype(dtype, copy=False)),
+                torch.from_numpy(np.stack(pools).astype(dtype, copy=False)))
 
     def prompt_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.vault.all_prompt_ids()[ids]
@@ -137,6 +138,6 @@ class PairDataset(torch.utils.data.Dataset):
         ids = np.array([b[0] for b in batch], dtype=np.int64)
         pids = np.array([b[1] for b in batch], dtype=np.int64)
         uniq, inverse = np.unique(pids, return_inverse=True)  # each prompt's conditioning read once per batch
-        tokens, pooled = self.pairs.conditioning(uniq)
+        tokens, pooled = self.pairs.conditioning(uniq, np.float16)
         inv = torch.from_numpy(inverse)
         return self.pairs.embeddings(ids), tokens[inv], pooled[inv]
