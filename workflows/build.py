@@ -316,6 +316,13 @@ def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], p
     return [up, enc, ks, dec, down, paste, save]
 
 
+def detailer_groups(w: Workflow, region: list[Node], lookup_title: str, lookup: list[Node], rest: list[Node]) -> None:
+    """The three groups every crop-detailer workflow shows: region, lookup (or translation), detail pass."""
+    w.group("1. The region to detail", region)
+    w.group(lookup_title, lookup, color="#8A8")
+    w.group("3. Detail the crop, paste it back", rest, color="#b58b2a")
+
+
 def wf_crop_detailer_vault(info: dict[str, Any]) -> Workflow:
     w = Workflow("luna_crop_detailer_vault", info)
     img, cx, cy, cs, crop = crop_inputs(w)
@@ -323,9 +330,7 @@ def wf_crop_detailer_vault(info: dict[str, Any]) -> Workflow:
                                        "blurry, lowres, deformed iris")
     q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ckpt, 0), (q, 0), neg, img, crop, cx, cy, cs)
-    w.group("1. The region to detail", [img, cx, cy, cs, crop])
-    w.group("2. Look the crop up in the vault", [ckpt, cv, pos, neg, q, prev], color="#8A8")
-    w.group("3. Detail the crop, paste it back", rest, color="#b58b2a")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault", [ckpt, cv, pos, neg, q, prev], rest)
     w.note("## Crop detailer with a Luna vault\n\nSet **crop x / y / size** to the region (an eye, a ring, a sleeve). "
            "*Luna Vault Query* embeds the crop with the CLIP vision model the vault was built with, finds the 5 closest "
            "images in `models/vaults` (auto-detect picks the vault), and blends their prompts' conditioning into your "
@@ -410,10 +415,7 @@ def wf_vision_translator(info: dict[str, Any]) -> Workflow:
               strength=0.3, blend_mode="average", conditioning=(pos, 0), vault="eyes", threshold=0.9, k=5, clip=(ckpt, 1))
     rep = w.add("PreviewAny", (1140, 640), title="Which path each crop took", source=(t, 2))
     rest = detail_and_paste(w, 1140, ckpt, (ckpt, 0), (t, 0), neg, img, crop, cx, cy, cs)
-    w.group("1. The region to detail", [img, cx, cy, cs, crop])
-    w.group("2. Translate the crop (projector, or the vault when it knows the look)", [ckpt, cv, pos, neg, t, rep],
-            color="#8A8")
-    w.group("3. Detail the crop, paste it back", rest, color="#b58b2a")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Translate the crop (projector, or the vault when it knows the look)", [ckpt, cv, pos, neg, t, rep], rest)
     w.note("## Vision Translator, hybrid with a vault\n\nA projector (`luna-vault train`, in `models/luna_projectors`) "
            "turns the crop straight into conditioning, so crops the vault has never seen still get a nudge. With a vault "
            "picked, crops whose best match reaches the threshold use the vault instead; the report says which path "
@@ -431,10 +433,7 @@ def wf_ipadapter(info: dict[str, Any]) -> Workflow:
                 clip_vision=(cv, 0))
     q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ipa, 0), (q, 0), neg, img, crop, cx, cy, cs, denoise=0.5)
-    w.group("1. The region to detail", [img, cx, cy, cs, crop])
-    w.group("2. Keep the structure (IP-Adapter) + remember the look (vault)", [ckpt, cv, ipl, ipa, pos, neg, q, prev],
-            color="#8A8")
-    w.group("3. Detail the crop, paste it back", rest, color="#b58b2a")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Keep the structure (IP-Adapter) + remember the look (vault)", [ckpt, cv, ipl, ipa, pos, neg, q, prev], rest)
     w.note("## IP-Adapter + vault (needs ComfyUI_IPAdapter_plus)\n\nIP-Adapter conditions the model on the crop itself "
            "(structure, composition); the vault adds the text that made the closest known images (the exact colour, "
            "metal, fabric). Both use the same CLIP vision model (the IP-Adapter ViT-H one).", (0, -260), (700, 200))
