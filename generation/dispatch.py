@@ -76,6 +76,10 @@ class Ledger:
     def states(self) -> dict[str, str]:
         return {r[0]: r[1] for r in self.db.execute("SELECT job_id, state FROM jobs")}
 
+    def state(self, job_id: str) -> str | None:
+        row = self.db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
     def attempts(self, job_id: str) -> int:
         return int(self.db.execute("SELECT attempts FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0])
 
@@ -273,7 +277,7 @@ class Dispatcher:
 
     # ---- outcomes ----------------------------------------------------------------------------------
     def _write(self, job: Job, s: ServerState, blobs: list[bytes], prompt_id: str) -> None:
-        if self.ledger.states().get(job.job_id) == "done":
+        if self.ledger.state(job.job_id) == "done":
             return  # finished elsewhere meanwhile
         folder = self.out / job.category
         folder.mkdir(parents=True, exist_ok=True)
