@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,19 @@ SHARED = REPO.parent / "shared"
 
 
 def make_dataset(root: Path, n: int, size: int, per_prompt: int = 4) -> list[str]:
-    rng = np.random.default_rng(0)
+    """n distinct noisy PNGs with .txt prompts (4 images per prompt), written by a thread pool (Pillow
+    releases the GIL while encoding); each image's pixels come from its own seed, so the set is fixed."""
     (root / "eyes").mkdir(parents=True)
-    prompts = []
-    for i in range(n):
-        base = rng.uniform(0, 255, 3)
-        img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    prompts = [f"close-up of an eye, variant {i // per_prompt}" for i in range(n)]
+
+    def write(i: int) -> None:
+        rng = np.random.default_rng((0, i))
+        img = np.clip(rng.uniform(0, 255, 3) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / "eyes" / f"{i:06d}.png", compress_level=1)
-        prompt = f"close-up of an eye, variant {i // per_prompt}"
-        (root / "eyes" / f"{i:06d}.txt").write_text(prompt)
-        prompts.append(prompt)
+        (root / "eyes" / f"{i:06d}.txt").write_text(prompts[i])
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(write, range(n)))
     return prompts
 
 
@@ -107,8 +111,12 @@ def main() -> None:
         enc = open_clip_encoder(args.model, args.device, work)
         print(f"encoder {enc.fingerprint.name}, {enc.fingerprint.dim}-d")  # the probe forward, outside both timings
         files = sorted((work / "data" / "eyes").glob("*.png"))
-        pixels = [resize_crop(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), np.float32) / 255)[None],
-                              enc.input_size)[0] for f in files]
+        def load(f: Path) -> torch.Tensor:
+            return resize_crop(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), np.float32) / 255)[None],
+                               enc.input_size)[0]
+
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            pixels = list(pool.map(load, files))
         batches = [torch.stack(pixels[a : a + args.batch]) for a in range(0, len(pixels), args.batch)]
         enc.encode(batches[0])  # warm-up
         rounds = []
