@@ -40,8 +40,8 @@ def cmd_plan(campaign: str, workflow: str | None = None, rate: float | None = No
         from ..generation.workflow import WorkflowTemplate
 
         tpl = WorkflowTemplate.load(workflow)
-        for j in jobs[:1]:
-            tpl.fill(j)
+        if jobs:
+            tpl.fill(jobs[0])  # fails here when the template needs what the campaign lacks
         notes = _check_template(tpl, camp)
     measured = None
     if out and (Path(out) / LEDGER).is_file():

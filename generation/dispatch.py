@@ -147,8 +147,8 @@ class Dispatcher:
         self.template, self.server_names, self.out = template, servers, Path(out)
         self.depth, self.retries, self.poll, self.give_up_after = depth, retries, poll, give_up_after
         self.progress, self.on_job_done = progress, on_job_done
-        for j in jobs[:1]:
-            template.fill(j)  # a template that needs values the campaign lacks fails before anything starts
+        if jobs:
+            template.fill(jobs[0])  # a template that needs values the campaign lacks fails before anything starts
 
     def run(self, retry_failed: bool = False) -> Report:
         """Run to the end (blocking). Ctrl-C stops cleanly; run again to resume."""
@@ -203,9 +203,9 @@ class Dispatcher:
 
     async def _serve(self, s: ServerState) -> None:
         while self._busy():
-            if not s.up:
-                if not s.inflight and not self.pending:
-                    return  # nothing left for us; others finish their own
+            if not s.up:  # its jobs went back to pending when it went down
+                if not self.pending:
+                    return  # nothing left for us; the others finish their own
                 await asyncio.sleep(s.backoff)
                 if await s.client.alive():
                     s.up, s.down_since, s.backoff = True, None, 1.0
