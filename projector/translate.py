@@ -13,17 +13,14 @@ import torch
 
 from ..vault.conditioning import (
     EncodingCache,
-    baked_lookup,
-    check_baked_family,
     match_token_length,
     retrieval_weights,
-    text_lookup,
     weighted_conditioning,
 )
-from ..vault.errors import TextFamilyMismatchError, VaultError
+from ..vault.errors import TextFamilyMismatchError
 from ..vault.manifest import EncoderFingerprint
 from ..vault.query import search
-from ..vault.retrieve import SHARED_TEXT_CACHE
+from ..vault.retrieve import SHARED_TEXT_CACHE, prompt_lookup
 from ..vault.store import Vault
 from .io import load_projector
 from .model import Projector
@@ -79,13 +76,8 @@ def translate(projector: Projector, embeddings: torch.Tensor, *, vault: Vault | 
     paths, best, prompts = ["projector"] * n, [None] * n, [None] * n
     if vault is not None:
         results = search(vault, embeddings, k=min(k, len(vault)), encoder=encoder)
-        if text_encoder is not None:
-            lookup = text_lookup(text_encoder.encode, cache, getattr(text_encoder, "key", ""))
-        else:
-            if vault.text is None:
-                raise VaultError(f"vault '{vault.name}' has no baked conditioning: connect a CLIP for the vault path")
-            check_baked_family(vault.text, [[tokens[:1], {"pooled_output": pooled[:1]}]], vault.name)
-            lookup = baked_lookup({vault.name: vault})
+        lookup, _ = prompt_lookup({vault.name: vault}, {vault.name}, text_encoder, cache,
+                                  [[tokens[:1], {"pooled_output": pooled[:1]}]])
         for b, r in enumerate(results):
             best[b] = float(r.matches[0].similarity)
             if best[b] >= threshold:

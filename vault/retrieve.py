@@ -55,6 +55,22 @@ class Retrieval:
         return {"mode": self.mode, "temperature": self.temperature, "crops": crops, "skipped_vaults": self.skipped_vaults}
 
 
+def prompt_lookup(vaults: dict[str, Vault], used: set[str], text_encoder: Any, cache: EncodingCache | None,
+                  against: Conditioning | None) -> tuple[Any, str]:
+    """(match -> (cond, pooled), "text" | "baked"): encode matched prompts with `text_encoder`, or read the
+    vaults' baked conditioning, refusing vaults without it or of another family than `against`."""
+    if text_encoder is not None:
+        return text_lookup(text_encoder.encode, cache, getattr(text_encoder, "key", "")), "text"
+    for name in sorted(used):
+        if vaults[name].text is None:
+            raise VaultError(
+                f"vault '{name}' stores no baked conditioning (it is a text-mode vault): connect a CLIP to the "
+                "query so the matched prompts are encoded, or rebuild the vault with baking (--bake)"
+            )
+        check_baked_family(vaults[name].text, against, name)
+    return baked_lookup(vaults), "baked"
+
+
 def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: Any = None,
              encoder: EncoderFingerprint | None = None, text_encoder: Any = None, user: Conditioning | None = None,
              mode: str = "average", strength: float = 0.3, temperature: float | None = 0.05,
@@ -71,21 +87,8 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
     else:
         detection, results = detect_category(vaults, embeddings, k=k, filter=filter, encoder=encoder)
         skipped = detection.skipped
-    by_name = {v.name: v for v in vaults}
-    if text_encoder is not None:
-        lookup = text_lookup(text_encoder.encode, cache, getattr(text_encoder, "key", ""))
-        text_mode = "text"
-    else:
-        used = {r.vault for r in results}
-        for name in sorted(used):
-            if by_name[name].text is None:
-                raise VaultError(
-                    f"vault '{name}' stores no baked conditioning (it is a text-mode vault): connect a CLIP to the "
-                    "query so the matched prompts are encoded, or rebuild the vault with baking (--bake)"
-                )
-            check_baked_family(by_name[name].text, user, name)
-        lookup = baked_lookup(by_name)
-        text_mode = "baked"
+    lookup, text_mode = prompt_lookup({v.name: v for v in vaults}, {r.vault for r in results}, text_encoder,
+                                      cache, user)
     retrieved = retrieved_conditioning(results, lookup, temperature=temperature)
     blended = blend(user, retrieved, mode, strength)
     return Retrieval(results, retrieved, blended, text_mode, temperature, skipped)
