@@ -44,10 +44,16 @@ class OpenClipImageEncoder:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_on_device(images).cpu()
+
+    @torch.no_grad()
+    def encode_on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """Like encode, but the embeddings stay on the model's device and nothing waits for the GPU:
+        the extraction pipeline queues the next batch before it reads this one back."""
         x = clip_preprocess(images, self.size, self.mean, self.std).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
             emb = self.model.encode_image(x)
-        return F.normalize(emb.float(), dim=-1).cpu()
+        return F.normalize(emb.float(), dim=-1)
 
     @property
     def fingerprint(self) -> EncoderFingerprint:

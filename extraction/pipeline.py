@@ -3,7 +3,8 @@
 reader (main process: list files, read sidecars, pick this shard)
 -> decode (DataLoader workers: read bytes, content hash, skip what the vault has, decode, embedded
    prompt, resize+crop to the encoder's input size, thumbnail)
--> encode (main process: the image encoder, batched on its device)
+-> encode (main process: the image encoder, batched on its device; on CUDA the next batch is queued
+   before the previous one is read back, so the GPU does not wait for the host's bookkeeping)
 -> write (one atomic vault append every `commit_every` items, prompts de-duplicated by the vault,
    new prompts baked when asked). A killed run loses at most the uncommitted part, and a re-run
    skips every committed image by its content hash.
@@ -153,8 +154,17 @@ class DecodeDataset(torch.utils.data.Dataset):
         return out
 
 
-def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs in the worker: the decoded pixels of a batch become one uint8 tensor [G, S, S, 3] (one
+    shared-memory block to hand over and pin, not one per image); records[i]["row"] is its row or None."""
+    rows = []
+    for r in batch:
+        r["row"] = len(rows) if r["pixels"] is not None else None
+        if r["pixels"] is not None:
+            rows.append(r.pop("pixels"))
+        else:
+            r.pop("pixels")
+    return {"pixels": torch.stack(rows) if rows else None, "records": batch}
 
 
 
@@ -165,6 +175,17 @@ def _lower_priority(_: int) -> None:
         os.nice(5)
     except (AttributeError, OSError):
         pass
+
+
+def decode_loader(dataset: DecodeDataset, batch_size: int, workers: int,
+                  pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The decode stage: batches of {"pixels": uint8 [G, S, S, 3] or None, "records": [...]} from
+    `workers` processes (0: in this process), 4 batches ahead per worker, pinned for a CUDA encoder."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=_lower_priority if workers else None, pin_memory=pin_memory,
+    )
 
 
 @dataclass
@@ -181,6 +202,20 @@ class _Target:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+@dataclass
+class _Encoded:
+    """A launched batch: its records, and its embeddings once `event` (CUDA) has passed."""
+
+    records: list[dict[str, Any]]
+    embeddings: torch.Tensor
+    event: Any = None
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.embeddings.numpy()
 
 
 def default_report_path(vault: Path | None, vault_dir: Path | None) -> Path:
@@ -294,61 +329,97 @@ class Extractor:
         for c in sorted(categories):
             self._target_for(str(c))
         known = self._existing_hashes([t.path for t in self.targets.values()])
-        dataset = DecodeDataset(items, self.encoder.input_size, known, self.thumbnails)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=_collate,
-            prefetch_factor=4 if self.workers else None, persistent_workers=False,
-            worker_init_fn=_lower_priority if self.workers else None,
-        )
-        seen: dict[bytes, str] = {}
-        done = 0
         device = getattr(self.encoder, "device", None)
         on_gpu = device is not None and torch.device(device).type == "cuda"
+        loader = decode_loader(DecodeDataset(items, self.encoder.input_size, known, self.thumbnails),
+                               self.batch_size, self.workers, pin_memory=on_gpu)
+        seen: dict[bytes, str] = {}
+        done = 0
+        in_flight: _Encoded | None = None
+        threads = torch.get_num_threads()
+        if on_gpu and self.workers:  # here the main process only launches kernels: the cores go to the workers
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - self.workers))
         try:
             t_wait = time.perf_counter()
             for batch in loader:
                 report.wait_seconds += time.perf_counter() - t_wait
                 if check_interrupt is not None:
                     check_interrupt()
-                good = []
-                for r in batch:
-                    source = r["metadata"].get("source", str(items[r["index"]].path))
-                    if r["reason"] == "already in the vault":
-                        report.already_present += 1
-                    elif r["reason"]:
-                        report.skipped.append((source, r["reason"]))
-                    elif r["hash"] in seen:
-                        report.skipped.append((source, f"duplicate file: same content as {seen[r['hash']]}"))
-                    else:
-                        seen[r["hash"]] = source
-                        good.append(r)
-                if good:
-                    t = time.perf_counter()
-                    pixels = torch.stack([r["pixels"] for r in good])
-                    if on_gpu:  # uint8 over the bus (4x fewer bytes), then convert and resize on the GPU
-                        pixels = pixels.pin_memory().to(device, non_blocking=True)
-                    emb = self.encoder.encode(pixels.float() / 255.0).numpy()
-                    report.encode_seconds += time.perf_counter() - t
-                    for r, e in zip(good, emb):
-                        target = self._target_for(str(r["metadata"]["category"]))
-                        target.embeddings.append(e)
-                        target.prompts.append(r["prompt"])
-                        target.metas.append(r["metadata"])
-                        target.thumbs.append(r["thumbnail"])
-                        target.hashes.append(r["hash"])
-                        if len(target) >= self.commit_every:
-                            self._flush(target, report)
-                done += len(batch)
+                good = self._screen(batch["records"], items, seen, report)
+                launched = self._launch(batch["pixels"], good, device if on_gpu else None, report) if good else None
+                if in_flight is not None:  # the previous batch's embeddings, while this one runs on the device
+                    self._collect(in_flight, report)
+                in_flight = launched
+                done += len(batch["records"])
                 report.images = done
                 if progress is not None:
                     progress(done, len(items))
                 t_wait = time.perf_counter()
         finally:
-            for target in self.targets.values():  # what was encoded is committed, even on interrupt
-                self._flush(target, report)
-            report.images = done
-            report.seconds = time.perf_counter() - t0
+            try:
+                if in_flight is not None:
+                    self._collect(in_flight, report)
+            finally:
+                for target in self.targets.values():  # what was encoded is committed, even on interrupt
+                    self._flush(target, report)
+                torch.set_num_threads(threads)
+                report.images = done
+                report.seconds = time.perf_counter() - t0
         return report
+
+    def _screen(self, records: list[dict[str, Any]], items: list[Item], seen: dict[bytes, str],
+                report: ExtractReport) -> list[dict[str, Any]]:
+        """The records of a batch worth encoding; the rest are counted or reported with their reason."""
+        good = []
+        for r in records:
+            source = r["metadata"].get("source", str(items[r["index"]].path))
+            if r["reason"] == "already in the vault":
+                report.already_present += 1
+            elif r["reason"]:
+                report.skipped.append((source, r["reason"]))
+            elif r["hash"] in seen:
+                report.skipped.append((source, f"duplicate file: same content as {seen[r['hash']]}"))
+            else:
+                seen[r["hash"]] = source
+                good.append(r)
+        return good
+
+    def _launch(self, pixels: torch.Tensor, good: list[dict[str, Any]], device: Any,
+                report: ExtractReport) -> _Encoded:
+        """Start encoding the good rows of a batch. On CUDA this only queues the work (uint8 over the bus,
+        4x fewer bytes; conversion and preprocessing on the GPU; the result copied back asynchronously)."""
+        t = time.perf_counter()
+        rows = [r["row"] for r in good]
+        if len(rows) < pixels.shape[0]:  # duplicates of earlier files in this run
+            pixels = pixels[rows]
+        encode_on_device = getattr(self.encoder, "encode_on_device", None)
+        if device is not None and encode_on_device is not None:
+            x = pixels.to(device, non_blocking=True).float() / 255.0
+            emb = encode_on_device(x).to("cpu", non_blocking=True)  # into pinned memory; ready at `event`
+            event = torch.cuda.Event()
+            event.record()
+            out = _Encoded(good, emb, event)
+        else:
+            if device is not None:
+                pixels = pixels.to(device, non_blocking=True)
+            out = _Encoded(good, self.encoder.encode(pixels.float() / 255.0), None)
+        report.encode_seconds += time.perf_counter() - t
+        return out
+
+    def _collect(self, encoded: _Encoded, report: ExtractReport) -> None:
+        """Wait for a launched batch's embeddings and buffer them for their vaults (committing full buffers)."""
+        t = time.perf_counter()
+        emb = encoded.result()
+        report.encode_seconds += time.perf_counter() - t
+        for r, e in zip(encoded.records, emb):
+            target = self._target_for(str(r["metadata"]["category"]))
+            target.embeddings.append(e)
+            target.prompts.append(r["prompt"])
+            target.metas.append(r["metadata"])
+            target.thumbs.append(r["thumbnail"])
+            target.hashes.append(r["hash"])
+            if len(target) >= self.commit_every:
+                self._flush(target, report)
 
 
 def write_report(report: ExtractReport, path: str | os.PathLike[str]) -> None:

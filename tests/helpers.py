@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the checkout
 COMFYUI = SHARED / "comfyui"
@@ -31,3 +32,18 @@ def toy_encode(prompt: str, dim: int = 8, tokens: int = 77, pooled_dim: int = 6)
     g = torch.Generator().manual_seed(seed)
     t = tokens * (2 if len(prompt) > 60 else 1)
     return torch.randn(t, dim, generator=g), torch.randn(pooled_dim, generator=g)
+
+
+def make_folder(root: Path, n: int, seed: int = 0, sub: str = "eyes") -> list[Path]:
+    """n small noisy PNGs of slightly different sizes under root/sub, each with a .txt prompt (7 distinct)."""
+    rng = np.random.default_rng(seed)
+    (root / sub).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        colour = rng.integers(0, 255, 3)
+        arr = np.clip(colour + rng.normal(0, 20, (48 + i % 5, 40, 3)), 0, 255).astype(np.uint8)
+        p = root / sub / f"img{i:04d}.png"
+        Image.fromarray(arr).save(p)
+        p.with_suffix(".txt").write_text(f"{sub} prompt {i % 7}")
+        paths.append(p)
+    return paths

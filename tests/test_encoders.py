@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import COMFYUI, SHARED
+from helpers import COMFYUI, SHARED, make_folder
 from luna_vault.extraction.encoders import RandomImageEncoder, clip_preprocess, probe_image, resize_crop
 from luna_vault.vault import EncoderMismatchError
 
@@ -92,6 +92,28 @@ def test_open_clip_from_local_weights(open_clip_model: tuple[Path, Path, Path]) 
     assert torch.equal(c.model.state_dict()[key], saved[key])
     with pytest.raises(FileNotFoundError, match="nothing is downloaded|no downloads"):
         OpenClipImageEncoder("luna-tiny-vit", w0.with_name("missing.safetensors"), config=cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_checks.sh runs it on a lent one)")
+def test_cuda_pipeline_matches_cpu(open_clip_model: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The CUDA path (pinned uint8 batches, preprocessing on the GPU, one batch in flight, fp16 autocast)
+    stores the same embeddings, in the same rows, as the CPU path."""
+    from luna_vault.extraction.open_clip_encoder import OpenClipImageEncoder
+    from luna_vault.extraction.pipeline import Extractor
+    from luna_vault.vault import Vault
+
+    cfg, w0, _ = open_clip_model
+    make_folder(tmp_path / "data", 60)
+    vaults = {}
+    for device in ("cpu", "cuda"):
+        enc = OpenClipImageEncoder("luna-tiny-vit", w0, device=device, config=cfg)
+        report = Extractor(enc, vault=tmp_path / f"{device}.vault", batch_size=8, workers=2).run(tmp_path / "data")
+        assert report.total_added == 60 and not report.skipped
+        v = Vault.open(tmp_path / f"{device}.vault")
+        vaults[device] = {v.metadata(i)["source"]: v.embeddings([i])[0].astype(np.float32) for i in range(len(v))}
+    assert vaults["cpu"].keys() == vaults["cuda"].keys()
+    for src, e in vaults["cpu"].items():
+        np.testing.assert_allclose(vaults["cuda"][src], e, atol=1e-2)  # fp16 autocast on the GPU
 
 
 def _make_clip_vision(path: Path, seed: int) -> Path:
