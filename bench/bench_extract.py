@@ -60,6 +60,45 @@ def open_clip_encoder(model: str, device: str, folder: Path):
     return OpenClipImageEncoder(model, path, device=device)
 
 
+def quarter_rates(marks: list[tuple[float, int]]) -> str:
+    """Images/s over each quarter of a run's batches, from (time, images done) marks: a pipeline that
+    slows down as it goes shows it here (counted from the first batch: the workers' start-up is not in them)."""
+    if len(marks) < 5:
+        return "too few batches"
+    cuts = [round(i * (len(marks) - 1) / 4) for i in range(5)]
+    rates = [(marks[b][1] - marks[a][1]) / max(marks[b][0] - marks[a][0], 1e-9) for a, b in zip(cuts, cuts[1:])]
+    return " / ".join(f"{r:.0f}" for r in rates)
+
+
+def bare_rate_while_decoding(enc, batches: list[torch.Tensor], n: int, root: Path, batch: int, workers: int) -> float:
+    """The bare forward while the pipeline's decode workers read the same folder in the background (their
+    output thrown away): how much the host's load alone slows the encoder, apart from the pipeline's own path."""
+    import threading
+
+    from luna_vault.extraction.pipeline import DecodeDataset, Extractor, decode_loader
+
+    items, _ = Extractor(enc, vault=root.parent / "unused.vault").plan(root)
+    dataset = DecodeDataset(items, enc.input_size, set(), thumbnails=True)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for _ in decode_loader(dataset, batch, workers):
+                if stop.is_set():
+                    break
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    time.sleep(3.0)  # the workers are up and busy
+    t = time.perf_counter()
+    for b in batches:
+        enc.encode(b)
+    rate = n / (time.perf_counter() - t)
+    stop.set()
+    thread.join()
+    return rate
+
+
 def text_bench(prompts: list[str]) -> dict[str, float] | None:
     comfy = SHARED / "comfyui"
     if not (comfy / "comfy" / "sd.py").is_file():
@@ -97,6 +136,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="side of the generated PNGs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="bench/out/extract.json")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also time the bare forward while the decode workers run (host load, no pipeline)")
     args = ap.parse_args()
 
     from luna_vault.extraction.encoders import resize_crop
@@ -126,12 +167,14 @@ def main() -> None:
                 enc.encode(b)
             ref_rate = args.n / (time.perf_counter() - t)
             ex = Extractor(enc, vault=work / f"bench{r}.vault", batch_size=args.batch, workers=args.workers, thumbnails=True)
-            report = ex.run(work / "data")
+            marks: list[tuple[float, int]] = []
+            report = ex.run(work / "data", progress=lambda done, _, marks=marks: marks.append((time.perf_counter(), done)))
             pipe_rate = report.images / report.seconds
             rounds.append((ref_rate, pipe_rate, report.encode_seconds / report.seconds, report.total_added))
             print(f"round {r + 1}: bare encoder {ref_rate:.1f} img/s, pipeline {pipe_rate:.1f} img/s, "
                   f"ratio {pipe_rate / ref_rate:.2f} (of {report.seconds:.1f} s: encode {report.encode_seconds:.1f}, "
-                  f"waiting for workers {report.wait_seconds:.1f}, vault commits {report.write_seconds:.1f})", flush=True)
+                  f"waiting for workers {report.wait_seconds:.1f}, vault commits {report.write_seconds:.1f}; "
+                  f"img/s by quarter of the run: {quarter_rates(marks)})", flush=True)
         ratios = [p / r for r, p, _, _ in rounds]
         best = int(np.argsort(ratios)[len(ratios) // 2])
         ref_rate, pipe_rate, busy, added = rounds[best]
@@ -143,6 +186,11 @@ def main() -> None:
         }
         print(f"median ratio {row['ratio']:.2f} (target >= 0.9) over {args.rounds} rounds; "
               f"pipeline {pipe_rate:.1f} img/s = {pipe_rate * 3600:,.0f} img/hour ({args.model}, {args.device})", flush=True)
+        if args.diagnose:
+            loaded = bare_rate_while_decoding(enc, batches, args.n, work / "data", args.batch, args.workers)
+            row["reference_while_decoding_img_per_s"] = loaded
+            print(f"diagnosis: bare encoder while {args.workers} workers decode: {loaded:.1f} img/s "
+                  f"({loaded / ref_rate:.2f} of the quiet bare encoder, pipeline {pipe_rate / ref_rate:.2f})", flush=True)
         text = text_bench(prompts)
         if text:
             row["text"] = text

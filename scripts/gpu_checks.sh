@@ -12,6 +12,8 @@ python3 -c "import torch, faiss; print('torch', torch.__version__, 'cuda', torch
 echo "== projector (CUDA)"
 python3 bench/bench_projector.py --device cuda --repeats 300 --train-prompts 2000 --epochs 3 --quality-prompts 0 \
     --json "$OUT/projector-gpu.json"
+echo "== the CUDA extraction path stores what the CPU path stores"
+python3 -m pytest -q -p no:cacheprovider tests/test_encoders.py -k cuda || echo "(pytest unavailable or failed)"
 echo "== extraction, ViT-H-14 (CUDA, fp16 autocast)"
 python3 bench/bench_extract.py --model ViT-H-14 --device cuda --batch 128 --workers "${WORKERS:-12}" --n "${N:-4000}" \
-    --rounds 3 --out "$OUT/extract-gpu.json"
+    --rounds 3 --diagnose --out "$OUT/extract-gpu.json"
