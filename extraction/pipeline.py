@@ -329,8 +329,9 @@ class Extractor:
         for c in sorted(categories):
             self._target_for(str(c))
         known = self._existing_hashes([t.path for t in self.targets.values()])
-        device = getattr(self.encoder, "device", None)
-        on_gpu = device is not None and torch.device(device).type == "cuda"
+        device = getattr(self.encoder, "device", None)  # encoders with encode_on_device run asynchronously on CUDA
+        on_gpu = (device is not None and torch.device(device).type == "cuda"
+                  and hasattr(self.encoder, "encode_on_device"))
         loader = decode_loader(DecodeDataset(items, self.encoder.input_size, known, self.thumbnails),
                                self.batch_size, self.workers, pin_memory=on_gpu)
         seen: dict[bytes, str] = {}
@@ -386,23 +387,21 @@ class Extractor:
 
     def _launch(self, pixels: torch.Tensor, good: list[dict[str, Any]], device: Any,
                 report: ExtractReport) -> _Encoded:
-        """Start encoding the good rows of a batch. On CUDA this only queues the work (uint8 over the bus,
-        4x fewer bytes; conversion and preprocessing on the GPU; the result copied back asynchronously)."""
+        """Start encoding the good rows of a batch. With a CUDA `device` this only queues the work (uint8
+        over the bus, 4x fewer bytes; conversion and preprocessing on the GPU; the result copied back
+        asynchronously); without one, the encoder runs here and now."""
         t = time.perf_counter()
         rows = [r["row"] for r in good]
         if len(rows) < pixels.shape[0]:  # duplicates of earlier files in this run
             pixels = pixels[rows]
-        encode_on_device = getattr(self.encoder, "encode_on_device", None)
-        if device is not None and encode_on_device is not None:
+        if device is not None:
             x = pixels.to(device, non_blocking=True).float() / 255.0
-            emb = encode_on_device(x).to("cpu", non_blocking=True)  # into pinned memory; ready at `event`
+            emb = self.encoder.encode_on_device(x).to("cpu", non_blocking=True)  # pinned memory; ready at `event`
             event = torch.cuda.Event()
             event.record()
             out = _Encoded(good, emb, event)
         else:
-            if device is not None:
-                pixels = pixels.to(device, non_blocking=True)
-            out = _Encoded(good, self.encoder.encode(pixels.float() / 255.0), None)
+            out = _Encoded(good, self.encoder.encode(pixels.float() / 255.0))
         report.encode_seconds += time.perf_counter() - t
         return out
 
