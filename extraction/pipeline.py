@@ -159,11 +159,10 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     shared-memory block to hand over and pin, not one per image); records[i]["row"] is its row or None."""
     rows = []
     for r in batch:
-        r["row"] = len(rows) if r["pixels"] is not None else None
-        if r["pixels"] is not None:
-            rows.append(r.pop("pixels"))
-        else:
-            r.pop("pixels")
+        pixels = r.pop("pixels")
+        r["row"] = None if pixels is None else len(rows)
+        if pixels is not None:
+            rows.append(pixels)
     return {"pixels": torch.stack(rows) if rows else None, "records": batch}
 
 
