@@ -54,10 +54,12 @@ def _shifted(n: int, seed: int, centre_seed: int) -> np.ndarray:
 def test_choose_index_rule() -> None:
     assert choose_index(5_000, 1024) == "Flat"
     assert choose_index(20_000, 1024) == "Flat"
-    assert choose_index(100_000, 768) == "IVF1024_HNSW32,PQ384x4fs"
-    assert choose_index(500_000, 1024) == "IVF2048_HNSW32,PQ512x4fs"
-    assert choose_index(5_000_000, 1280) == "IVF8192_HNSW32,PQ640x4fs"
-    assert choose_index(50_000, 1152) == "IVF512_HNSW32,PQ576x4fs"
+    # about 32 entries per list (a power of two), a flat coarse quantizer, at most 4,096 lists up to 1M entries
+    assert choose_index(20_001, 1024) == "IVF512,PQ512x4fs"
+    assert choose_index(50_000, 1152) == "IVF2048,PQ576x4fs"
+    assert choose_index(100_000, 768) == "IVF4096,PQ384x4fs"
+    assert choose_index(500_000, 1024) == "IVF4096,PQ512x4fs"
+    assert choose_index(5_000_000, 1280) == "IVF8192,PQ640x4fs"
 
 
 def test_exact_search_equals_brute_force(tmp_path: Path) -> None:
@@ -232,3 +234,112 @@ def test_open_cached_reuses_until_the_manifest_changes(tmp_path: Path) -> None:
     assert b is not a and len(b) == 55
     forget(path)
     assert open_cached(path) is not b
+
+
+# ---- approximate search that never silently misses (issue 12) ------------------------------------
+
+def _mixture(n_looks: int, prompts_per_look: int, d: int, seed: int, queries: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Many small clusters in random directions (the shape that defeated the HNSW coarse quantizer):
+    looks -> prompts (look + noise of norm 0.55) -> 4 images each (prompt + noise of norm 0.35);
+    queries are new images of stored prompts and of prompts never stored, half each."""
+    rng = np.random.default_rng(seed)
+
+    def noisy(c: np.ndarray, norm: float) -> np.ndarray:
+        e = rng.standard_normal(c.shape).astype(np.float32)
+        x = c + norm * e / np.linalg.norm(e, axis=1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    looks = noisy(np.zeros((n_looks, d), np.float32), 1.0)
+    n_prompts = n_looks * prompts_per_look
+    prompts = noisy(looks[np.arange(n_prompts + queries) % n_looks], 0.55)
+    x = noisy(np.repeat(prompts[:n_prompts], 4, axis=0), 0.35)
+    names = [f"prompt {i // 4}" for i in range(len(x))]
+    pick = np.concatenate([rng.integers(0, n_prompts, queries // 2), n_prompts + np.arange(queries - queries // 2)])
+    return x, names, noisy(prompts[pick], 0.35)
+
+
+def test_gap_and_recall_by_hand() -> None:
+    from luna_vault.vault.index import recall_per_query, similarity_gap
+
+    exact = np.array([[0.9, 0.8], [0.5, 0.4], [0.7, -np.inf]], np.float32)
+    got = np.array([[0.9, 0.7], [0.1, -np.inf], [0.7, -np.inf]], np.float32)
+    # (0.9+0.8)/2-(0.9+0.7)/2 = 0.05; (0.5+0.4)/2-(0.1-1)/2 = 0.9 (a missing result counts as -1); one valid slot: 0
+    np.testing.assert_allclose(similarity_gap(exact, got), [0.05, 0.9, 0.0], atol=1e-6)
+    truth = np.array([[1, 2], [3, 4], [5, -1]])
+    np.testing.assert_allclose(recall_per_query(np.array([[2, 9], [-1, -1], [5, -1]]), truth), [0.5, 0.0, 1.0])
+
+
+def test_rerank_drops_candidates_outside_the_mask(tmp_path: Path) -> None:
+    """Whatever an index returns (a GPU index takes no selector), masked-out ids never come back."""
+    from luna_vault.vault.index import rerank
+
+    x = _build(tmp_path / "v.vault", 200)
+    v = Vault.open(tmp_path / "v.vault")
+    allowed = np.arange(200) % 2 == 1
+    cand = np.array([[0, 1, 2, 3, 4, 5, -1], [10, 12, 14, 16, 11, 13, 15]])
+    sims, ids = rerank(v, x[[0, 10]], cand, 3, allowed)
+    assert set(ids[0][ids[0] >= 0]) <= {1, 3, 5} and set(ids[1]) == {11, 13, 15}
+    np.testing.assert_allclose(sims[1], np.sort(x[[11, 13, 15]] @ x[10])[::-1], atol=2e-3)
+
+
+def test_masked_approximate_search_respects_filters_and_deletions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide filter goes through the IVF index with a selector (not exact search): still only allowed ids."""
+    import luna_vault.vault.index as index_mod
+
+    path = tmp_path / "v.vault"
+    x = _build(path, 3000, index="IVF16,PQ8x4fs")
+    delete_where(path, "checkpoint=c")  # ids 2, 5, 8, ...
+    v = Vault.open(path)
+    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 0)  # force the approximate path for any mask
+    idx = get_index(v)
+    _, ids = search_arrays(v, x[:40], 8, "quality<0.5")
+    quality = (np.arange(3000) % 10) / 10
+    ok = (np.arange(3000) % 3 != 2) & (quality < 0.5)
+    assert (ids >= 0).all() and ok[ids].all()
+    _, want = brute(v.embeddings(np.arange(3000)), x[:40], 8, ok)
+    assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(ids, want)]) >= 0.9
+    assert idx.queries >= 40
+
+
+def test_guard_answers_unrepresented_queries_exactly(tmp_path: Path) -> None:
+    """A query unlike every centroid (here: from no cluster at all) is not trusted to the partition."""
+    path = tmp_path / "v.vault"
+    x = _build(path, 4000, index="IVF32,PQ8x4fs")
+    v = Vault.open(path)
+    idx = get_index(v)
+    assert idx.state.guard is not None
+    far = np.random.default_rng(3).standard_normal((5, D)).astype(np.float32)
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    coarse = idx._coarse(idx.index, far, 1)[0][:, 0]
+    assert (coarse < idx.state.guard).all()  # these queries sit below the guard
+    sims, ids = search_arrays(v, far, 5)
+    want_s, want_i = brute(v.embeddings(np.arange(4000)), far, 5)
+    np.testing.assert_array_equal(ids, want_i)  # answered exactly
+    np.testing.assert_allclose(sims, want_s, atol=2e-3)
+    assert idx.exact_answers == 5 and idx.describe()["exact_answers"] == 5
+    search_arrays(v, x[:3], 5)  # stored points are represented: the index answers them
+    assert idx.exact_answers == 5 and idx.queries == 8
+
+
+@pytest.mark.slow
+def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Path) -> None:
+    """The failure issue 12 reported, scaled down: 1,500 clusters of 24 images in 64-d, auto index (IVF),
+    2,000 unseen queries. No query may come back with a similarity gap over 0.05; recall stays high."""
+    from luna_vault.vault.index import GAP_LIMIT, recall_per_query, similarity_gap
+
+    x, names, q = _mixture(n_looks=1500, prompts_per_look=6, d=64, seed=1, queries=2000)
+    path = tmp_path / "mix.vault"
+    build(path, x, names, encoder=EncoderFingerprint("t", 64, "w"), category="mix")
+    v = Vault.open(path)
+    idx = get_index(v)
+    assert idx.spec == choose_index(len(x), 64) != "Flat"
+    st = idx.state
+    assert st.tune_queries == 768 and st.target_met and st.recall >= 0.98
+    assert abs(idx._untrained().mean() - 0.1) < 0.03  # a tenth of the prompts never trained the partition
+    sims, ids = search_arrays(v, q, 5)
+    want_s, want_i = brute(v.embeddings(np.arange(len(x))), q, 5)
+    gap = similarity_gap(want_s, sims)
+    assert (gap > GAP_LIMIT).sum() == 0, f"{(gap > GAP_LIMIT).sum()} queries missed (worst gap {gap.max():.3f})"
+    assert recall_per_query(ids, want_i).mean() >= 0.95
+    info = idx.describe()
+    assert info["queries"] == 2000 and 0 <= info["exact_answers"] <= 60

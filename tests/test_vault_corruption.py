@@ -140,11 +140,11 @@ def test_index_cache_of_a_different_vault_is_not_used(tmp_path: Path) -> None:
 
     path = tmp_path / "v.vault"
     x = clustered(600, 16, seed=1)
-    build(path, x, [f"p{i}" for i in range(600)], encoder=ENC, category="eyes", index="IVF8,PQ4x4fs")
+    build(path, x, [f"p{i}" for i in range(600)], encoder=ENC, category="eyes", index="IVF8,Flat")
     first = get_index(Vault.open(path))
     assert first.state is not None
     y = clustered(600, 16, seed=2)
-    build(path, y, [f"q{i}" for i in range(600)], encoder=ENC, category="eyes", index="IVF8,PQ4x4fs", overwrite=True)
+    build(path, y, [f"q{i}" for i in range(600)], encoder=ENC, category="eyes", index="IVF8,Flat", overwrite=True)
     v = Vault.open(path)
     second = get_index(v)
     assert second.state.segments != first.state.segments
