@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..vault.atomic import atomic_write, atomic_write_bytes
 from ..vault.store import Vault
-from .data import PairDataset, PairSet
+from .data import PairDataset, PairSet, ResidentPairs
 from .io import save_projector
 from .model import Projector, ProjectorConfig, TargetSpec
 
@@ -49,11 +49,13 @@ class TrainConfig:
     pooled_weight: float = 1.0
     part_weights: dict[str, float] = field(default_factory=lambda: {"clip_l": 2.0})  # CLIP-L counts double
     num_workers: int = 0
+    resident: bool | None = None  # keep the pairs on the training device; None: when they fit (ResidentPairs.fits)
 
 
 def loss_parts(model: Any, x: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor,
-               cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted training loss, and each part's value for the log."""
+               cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted training loss, and each part's value for the log (detached tensors: reading them
+    waits for the GPU, so a training step never does)."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     head = inner.head
     z_tok, z_pool = model(x, standardised=True)  # through the DDP wrapper, so gradients are averaged
@@ -62,17 +64,17 @@ def loss_parts(model: Any, x: torch.Tensor, tokens: torch.Tensor, pooled: torch.
     t_tok = (tokens - head.token_mean) / head.token_std
     t_pool = (pooled - head.pooled_mean) / head.pooled_std
     total = x.new_zeros(())
-    parts: dict[str, float] = {}
+    parts: dict[str, torch.Tensor] = {}
     for name, a, b in inner.cfg.target.parts:
         w = cfg.part_weights.get(name, 1.0)
         mse = F.mse_loss(z_tok[..., a:b].float(), t_tok[..., a:b])
         cos = F.cosine_similarity(raw_tok[..., a:b], tokens[..., a:b], dim=-1).mean()
         total = total + w * (mse + cfg.cosine_weight * (1 - cos))
-        parts[f"{name}_mse"], parts[f"{name}_cos"] = mse.item(), cos.item()
+        parts[f"{name}_mse"], parts[f"{name}_cos"] = mse.detach(), cos.detach()
     mse = F.mse_loss(z_pool.float(), t_pool)
     cos = F.cosine_similarity(raw_pool, pooled, dim=-1).mean()
     total = total + cfg.pooled_weight * (mse + cfg.cosine_weight * (1 - cos))
-    parts["pooled_mse"], parts["pooled_cos"] = mse.item(), cos.item()
+    parts["pooled_mse"], parts["pooled_cos"] = mse.detach(), cos.detach()
     return total, parts
 
 
@@ -94,18 +96,22 @@ def _cosine_schedule(opt: torch.optim.Optimizer, total: int, warmup: int) -> tor
 
 
 @torch.no_grad()
-def validate(model: Projector, pairs: PairSet, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    ds = PairDataset(pairs, pairs.val_ids)
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False, collate_fn=ds.collate)
+def validate(model: Projector, pairs: PairSet, cfg: TrainConfig, device: torch.device,
+             resident: ResidentPairs | None = None) -> dict[str, float]:
+    if resident is not None:
+        batches: Any = resident.batches(torch.arange(len(resident)), 256, drop_last=False)
+    else:
+        ds = PairDataset(pairs, pairs.val_ids)
+        batches = (_to(device, *b) for b in torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False,
+                                                                         collate_fn=ds.collate))
     model.eval()
     sums: dict[str, float] = {}
     n = 0
-    for x, tokens, pooled in loader:
-        x, tokens, pooled = _to(device, x, tokens, pooled)
+    for x, tokens, pooled in batches:
         loss, parts = loss_parts(model, x, tokens, pooled, cfg)
         b = len(x)
-        for k, v in {"loss": loss.item(), **parts}.items():
-            sums[k] = sums.get(k, 0.0) + v * b
+        for k, v in {"loss": loss, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * b
         n += b
     model.train()
     return {k: v / max(1, n) for k, v in sums.items()}
@@ -139,10 +145,16 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
     ds = PairDataset(pairs, pairs.train_ids)
     sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                                         generator=gen if sampler is None else None, collate_fn=ds.collate,
+    order = _EpochOrder(len(sampler) if sampler is not None else len(ds))  # one order feeds both data paths
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=order, collate_fn=ds.collate,
+                                         generator=torch.Generator().manual_seed(cfg.seed),  # workers' seeds only
                                          num_workers=cfg.num_workers, drop_last=len(ds) > cfg.batch_size * world,
                                          pin_memory=device.type == "cuda")
+    resident = resident_val = None
+    if cfg.resident or (cfg.resident is None and ResidentPairs.fits(pairs, pairs.train_ids, device)):
+        resident = ResidentPairs(pairs, pairs.train_ids, device)
+        if len(pairs.val_ids) and rank == 0:
+            resident_val = ResidentPairs(pairs, pairs.val_ids, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * max(1, len(loader))
     sched = _cosine_schedule(opt, total_steps, int(cfg.warmup * total_steps))
@@ -162,18 +174,24 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
             print(f"resuming from {ckpt.name} after epoch {start_epoch}", file=sys.stderr)
     amp = device.type == "cuda"
     t0 = time.perf_counter()
-    samples = 0
+    samples, loop_s = 0, 0.0
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+            order.ids = list(sampler)
         else:
             gen.manual_seed(cfg.seed + epoch)  # the same order after a resume
+            order.ids = torch.randperm(len(ds), generator=gen).tolist()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # and the same dropout masks
         net.train()
         run_loss, steps = 0.0, 0
-        bar = _bar(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        if resident is not None:
+            batches: Any = resident.batches(torch.tensor(order.ids), cfg.batch_size, drop_last=loader.drop_last)
+        else:
+            batches = (_to(device, *b) for b in loader)
+        bar = _bar(batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0, total=len(loader))
+        t_loop = time.perf_counter()
         for x, tokens, pooled in bar:
-            x, tokens, pooled = _to(device, x, tokens, pooled)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, _ = loss_parts(net, x, tokens, pooled, cfg)
             opt.zero_grad(set_to_none=True)
@@ -181,13 +199,16 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            run_loss += loss.item()
+            run_loss += loss.detach()
             steps += 1
             samples += len(x) * world
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{run_loss / steps:.4f}")
+            if hasattr(bar, "set_postfix") and steps % 20 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{float(run_loss) / steps:.4f}")
+        run_loss = float(run_loss)
+        loop_s += time.perf_counter() - t_loop
         if rank == 0:
-            val = validate(model, pairs, cfg, device) if len(pairs.val_ids) else {"loss": run_loss / max(1, steps)}
+            val = (validate(model, pairs, cfg, device, resident_val) if len(pairs.val_ids)
+                   else {"loss": run_loss / max(1, steps)})
             row = {"epoch": epoch + 1, "train_loss": run_loss / max(1, steps), "lr": sched.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}}
             history.append(row)
@@ -204,12 +225,27 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
         if world > 1:
             dist.barrier()
     summary = {"projector": str(out), "best_epoch": best[1], "best_val_loss": best[0], "history": history,
-               "samples_per_s": samples / max(1e-9, time.perf_counter() - t0), "parameters": model.parameter_count(),
+               "samples_per_s": samples / max(1e-9, time.perf_counter() - t0),
+               "loop_samples_per_s": samples / max(1e-9, loop_s), "resident": resident is not None,
+               "parameters": model.parameter_count(),
                "train_pairs": int(len(pairs.train_ids)), "val_pairs": int(len(pairs.val_ids)), "world_size": world}
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """The current epoch's order of the training pairs, set before each epoch (a DataLoader sampler)."""
+
+    def __init__(self, n: int) -> None:
+        self.ids: list[int] = list(range(n))
+
+    def __iter__(self) -> Any:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def _to(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -219,7 +255,7 @@ def _to(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...
 
 def _resume_key(cfg: TrainConfig, mcfg: ProjectorConfig) -> str:
     """What must not change between a run and its resumption (the data loader's workers may)."""
-    train_cfg = {k: v for k, v in asdict(cfg).items() if k != "num_workers"}
+    train_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("num_workers", "resident")}
     return json.dumps({"train": train_cfg, "model": mcfg.to_json()}, sort_keys=True)
 
 
@@ -240,12 +276,12 @@ def _stats(cfg: TrainConfig, pairs: PairSet, history: list[dict[str, float]], be
             "samples_per_s": samples / max(1e-9, time.perf_counter() - t0)}
 
 
-def _bar(loader: Any, desc: str, show: bool) -> Any:
+def _bar(batches: Any, desc: str, show: bool, total: int | None = None) -> Any:
     if not show:
-        return loader
+        return batches
     from tqdm import tqdm
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(batches, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True, total=total)
 
 
 def _write_logs(out: Path, history: list[dict[str, float]]) -> None:

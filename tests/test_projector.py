@@ -136,6 +136,30 @@ def test_resume_and_determinism(syn_vault: Path, tmp_path: Path) -> None:
         train(syn_vault, out, TrainConfig(epochs=4, batch_size=64, seed=3, lr=0.1), target=SMALL, progress=False)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_checks.sh runs it on a lent one)"))])
+def test_resident_pairs_train_exactly_like_the_streaming_loader(syn_vault: Path, tmp_path: Path, device: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs held on the device give the loader's batches in the loader's order: the same run, faster."""
+    if device == "cpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runs = {}
+    for resident in (True, False):
+        cfg = TrainConfig(epochs=2, batch_size=48, seed=5, resident=resident)  # 1080 pairs: a partial last batch
+        runs[resident] = train(syn_vault, tmp_path / f"r{resident}.safetensors", cfg, target=SMALL, resume=False,
+                               progress=False)
+        assert runs[resident]["resident"] is resident
+    tol = 1e-6 if device == "cpu" else 1e-3  # cuBLAS may order sums differently between runs
+    np.testing.assert_allclose([r["train_loss"] for r in runs[True]["history"]],
+                               [r["train_loss"] for r in runs[False]["history"]], rtol=tol)
+    np.testing.assert_allclose([r["val_loss"] for r in runs[True]["history"]],
+                               [r["val_loss"] for r in runs[False]["history"]], rtol=tol)
+    a, _ = load_projector(tmp_path / "rTrue.safetensors")
+    b, _ = load_projector(tmp_path / "rFalse.safetensors")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name, atol=tol, rtol=tol)
+
+
 def test_hybrid_uses_the_vault_for_known_looks(trained: tuple[Path, dict], syn_vault: Path) -> None:
     out, _ = trained
     vault = Vault.open(syn_vault)
