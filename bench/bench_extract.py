@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", default="1", help="decode worker processes; a comma list (12,6) compares counts in one run")
     ap.add_argument("--size", type=int, default=256, help="side of the generated PNGs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="bench/out/extract.json")
@@ -160,36 +160,45 @@ def main() -> None:
             pixels = list(pool.map(load, files))
         batches = [torch.stack(pixels[a : a + args.batch]) for a in range(0, len(pixels), args.batch)]
         enc.encode(batches[0])  # warm-up
-        rounds = []
+        worker_counts = [int(w) for w in str(args.workers).split(",")]
+        rounds: dict[int, list[tuple[float, float, float, int]]] = {w: [] for w in worker_counts}
         for r in range(args.rounds):  # interleaved, so machine noise hits both sides alike
-            t = time.perf_counter()
-            for b in batches:
-                enc.encode(b)
-            ref_rate = args.n / (time.perf_counter() - t)
-            ex = Extractor(enc, vault=work / f"bench{r}.vault", batch_size=args.batch, workers=args.workers, thumbnails=True)
-            marks: list[tuple[float, int]] = []
-            report = ex.run(work / "data", progress=lambda done, _, marks=marks: marks.append((time.perf_counter(), done)))
-            pipe_rate = report.images / report.seconds
-            rounds.append((ref_rate, pipe_rate, report.encode_seconds / report.seconds, report.total_added))
-            print(f"round {r + 1}: bare encoder {ref_rate:.1f} img/s, pipeline {pipe_rate:.1f} img/s, "
-                  f"ratio {pipe_rate / ref_rate:.2f} (of {report.seconds:.1f} s: encode {report.encode_seconds:.1f}, "
-                  f"waiting for workers {report.wait_seconds:.1f}, vault commits {report.write_seconds:.1f}; "
-                  f"img/s by quarter of the run: {quarter_rates(marks)})", flush=True)
-        ratios = [p / r for r, p, _, _ in rounds]
-        best = int(np.argsort(ratios)[len(ratios) // 2])
-        ref_rate, pipe_rate, busy, added = rounds[best]
-        row = {
-            "model": args.model, "device": args.device, "images": args.n, "batch": args.batch, "workers": args.workers,
-            "torch_threads": torch.get_num_threads(), "reference_img_per_s": ref_rate, "pipeline_img_per_s": pipe_rate,
-            "ratio": float(np.median(ratios)), "ratios": ratios, "encode_share_of_pipeline": busy,
-            "added": added, "images_per_hour": pipe_rate * 3600,
-        }
-        print(f"median ratio {row['ratio']:.2f} (target >= 0.9) over {args.rounds} rounds; "
-              f"pipeline {pipe_rate:.1f} img/s = {pipe_rate * 3600:,.0f} img/hour ({args.model}, {args.device})", flush=True)
+            for workers in worker_counts:
+                t = time.perf_counter()
+                for b in batches:
+                    enc.encode(b)
+                ref_rate = args.n / (time.perf_counter() - t)
+                ex = Extractor(enc, vault=work / f"bench{r}-w{workers}.vault", batch_size=args.batch, workers=workers,
+                               thumbnails=True)
+                marks: list[tuple[float, int]] = []
+                report = ex.run(work / "data", progress=lambda done, _, marks=marks: marks.append((time.perf_counter(), done)))
+                pipe_rate = report.images / report.seconds
+                rounds[workers].append((ref_rate, pipe_rate, report.encode_seconds / report.seconds, report.total_added))
+                print(f"round {r + 1}, {workers} workers: bare encoder {ref_rate:.1f} img/s, pipeline {pipe_rate:.1f} img/s, "
+                      f"ratio {pipe_rate / ref_rate:.2f} (of {report.seconds:.1f} s: encode {report.encode_seconds:.1f}, "
+                      f"waiting for workers {report.wait_seconds:.1f}, vault commits {report.write_seconds:.1f}; "
+                      f"img/s by quarter of the run: {quarter_rates(marks)})", flush=True)
+        rows = []
+        for workers, rs in rounds.items():
+            ratios = [p / r for r, p, _, _ in rs]
+            best = int(np.argsort(ratios)[len(ratios) // 2])
+            ref_rate, pipe_rate, busy, added = rs[best]
+            rows.append({
+                "model": args.model, "device": args.device, "images": args.n, "batch": args.batch, "workers": workers,
+                "torch_threads": torch.get_num_threads(), "reference_img_per_s": ref_rate, "pipeline_img_per_s": pipe_rate,
+                "ratio": float(np.median(ratios)), "ratios": ratios, "encode_share_of_pipeline": busy,
+                "added": added, "images_per_hour": pipe_rate * 3600,
+            })
+            print(f"{workers} workers: median ratio {rows[-1]['ratio']:.2f} (target >= 0.9) over {args.rounds} rounds; "
+                  f"pipeline {pipe_rate:.1f} img/s = {pipe_rate * 3600:,.0f} img/hour ({args.model}, {args.device})", flush=True)
+        row = rows[0]
+        row["variants"] = rows[1:]
         if args.diagnose:
-            loaded = bare_rate_while_decoding(enc, batches, args.n, work / "data", args.batch, args.workers)
+            workers = worker_counts[0]
+            loaded = bare_rate_while_decoding(enc, batches, args.n, work / "data", args.batch, workers)
             row["reference_while_decoding_img_per_s"] = loaded
-            print(f"diagnosis: bare encoder while {args.workers} workers decode: {loaded:.1f} img/s "
+            ref_rate, pipe_rate = row["reference_img_per_s"], row["pipeline_img_per_s"]
+            print(f"diagnosis: bare encoder while {workers} workers decode: {loaded:.1f} img/s "
                   f"({loaded / ref_rate:.2f} of the quiet bare encoder, pipeline {pipe_rate / ref_rate:.2f})", flush=True)
         text = text_bench(prompts)
         if text:
