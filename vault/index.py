@@ -65,7 +65,7 @@ GAP_LIMIT = 0.05  # a query "misses" when exact mean top-k similarity exceeds th
 LATENCY_BUDGET_MS = 2.0  # when the recall target cannot be reached: best recall within this time
 NULL_QUERIES = 512  # structureless queries that set the guard's floor (see _structureless_floor)
 NULL_QUANTILE = 0.95
-FLOOR_MAX_SHARE = 0.005  # the floor never sends more than this share of the tuning queries to exact search
+FLOOR_MAX_SHARE = 0.05  # a floor that would send more of the tuning queries to exact search is dropped
 MAX_EXACT_SHARE = 0.01  # the guard may answer this share of tuning queries exactly beyond those below its floor
 TUNE_QUERIES = 256  # per tuning query set (three sets)
 TUNE_K = 5
@@ -457,8 +457,9 @@ class VaultIndex:
         guarded = isinstance(index, faiss.IndexIVF) and not self._gpu
         tops = np.concatenate([self._coarse(index, qs.queries, 1)[0][:, 0] for qs in sets]) if guarded else None
         floor = -math.inf
-        if tops is not None:  # where data looks like its own Gaussian, the null says nothing: cap what it flags
-            floor = min(self._structureless_floor(index, rng), float(np.quantile(tops, FLOOR_MAX_SHARE)))
+        if tops is not None:  # where data looks like its own Gaussian the null says nothing: then no floor
+            null = self._structureless_floor(index, rng)
+            floor = null if null <= float(np.quantile(tops, FLOOR_MAX_SHARE)) else -math.inf
         exact_ms = self._time_exact(sets[0].queries[:3])
         timing_queries = sets[-1].queries  # between stored vectors: not stored vectors
 
@@ -532,8 +533,8 @@ class VaultIndex:
         (see `_data_gaussian`): they share the data's common direction and
         spread but none of its clusters. A real query whose best centroid scores no better than
         NULL_QUANTILE of them is in a region the partition does not represent; it gets exact search.
-        (Where the data is close to one Gaussian anyway, the null looks like data: `_tune` caps the
-        floor at the FLOOR_MAX_SHARE quantile of the tuning queries.)
+        (Where the data is close to one Gaussian anyway the null looks like data: when the floor
+        would send more than FLOOR_MAX_SHARE of the tuning queries to exact search, `_tune` drops it.)
         """
         mean, spread = self._data_gaussian(rng, NULL_QUERIES)
         null = mean + spread
@@ -635,13 +636,20 @@ class VaultIndex:
         Queries the guard does not trust (see `_tune`), or that come back with fewer results than
         the mask allows, are answered by exact search.
         """
+        sims, ids, _ = self.search_detailed(queries, k, allowed)
+        return sims, ids
+
+    def search_detailed(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like search(), plus [B] bool: which queries were answered by exact search."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        B = len(queries)
         n_allowed = int(allowed.sum()) if allowed is not None else self.vault.n_entries
         with self._lock:
-            self.queries += len(queries)
+            self.queries += B
             if self.exact:
                 if allowed is not None and self._gpu:
-                    return exact_search(self.vault, queries, k, allowed)
+                    return (*exact_search(self.vault, queries, k, allowed), np.ones(B, bool))
                 params = None
                 if allowed is not None:
                     import faiss
@@ -649,9 +657,9 @@ class VaultIndex:
                     bits = np.packbits(allowed, bitorder="little")
                     params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)))
                 sims, ids = self.index.search(queries, k, params=params)
-                return sims.astype(np.float32), ids.astype(np.int64)
+                return sims.astype(np.float32), ids.astype(np.int64), np.ones(B, bool)
             if allowed is not None and (n_allowed <= EXACT_SUBSET_MAX or n_allowed < 0.05 * self.vault.n_entries):
-                return exact_search(self.vault, queries, k, allowed)
+                return (*exact_search(self.vault, queries, k, allowed), np.ones(B, bool))
             assert self.state is not None
             nprobe = self.state.nprobe
             if allowed is not None and n_allowed < self.vault.n_entries:  # probe wider when the mask thins lists
@@ -664,7 +672,7 @@ class VaultIndex:
                 rows = np.flatnonzero(distrust)
                 sims[rows], ids[rows] = exact_search(self.vault, queries[rows], k, allowed)
                 self.exact_answers += len(rows)
-            return sims, ids
+            return sims, ids, distrust
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"spec": self.spec, "exact": self.exact, "gpu": self._gpu}

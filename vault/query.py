@@ -44,6 +44,7 @@ class QueryResult:
     matches: list[Match]
     vault: str
     scores: dict[str, float] = field(default_factory=dict)  # auto-detect: every vault's score for this crop
+    exact: bool = False  # answered by exact search (a small vault, a selective filter, or the index's guard)
 
     @property
     def ids(self) -> np.ndarray:
@@ -58,7 +59,8 @@ class QueryResult:
         return [m.prompt for m in self.matches]
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"vault": self.vault, "matches": [m.to_json() for m in self.matches]}
+        d: dict[str, Any] = {"vault": self.vault, "answered_by": "exact search" if self.exact else "index",
+                             "matches": [m.to_json() for m in self.matches]}
         if self.scores:
             d["scores"] = {k: round(v, 6) for k, v in self.scores.items()}
         return d
@@ -104,17 +106,23 @@ def search(vault: Vault, queries: Any, k: int = 5, filter: "str | Mapping[str, A
     Raises EncoderMismatchError when `encoder` is not the vault's, DimensionError on a wrong dim,
     EmptyVaultError on an empty vault, QueryError when k is out of range.
     """
-    sims, ids = search_arrays(vault, queries, k, filter, encoder)
+    sims, ids, exact = _search(vault, queries, k, filter, encoder)
     results = []
-    for srow, irow in zip(sims, ids):
+    for srow, irow, ex in zip(sims, ids, exact):
         keep = irow >= 0
-        results.append(QueryResult(_matches(vault, irow[keep], srow[keep]), vault.name))
+        results.append(QueryResult(_matches(vault, irow[keep], srow[keep]), vault.name, exact=bool(ex)))
     return results
 
 
 def search_arrays(vault: Vault, queries: Any, k: int = 5, filter: Any = None,
                   encoder: EncoderFingerprint | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Like search() but returns only (similarities [B, k], ids [B, k]); -1 ids where a filter leaves < k."""
+    sims, ids, _ = _search(vault, queries, k, filter, encoder)
+    return sims, ids
+
+
+def _search(vault: Vault, queries: Any, k: int, filter: Any, encoder: EncoderFingerprint | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if encoder is not None:
         vault.encoder.check_compatible(encoder, where=f"vault '{vault.name}'")
     q = as_query_array(queries, vault.dim)
@@ -128,7 +136,7 @@ def search_arrays(vault: Vault, queries: Any, k: int = 5, filter: Any = None,
     allowed = vault.filter_mask(flt) if (flt or vault.manifest.deleted_count) else None
     if allowed is not None and not allowed.any():
         raise EmptyVaultError(f"no entry of vault '{vault.name}' passes the filter '{flt}'")
-    return get_index(vault).search(q, int(k), allowed)
+    return get_index(vault).search_detailed(q, int(k), allowed)
 
 
 def _matches(vault: Vault, ids: np.ndarray, sims: np.ndarray) -> list[Match]:

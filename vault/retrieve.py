@@ -22,7 +22,7 @@ from .conditioning import (
 )
 from .errors import VaultError
 from .manifest import EncoderFingerprint
-from .query import QueryResult, detect_category, search
+from .query import QueryResult, detect_category, get_index, search
 from .store import Vault
 
 SHARED_TEXT_CACHE = EncodingCache()
@@ -38,6 +38,7 @@ class Retrieval:
     mode: str  # "text" or "baked"
     temperature: float | None
     skipped_vaults: dict[str, str] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)  # per vault searched: its index and how it was tuned
 
     @property
     def best_prompts(self) -> list[str]:
@@ -52,7 +53,8 @@ class Retrieval:
             for m, w in zip(crop["matches"], weights):
                 m["weight"] = round(float(w), 6)
             crops.append(crop)
-        return {"mode": self.mode, "temperature": self.temperature, "crops": crops, "skipped_vaults": self.skipped_vaults}
+        return {"mode": self.mode, "temperature": self.temperature, "crops": crops, "skipped_vaults": self.skipped_vaults,
+                "index": self.index}
 
 
 def prompt_lookup(vaults: dict[str, Vault], used: set[str], text_encoder: Any, cache: EncodingCache | None,
@@ -91,4 +93,13 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
                                       cache, user)
     retrieved = retrieved_conditioning(results, lookup, temperature=temperature)
     blended = blend(user, retrieved, mode, strength)
-    return Retrieval(results, retrieved, blended, text_mode, temperature, skipped)
+    index = {v.name: index_summary(v) for v in vaults if v.name not in skipped}
+    return Retrieval(results, retrieved, blended, text_mode, temperature, skipped, index)
+
+
+def index_summary(vault: Vault) -> dict[str, Any]:
+    """What a user should know of a vault's index: its kind, and whether its tuning reached the target."""
+    d = get_index(vault).describe()
+    keep = ("spec", "exact", "nprobe", "k_factor", "recall_at_5", "miss_share", "exact_share", "target_met", "note",
+            "queries", "exact_answers")
+    return {k: d[k] for k in keep if k in d}
