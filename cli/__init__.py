@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--commit-every", type=int, default=2048, help="images per atomic vault append (default 2048)")
     sp.add_argument("--pairs", help="also export projector training pairs to this folder")
     sp.add_argument("--report", help="where to list skipped items (default: next to the vault)")
+    sp.add_argument("--object-info", help="your ComfyUI's /object_info saved as JSON: reads graphs with your custom nodes")
+
+    sp = verb("read", "what prompt, model and settings an image carries (ComfyUI, A1111, NovelAI, InvokeAI, ...)")
+    sp.add_argument("files", nargs="+", help="image files (png, webp, jpg)")
+    sp.add_argument("--object-info", help="your ComfyUI's /object_info saved as JSON: reads graphs with your custom nodes")
 
     sp = verb("train", "train a projector (image embedding -> conditioning) on a baked vault; torchrun for DDP")
     sp.add_argument("vault", help="a vault with baked conditioning (extract --bake)")
@@ -148,6 +153,10 @@ def _handler(verb: str) -> Callable[..., int]:
         from .extract_cmd import cmd_extract
 
         return cmd_extract
+    if verb == "read":
+        from .read_cmd import cmd_read
+
+        return cmd_read
     if verb in ("plan", "generate"):
         from . import generate_cmds
 

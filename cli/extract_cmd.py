@@ -34,7 +34,8 @@ def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = N
                 open_clip_config: str | None = None, random_encoder: int | None = None, checkpoint: str | None = None,
                 clip: list[str] | None = None, clip_type: str = "sdxl", bake: bool = False, category: str | None = None,
                 batch_size: int = 32, workers: int | None = None, no_thumbnails: bool = False, shard: str | None = None,
-                commit_every: int = 2048, pairs: str | None = None, report: str | None = None, json: bool = False) -> int:
+                commit_every: int = 2048, pairs: str | None = None, report: str | None = None,
+                object_info: str | None = None, json: bool = False) -> int:
     from ..extraction.pipeline import Extractor, default_report_path, parse_shard, write_report
 
     if (vault is None) == (vault_dir is None):
@@ -56,8 +57,11 @@ def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = N
     elif checkpoint or clip:
         print("note: --checkpoint/--clip only matter with --bake; building a text-mode vault", file=sys.stderr)
     shard_spec = parse_shard(shard)
+    from .read_cmd import node_types
+
     extractor = Extractor(encoder, vault=vault, vault_dir=vault_dir, text_encoder=text_encoder, batch_size=batch_size,
-                          workers=workers, thumbnails=not no_thumbnails, commit_every=commit_every, shard=shard_spec)
+                          workers=workers, thumbnails=not no_thumbnails, commit_every=commit_every, shard=shard_spec,
+                          node_types=node_types(object_info))
     with progress_bar("extracting", "img", not json) as cb:
         result = extractor.run(folder, category=category, progress=cb)
     report_path = report or str(default_report_path(extractor.vault, extractor.vault_dir))

@@ -33,8 +33,10 @@ from ..vault.entries import AddReport
 from ..vault.manifest import TextSpec
 from ..vault.store import Vault, VaultWriter, vault_exists
 from ..vault.thumbnails import make_thumbnail
+from .comfy_graph import NodeTypes
 from .encoders import ImageEncoder, TextEncoder, resize_crop
-from .readers import Item, describe, list_images, read_embedded
+from .image_meta import PNG_SIGNATURE, read_prompt, strip_png_text
+from .readers import Item, describe, list_images
 
 log = logging.getLogger(__name__)
 HASH_BYTES = 16
@@ -110,8 +112,10 @@ class ExtractReport:
 class DecodeDataset(torch.utils.data.Dataset):
     """Reads, hashes, decodes and resizes one item; runs in DataLoader workers."""
 
-    def __init__(self, items: list[Item], size: int, known: set[bytes], thumbnails: bool) -> None:
+    def __init__(self, items: list[Item], size: int, known: set[bytes], thumbnails: bool,
+                 node_types: NodeTypes | None = None) -> None:
         self.items, self.size, self.known, self.thumbnails = items, size, known, thumbnails
+        self.node_types = node_types
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,28 +134,41 @@ class DecodeDataset(torch.utils.data.Dataset):
             out["reason"] = "already in the vault"
             return out
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                if out["prompt"] is None:
-                    prompt, meta = read_embedded(img)
-                    out["prompt"] = prompt
-                    out["metadata"] = {**meta, **out["metadata"]}
-                rgb = img.convert("RGB")
+            rgb = _decode(data)
         except UnidentifiedImageError:
             out["reason"] = "unreadable image: not an image format Pillow recognises, or the file is corrupt"
             return out
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
             out["reason"] = f"unreadable image: {e}"
             return out
-        if not out["prompt"]:
-            out["reason"] = "missing prompt (no .txt/.json sidecar, no prompt in the image)"
-            return out
+        if out["prompt"] is None:
+            reading = read_prompt(data, self.node_types)
+            out["prompt"] = reading.prompt
+            out["metadata"] = {**reading.metadata, **out["metadata"]}
+            if not reading.prompt:
+                out["reason"] = f"missing prompt: no .txt/.json sidecar, and {reading.reason}"
+                return out
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]
         # resize_crop leaves 8-bit levels, so uint8 carries them exactly at a quarter of the bytes
         out["pixels"] = (resize_crop(pixels, self.size)[0] * 255.0).round().to(torch.uint8)
         if self.thumbnails:
             out["thumbnail"] = make_thumbnail(rgb)
         return out
+
+
+def _decode(data: bytes) -> Image.Image:
+    """The image's first frame as RGB. A PNG whose text chunks Pillow refuses (compressed metadata over
+    its limit) is decoded without them: the metadata is read separately, within our own limits."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except ValueError as e:
+        if not data.startswith(PNG_SIGNATURE) or not ("text" in str(e).lower() or "chunk" in str(e).lower()):
+            raise
+    with Image.open(io.BytesIO(strip_png_text(data))) as img:
+        img.load()
+        return img.convert("RGB")
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,7 +249,8 @@ class Extractor:
     def __init__(self, encoder: ImageEncoder, *, vault: str | os.PathLike[str] | None = None,
                  vault_dir: str | os.PathLike[str] | None = None, text_encoder: TextEncoder | None = None,
                  batch_size: int = 32, workers: int | None = None, thumbnails: bool = True,
-                 commit_every: int = 2048, shard: tuple[int, int] | None = None) -> None:
+                 commit_every: int = 2048, shard: tuple[int, int] | None = None,
+                 node_types: NodeTypes | None = None) -> None:
         if (vault is None) == (vault_dir is None):
             raise ValueError("give exactly one of vault (one vault) or vault_dir (one vault per category)")
         self.encoder = encoder
@@ -244,6 +262,7 @@ class Extractor:
         self.thumbnails = thumbnails
         self.commit_every = commit_every
         self.shard = shard
+        self.node_types = node_types  # ComfyUI node definitions for reading graphs (None: the built-in table)
         self.targets: dict[str, _Target] = {}
 
     # ---- targets -----------------------------------------------------------------------------
@@ -331,7 +350,7 @@ class Extractor:
         device = getattr(self.encoder, "device", None)  # encoders with encode_on_device run asynchronously on CUDA
         on_gpu = (device is not None and torch.device(device).type == "cuda"
                   and hasattr(self.encoder, "encode_on_device"))
-        loader = decode_loader(DecodeDataset(items, self.encoder.input_size, known, self.thumbnails),
+        loader = decode_loader(DecodeDataset(items, self.encoder.input_size, known, self.thumbnails, self.node_types),
                                self.batch_size, self.workers, pin_memory=on_gpu)
         seen: dict[bytes, str] = {}
         done = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,28 @@ VAULTS = "vaults"
 PROJECTORS = "luna_projectors"
 AUTO = "auto-detect"
 CATEGORY = "Luna"
+
+
+@functools.lru_cache(maxsize=1)
+def live_node_types() -> Any:
+    """The node definitions of this ComfyUI (custom packs included) over the built-in table: the
+    prompt reader then follows graphs made with whatever nodes the user has installed."""
+    import nodes
+
+    from ..extraction.comfy_graph import NodeTypes
+
+    info: dict[str, Any] = {}
+    for name, cls in list(nodes.NODE_CLASS_MAPPINGS.items()):
+        try:
+            if hasattr(cls, "GET_NODE_INFO_V1"):
+                info[name] = cls.GET_NODE_INFO_V1()
+            else:
+                info[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
+                              "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+                              "output_node": bool(getattr(cls, "OUTPUT_NODE", False))}
+        except Exception:  # noqa: BLE001  (a broken custom node must not stop the reader: it keeps the table)
+            continue
+    return NodeTypes.builtin().merged(NodeTypes.from_object_info(info))
 
 
 def register_model_folders() -> None:

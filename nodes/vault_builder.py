@@ -17,7 +17,7 @@ from ..vault.atomic import check_name
 from ..vault.manifest import TextSpec
 from ..vault.store import Vault, VaultWriter, vault_exists
 from ..vault.thumbnails import make_thumbnail
-from .common import CATEGORY, check_interrupt, lines, new_vault_path, progress_bar, ui_text
+from .common import CATEGORY, check_interrupt, lines, live_node_types, new_vault_path, progress_bar, ui_text
 
 MODES = ("append", "create", "overwrite")
 
@@ -187,7 +187,7 @@ class LunaVaultBuilder(io.ComfyNode):
         if mode == "overwrite" or not vault_exists(path):
             cls._writer(path, mode, encoder, spec, category).commit()  # an empty vault with the right encoder
         extractor = Extractor(encoder, vault=path, text_encoder=text, workers=0, thumbnails=thumbnails,
-                              batch_size=8, commit_every=256)
+                              batch_size=8, commit_every=256, node_types=live_node_types())
         report = extractor.run(root, category=category, progress=progress_bar(), check_interrupt=check_interrupt)
         size = len(Vault.open(path))
         reasons: dict[str, int] = {}

@@ -61,6 +61,51 @@ def test_folder_to_vault_with_bad_items(tmp_path: Path) -> None:
     assert r.matches[0].metadata["source"] == src
 
 
+def test_embedded_prompts_of_every_kind_and_precise_skip_reasons(tmp_path: Path) -> None:
+    """No sidecars: the prompt comes from each image (ComfyUI PNG, ComfyUI WebP, A1111 JPEG); what has
+    none is skipped with its cause, and a compressed graph over Pillow's limit does not lose the image."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from test_readers import GRAPH, enc
+
+    data = tmp_path / "data" / "eyes"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def img() -> Image.Image:
+        return Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(GRAPH))
+    img().save(data / "comfy.png", pnginfo=info)
+    exif = Image.Exif()
+    exif[0x0110] = "prompt:" + json.dumps(GRAPH)
+    img().save(data / "comfy.webp", exif=exif)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"jade eye\nSteps: 20, Seed: 3"
+    img().save(data / "a1111.jpg", exif=exif)
+    big = PngInfo()
+    big.add_text("prompt", json.dumps(dict(GRAPH, pad=enc("z" * 2_000_000))), zip=True)
+    img().save(data / "big.png", pnginfo=big)
+    llm = PngInfo()
+    llm.add_text("prompt", json.dumps(dict(GRAPH, **{"21": {"class_type": "OllamaGenerate", "inputs": {"model": "m",
+                                                                                                    "prompt": "p"}}})))
+    img().save(data / "llm.png", pnginfo=llm)
+    img().save(data / "plain.png")
+    report = Extractor(RandomImageEncoder(dim=16), vault=tmp_path / "v.vault", batch_size=4, workers=1).run(tmp_path / "data")
+    reasons = dict(report.skipped)
+    assert report.total_added == 4 and set(reasons) == {"eyes/llm.png", "eyes/plain.png"}
+    assert reasons["eyes/llm.png"] == ("missing prompt: no .txt/.json sidecar, and the text comes from a node this "
+                                       "reader cannot evaluate: OllamaGenerate")
+    assert reasons["eyes/plain.png"].startswith("missing prompt: no .txt/.json sidecar, and the image carries no "
+                                                "generation metadata")
+    v = Vault.open(tmp_path / "v.vault")
+    got = {v.metadata(i)["source"]: (v.prompt(int(v.prompt_ids([i])[0])), v.metadata(i)) for i in range(len(v))}
+    assert got["eyes/comfy.webp"][0] == got["eyes/big.png"][0] == "amber eye, macro, gold ring"
+    assert got["eyes/comfy.png"][1]["checkpoint"] == "base.safetensors" and got["eyes/comfy.png"][1]["seed"] == 4242
+    assert got["eyes/a1111.jpg"][0] == "jade eye"
+
+
 def test_interrupt_commits_every_launched_batch(tmp_path: Path) -> None:
     """The batch still in flight when the run is interrupted is read back and committed, not lost."""
     data = tmp_path / "data"

@@ -1,0 +1,96 @@
+"""Prompt readers over a folder of real images: counts per outcome and per cause, and the time they take.
+
+Run by hand: `python bench/bench_readers.py DIR [--list] [--expect expected.json] [--json out.json]`.
+Every image under DIR (png, jpg, webp) goes through the reader `extract` and the Builder use
+(`extraction.image_meta.read_prompt`). Printed: images with a prompt per generator, images without
+one per cause, and with --list one line per image (what was read, or why not). With --expect (a JSON
+object: relative path -> the expected positive prompt or {"sha1": of it}, or null for "no prompt in
+this image"), each reading is also scored: exact, wrong (another text), missed (none read where one
+was expected). bench/data/comfyui_examples_expected.json holds the reviewed expectations for
+github.com/comfyanonymous/ComfyUI_examples at commit f9431bb (117 images with their files).
+Develop against public corpora (e.g. github.com/comfyanonymous/ComfyUI_examples) without committing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from luna_vault.extraction.image_meta import read_prompt
+from luna_vault.extraction.readers import IMAGE_EXTENSIONS
+
+
+def norm(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def digest(text: str | None) -> str:
+    return hashlib.sha1(norm(text).encode("utf-8")).hexdigest()
+
+
+def matches(want: object, got: str | None) -> bool:
+    """`want` is the expected text, or {"sha1": ...} of its whitespace-normalised form (corpora we do not copy)."""
+    if isinstance(want, dict):
+        return got is not None and digest(got) == want.get("sha1")
+    return got is not None and norm(got) == norm(str(want))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--list", action="store_true", help="one line per image")
+    ap.add_argument("--expect", help="JSON: relative path -> expected prompt, or {\"sha1\": ...} of it (null: none expected)")
+    ap.add_argument("--write-expect", help="write the readings as an --expect file (sha1 only), to review and keep")
+    ap.add_argument("--json", help="write every reading here")
+    args = ap.parse_args()
+    root = Path(args.folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        sys.exit(f"no images under {root}")
+    expect = json.loads(Path(args.expect).read_text()) if args.expect else None
+    found, causes, score = Counter(), Counter(), Counter()
+    rows = []
+    t0 = time.perf_counter()
+    for path in files:
+        rel = str(path.relative_to(root))
+        r = read_prompt(path)
+        if r.prompt:
+            found[r.generator] += 1
+        else:
+            causes[r.reason] += 1
+        row = {"file": rel, **r.to_json()}
+        if expect is not None and rel in expect:
+            want = expect[rel]
+            row["verdict"] = ("exact" if want is not None and matches(want, r.prompt) else
+                              "no prompt, as expected" if want is None and not r.prompt else
+                              "unexpected prompt" if want is None else "missed" if not r.prompt else "wrong")
+            score[row["verdict"]] += 1
+        rows.append(row)
+        if args.list:
+            what = f"[{r.generator}] {norm(r.prompt)[:90]}" if r.prompt else f"(none) {r.reason}"
+            print(f"{rel:62s} {what}" + (f"  <- {row['verdict']}" if "verdict" in row else ""))
+    seconds = time.perf_counter() - t0
+    print(f"\n{len(files)} images in {seconds:.2f} s ({seconds / len(files) * 1e3:.1f} ms each)")
+    print(f"prompt read: {sum(found.values())} ({', '.join(f'{n} {g}' for g, n in found.most_common())})")
+    print(f"no prompt: {sum(causes.values())}")
+    for cause, n in causes.most_common():
+        print(f"  {n:4d}  {cause}")
+    if expect is not None:
+        carrying = sum(1 for r in rows if expect.get(r["file"]) is not None)
+        print(f"against {args.expect}: {dict(score)}; exact on {score['exact']} of {carrying} images that carry a prompt "
+              f"({score['exact'] / max(carrying, 1):.1%})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    if args.write_expect:
+        Path(args.write_expect).write_text(json.dumps(
+            {r["file"]: ({"sha1": digest(r["prompt"]), "starts": norm(r["prompt"])[:24]} if r["prompt"] else None)
+             for r in rows}, indent=1, ensure_ascii=False, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

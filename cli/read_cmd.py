@@ -1,0 +1,65 @@
+"""`luna-vault read FILE...`: what the prompt readers find in each image, and why an image gives none."""
+
+from __future__ import annotations
+
+import json as _json
+from pathlib import Path
+from typing import Any
+
+from .common import UsageError, emit
+
+
+def node_types(object_info: str | None) -> Any:
+    """The built-in node table, extended by a saved /object_info of the user's ComfyUI (custom nodes)."""
+    from ..extraction.comfy_graph import NodeTypes
+
+    types = NodeTypes.builtin()
+    if object_info:
+        try:
+            info = _json.loads(Path(object_info).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--object-info {object_info}: cannot read it as ComfyUI's /object_info JSON ({e})") from e
+        if not isinstance(info, dict):
+            raise UsageError(f"--object-info {object_info}: expected a JSON object of node definitions")
+        types = types.merged(NodeTypes.from_object_info(info))
+    return types
+
+
+def _describe(file: str, r: Any) -> list[str]:
+    if not r.prompt:
+        return [f"{file}: no prompt: {r.reason}"] + ([f"  followed   {' <- '.join(r.path)}"] if r.path else [])
+    m = r.metadata
+    lines = [f"{file}: {r.generator}", f"  prompt     {r.prompt}"]
+    if m.get("negative"):
+        lines.append(f"  negative   {m['negative']}")
+    model = m.get("checkpoint", "")
+    if m.get("loras"):
+        model += "  + " + ", ".join(f"{lo['name']} ({lo['strength']:g})" for lo in m["loras"])
+    if model:
+        lines.append(f"  model      {model}")
+    settings = ", ".join(f"{k} {m[k]}" for k in ("seed", "steps", "cfg", "sampler", "scheduler", "denoise") if k in m)
+    if "width" in m:
+        settings += f"{', ' if settings else ''}{m['width']}x{m['height']}"
+    if settings:
+        lines.append(f"  settings   {settings}")
+    if r.path:
+        lines.append(f"  followed   {' <- '.join(r.path)}")
+    return lines
+
+
+def cmd_read(files: list[str], object_info: str | None = None, json: bool = False) -> int:
+    from ..extraction.image_meta import read_prompt
+
+    types = node_types(object_info)
+    readings, lines = [], []
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise UsageError(f"{file}: no such file")
+        r = read_prompt(path, types)
+        readings.append({"file": file, **r.to_json()})
+        lines += _describe(file, r)
+    found = sum(1 for r in readings if r["prompt"])
+    lines.append(f"{found} of {len(readings)} images give a prompt")
+    emit({"files": readings, "found": found}, json, "\n".join(lines))
+    return 0

@@ -1,0 +1,814 @@
+"""What made a ComfyUI image, read from its graph by following typed edges.
+
+From the output node that saved the image, upstream through IMAGE edges (decoders, upscalers,
+detailers) and LATENT edges (latent upscales, composites) to the sampler pass that produced it;
+from that sampler (or its guider) back through the CONDITIONING of its `positive` input to the
+text of the encoders, and through its `model` input to the loader and the LoRAs on that path.
+
+Edges are followed by type and by name, not by lists of node names:
+- an output named like an input of the same node (positive -> positive, negative -> negative:
+  ControlNetApplyAdvanced, InstructPixToPix, WanImageToVideo...) continues through that input only;
+- other CONDITIONING outputs continue through every CONDITIONING input, texts joined in order
+  (combine, concat, area, timestep ranges, FluxGuidance, style models, unCLIP), never through an
+  input named for the other side; GLIGEN-like nodes that add a region's text follow only the
+  conditioning they were given;
+- bundles (Impact's BASIC_PIPE, Efficiency's pipes) are followed with the field wanted (positive or
+  negative) until the node that packed it;
+- a node that makes CONDITIONING from a CLIP and text is an encoder: its prompt text is read from
+  its text inputs, values or STRING links (primitives, concatenation, wildcard nodes' populated text).
+Node types (output names and types, which inputs are links and which multiline text) come from, in
+order: the UI workflow stored beside the graph (exactly the nodes that ran, custom ones included),
+the definitions of a running ComfyUI when given (`NodeTypes.from_object_info`), and a built-in
+table of ComfyUI's core nodes and popular packs (`comfy_node_types.json`).
+Every dead end is a precise reason; cycles, missing nodes and oversized graphs stop the walk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+MAX_NODES = 200_000
+MAX_STEPS = 200_000
+
+# outputs that save or show an image, when the table does not say (custom savers and previews)
+_OUTPUT_NAME = re.compile(r"save|preview|videocombine|image.?output", re.I)
+_IMAGE_TYPES = {"IMAGE"}
+_LATENT_TYPES = {"LATENT"}
+_COND = "CONDITIONING"
+_PLAIN = {"MODEL", "CLIP", "VAE", "IMAGE", "LATENT", "MASK", "INT", "FLOAT", "STRING", "BOOLEAN", "NOISE", "SAMPLER",
+          "SIGMAS", "CONTROL_NET", "UPSCALE_MODEL", "CLIP_VISION", "CLIP_VISION_OUTPUT", "STYLE_MODEL", "GLIGEN",
+          "SCRIPT", "COMBO", None}
+_PICTURE = {"IMAGE", "CLIP_VISION", "CLIP_VISION_OUTPUT", "LATENT"}
+POSITIVE_NAMES = ("positive", "conditioning", "cond", "cond1", "conditioning_1", "positive_cond")
+NEGATIVE_NAMES = ("negative", "negative_cond", "uncond")
+SEED_NAMES = ("seed", "noise_seed")
+SETTING_NAMES = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
+LOADER_NAMES = ("ckpt_name", "unet_name", "model_name", "model_path", "gguf_name", "base_ckpt_name")
+SIZE_SOURCES = ("width", "height")
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """What the reader needs of a node class: its outputs, the type of each input, prompt-text inputs."""
+
+    outputs: tuple[tuple[str, str], ...] = ()  # (name, type) per output slot
+    inputs: tuple[tuple[str, str], ...] = ()  # (name, type) in definition order; widgets have their value type
+    output_node: bool = False
+    multiline: frozenset[str] = frozenset()  # STRING inputs that hold prompt text
+    text_outputs: Mapping[str, str] = field(default_factory=dict)  # encoder output ("name" or "name|side") -> text input
+    role: str = ""  # "sampler" / "detailer" where the types cannot tell (custom packs)
+
+    def input_type(self, name: str) -> str | None:
+        return next((t for n, t in self.inputs if n == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"out": [list(o) for o in self.outputs], "in": [list(i) for i in self.inputs]}
+        if self.output_node:
+            d["output_node"] = True
+        if self.multiline:
+            d["multiline"] = sorted(self.multiline)
+        if self.text_outputs:
+            d["text_outputs"] = dict(self.text_outputs)
+        if self.role:
+            d["role"] = self.role
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "NodeType":
+        return cls(outputs=tuple((str(a), str(b)) for a, b in d.get("out", [])),
+                   inputs=tuple((str(a), str(b)) for a, b in d.get("in", [])),
+                   output_node=bool(d.get("output_node", False)), multiline=frozenset(d.get("multiline", ())),
+                   text_outputs=dict(d.get("text_outputs", {})), role=str(d.get("role", "")))
+
+
+class NodeTypes:
+    """Node class -> NodeType; `NodeTypes.builtin()` is ComfyUI's core and popular packs."""
+
+    def __init__(self, table: Mapping[str, NodeType]) -> None:
+        self.table = dict(table)
+
+    def get(self, class_type: str) -> NodeType | None:
+        return self.table.get(class_type)
+
+    def merged(self, other: "NodeTypes") -> "NodeTypes":
+        """These types, with `other`'s entries winning (e.g. a live ComfyUI's over the built-in table)."""
+        return NodeTypes({**self.table, **other.table})
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def builtin(cls) -> "NodeTypes":
+        raw = json.loads((Path(__file__).with_name("comfy_node_types.json")).read_text(encoding="utf-8"))
+        return cls({k: NodeType.from_json(v) for k, v in raw["nodes"].items()})
+
+    @classmethod
+    def from_object_info(cls, info: Mapping[str, Any]) -> "NodeTypes":
+        """From ComfyUI's /object_info (or the same built from NODE_CLASS_MAPPINGS)."""
+        table = {}
+        for name, d in info.items():
+            if not isinstance(d, Mapping):
+                continue
+            outs = d.get("output") or []
+            names = d.get("output_name") or outs
+            inputs, multiline = [], set()
+            for group in ("required", "optional"):
+                for iname, spec in ((d.get("input") or {}).get(group) or {}).items():
+                    spec = spec if isinstance(spec, (list, tuple)) else [spec]
+                    kind = "COMBO" if isinstance(spec[0], (list, tuple)) else str(spec[0])
+                    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+                    inputs.append((iname, kind))
+                    if kind == "STRING" and opts.get("multiline"):
+                        multiline.add(iname)
+            table[name] = NodeType(tuple((str(n), str(t)) for n, t in zip(names, outs)), tuple(inputs),
+                                   bool(d.get("output_node")), frozenset(multiline))
+        return cls(table)
+
+
+class GraphError(ValueError):
+    """The graph cannot be read: the message is the reason given to the user."""
+
+
+@dataclass
+class GraphReading:
+    """What the graph says about the image: the prompt (None with a reason), and how it was found."""
+
+    prompt: str | None
+    negative: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)  # output node -> ... -> sampler -> encoder(s)
+    reason: str | None = None
+
+
+def is_link(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], (str, int))
+            and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+class Graph:
+    """An API-format graph with the type of every node's sockets, however it is known."""
+
+    def __init__(self, api: Mapping[str, Any], types: NodeTypes | None = None,
+                 ui: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(api, Mapping):
+            raise GraphError(f"the graph is a JSON {type(api).__name__}, not an object of nodes")
+        if len(api) > MAX_NODES:
+            raise GraphError(f"the graph has {len(api)} nodes, over the {MAX_NODES} this reader follows")
+        self.nodes = {str(k): v for k, v in api.items()
+                      if isinstance(v, Mapping) and isinstance(v.get("class_type"), str)}
+        if not self.nodes:
+            raise GraphError("the graph holds no nodes (no object with a class_type)")
+        self.types = types or NodeTypes.builtin()
+        self.ui_sockets = _ui_sockets(ui) if isinstance(ui, Mapping) else {}
+
+    def class_type(self, nid: str) -> str:
+        return str(self.nodes[nid]["class_type"]) if nid in self.nodes else "?"
+
+    def label(self, nid: str) -> str:
+        return f"{self.class_type(nid)} #{nid}"
+
+    def inputs(self, nid: str) -> Mapping[str, Any]:
+        if nid not in self.nodes:
+            return {}
+        inputs = self.nodes[nid].get("inputs")
+        return inputs if isinstance(inputs, Mapping) else {}
+
+    def node_type(self, nid: str) -> NodeType | None:
+        return self.types.get(self.class_type(nid)) if nid in self.nodes else None
+
+    def output(self, nid: str, slot: int) -> tuple[str | None, str | None]:
+        """(name, type) of an output slot: from the UI workflow when it has the node, else the type table."""
+        ui = self.ui_sockets.get(nid)
+        if ui is not None and slot < len(ui[0]):
+            return ui[0][slot]
+        nt = self.node_type(nid)
+        if nt is not None and slot < len(nt.outputs):
+            return nt.outputs[slot]
+        return None, None
+
+    def outputs(self, nid: str) -> list[tuple[str | None, str | None]]:
+        ui = self.ui_sockets.get(nid)
+        if ui is not None:
+            return list(ui[0])
+        nt = self.node_type(nid)
+        return list(nt.outputs) if nt is not None else []
+
+    def input_type(self, nid: str, name: str) -> str | None:
+        ui = self.ui_sockets.get(nid)
+        if ui is not None and name in ui[1]:
+            return ui[1][name]
+        nt = self.node_type(nid)
+        if nt is not None:
+            found = nt.input_type(name)
+            if found is not None:
+                return found
+        value = self.inputs(nid).get(name)
+        if is_link(value) and str(value[0]) in self.nodes:  # type of what feeds it
+            return self.output(str(value[0]), int(value[1]))[1]
+        return None
+
+    def links(self, nid: str) -> list[tuple[str, str, int]]:
+        """(input name, source node, source slot) for each linked input, in the node's own order."""
+        out = []
+        for name, value in self.inputs(nid).items():
+            if is_link(value):
+                out.append((str(name), str(value[0]), int(value[1])))
+        return out
+
+    def require(self, src: str, where: str) -> None:
+        if src not in self.nodes:
+            raise GraphError(f"{where} links to node {src}, which is not in the graph")
+
+
+def _ui_sockets(ui: Mapping[str, Any]) -> dict[str, tuple[list[tuple[str | None, str | None]], dict[str, str]]]:
+    """node id -> (outputs [(name, type)], {input name: type}) from a UI-format workflow."""
+    out: dict[str, tuple[list[tuple[str | None, str | None]], dict[str, str]]] = {}
+    nodes = ui.get("nodes")
+    if not isinstance(nodes, list):
+        return out
+    for node in nodes[:MAX_NODES]:
+        if not isinstance(node, Mapping) or "id" not in node:
+            continue
+        outs = []
+        for o in node.get("outputs") or []:
+            if isinstance(o, Mapping):
+                outs.append((str(o.get("name")) if o.get("name") is not None else None,
+                             str(o.get("type")) if o.get("type") is not None else None))
+        ins = {}
+        for i in node.get("inputs") or []:
+            if isinstance(i, Mapping) and i.get("name") is not None and i.get("type") is not None:
+                ins[str(i["name"])] = str(i["type"])
+        out[str(node["id"])] = (outs, ins)
+    return out
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+class _Budget:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def tick(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise GraphError(f"the graph needs more than {MAX_STEPS} steps to follow; it is too large or tangled")
+
+
+def read_graph(api: Mapping[str, Any], ui: Mapping[str, Any] | None = None, types: NodeTypes | None = None,
+               image_size: tuple[int, int] | None = None) -> GraphReading:
+    """The prompt of the sampler pass that made the image, with negative, model, LoRAs and settings.
+
+    `image_size` (width, height) picks the pass when several output nodes save images of different
+    sizes (a hires-fix graph that saves both passes). Never raises on bad input: a GraphReading with
+    `reason` says why there is no prompt.
+    """
+    try:
+        graph = Graph(api, types, ui)
+        return _read(graph, image_size)
+    except GraphError as e:
+        return GraphReading(None, reason=str(e))
+    except RecursionError:
+        return GraphReading(None, reason="the graph is nested too deeply to follow")
+
+
+def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
+    budget = _Budget()
+    outputs = _output_nodes(graph)
+    passes = []
+    for out in outputs:
+        found = _find_sampler(graph, out, budget)
+        if found is not None:
+            passes.append((out, *found))
+    if not passes:  # no saver in the graph: samplers that show their own result (Efficiency's KSampler)
+        passes = [(s, s, [f"{graph.label(s)} (shows its image)"]) for s in _final_samplers(graph)]
+    if not passes:
+        if not outputs:
+            return GraphReading(None, reason="the graph has no output node that saves or previews an image")
+        return GraphReading(None, reason="the graph has no sampler upstream of its image output ("
+                            + ", ".join(graph.label(o) for o in outputs[:4]) + ")")
+    out, sampler, trail = _choose_pass(graph, passes, image_size, budget)
+    sides = _conditioning_inputs(graph, sampler, budget)
+    if sides is None:
+        return GraphReading(None, path=trail,
+                            reason=f"the sampler {graph.label(sampler)} has no positive conditioning linked")
+    pos_ref, neg_ref, via = sides
+    tracer = _TextTracer(graph, budget)
+    positive = tracer.texts(pos_ref, "positive")
+    path = trail + via + tracer.path
+    if tracer.unknowable:  # part of the text is made at run time: a partial prompt would be a wrong one
+        return GraphReading(None, path=path, reason=tracer.problem)
+    if not positive:
+        why = tracer.problem or f"the positive conditioning of {graph.label(sampler)} carries no text"
+        return GraphReading(None, path=path, reason=why)
+    neg_tracer = _TextTracer(graph, budget)
+    negative = neg_tracer.texts(neg_ref, "negative") if neg_ref is not None else []
+    meta = _settings(graph, sampler, budget)
+    size = _pass_size(graph, sampler, out, budget)
+    if size is not None:
+        meta["width"], meta["height"] = size
+    meta.update(_model_path(graph, sampler, budget))
+    prompt = _join(positive)
+    neg = _join(negative) if negative else None
+    if neg:
+        meta["negative"] = neg
+    return GraphReading(prompt, neg, meta, path)
+
+
+def _join(texts: Iterable[str]) -> str:
+    return ", ".join(dict.fromkeys(_user_part(t) for t in texts if t and _user_part(t)))
+
+
+def _user_part(text: str) -> str:
+    """The prompt without a model's system instruction (Lumina 2: "You are an assistant... <Prompt Start> ...")."""
+    head, sep, tail = text.partition("<Prompt Start>")
+    return (tail if sep else head).strip()
+
+
+def _output_nodes(graph: Graph) -> list[str]:
+    """Nodes that save or show images, savers before previews, in id order."""
+    found = []
+    for nid in graph.nodes:
+        nt = graph.node_type(nid)
+        takes_image = any(graph.input_type(nid, n) in _IMAGE_TYPES or n in ("images", "image")
+                          for n, _, _ in graph.links(nid))
+        if not takes_image:
+            continue
+        ui_outs = graph.ui_sockets.get(nid, ([], {}))[0]
+        if (nt is not None and nt.output_node) or (_OUTPUT_NAME.search(graph.class_type(nid))
+                                                   and not (nt and nt.outputs) and not ui_outs):
+            found.append(nid)
+    preview = re.compile(r"preview", re.I)
+    return sorted(found, key=lambda n: (bool(preview.search(graph.class_type(n))), _id_key(n)))
+
+
+def _final_samplers(graph: Graph) -> list[str]:
+    """Samplers that are output nodes themselves, else samplers whose result feeds no other sampler."""
+    samplers = [n for n in graph.nodes if _is_sampler(graph, n) and not _is_detailer(graph, n)]
+    shown = [n for n in samplers if (nt := graph.node_type(n)) is not None and nt.output_node]
+    if shown:
+        return sorted(shown, key=_id_key)
+    fed = {src for n in samplers for _, src, _ in graph.links(n)}
+    return sorted((n for n in samplers if n not in fed), key=_id_key)
+
+
+def _id_key(nid: str) -> tuple[int, str]:
+    return (int(nid), "") if nid.isdigit() else (1 << 30, nid)
+
+
+def _is_sampler(graph: Graph, nid: str) -> bool:
+    """Makes a LATENT (or an IMAGE, for detailers) from a model or a guider and conditioning."""
+    nt = graph.node_type(nid)
+    if nt is not None and nt.role:
+        return nt.role in ("sampler", "detailer")
+    kinds = {graph.input_type(nid, n) for n, _, _ in graph.links(nid)}
+    names = {n for n, _, _ in graph.links(nid)}
+    return ("GUIDER" in kinds or ("MODEL" in kinds and (_COND in kinds or names & set(POSITIVE_NAMES)))
+            or (names >= {"model", "positive"}))
+
+
+def _find_sampler(graph: Graph, out: str, budget: _Budget) -> tuple[str, list[str]] | None:
+    """The sampler whose result reaches the output node, and the nodes on the way."""
+    trail = [graph.label(out)]
+    seen = {out}
+    nid = out
+    for _ in range(MAX_NODES):
+        budget.tick()
+        nxt = None
+        for name, src, slot in graph.links(nid):
+            graph.require(src, graph.label(nid))
+            kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
+            if kind in _IMAGE_TYPES or kind in _LATENT_TYPES or (kind is None and name in ("images", "image", "samples", "latent")):
+                nxt = src
+                break
+        if nxt is None or nxt in seen:
+            return None
+        seen.add(nxt)
+        if _is_sampler(graph, nxt) and not _is_detailer(graph, nxt):
+            return nxt, trail + [graph.label(nxt)]
+        trail.append(graph.label(nxt) + (" (detailer: the image it details)" if _is_detailer(graph, nxt) else ""))
+        nid = nxt
+    return None
+
+
+def _is_detailer(graph: Graph, nid: str) -> bool:
+    """Re-draws parts of an IMAGE it is given (FaceDetailer, DetailerForEach...): the image's look is its input's."""
+    nt = graph.node_type(nid)
+    if nt is not None and nt.role:
+        return nt.role == "detailer"
+    outs = [t for _, t in graph.outputs(nid)]
+    takes_image = any(graph.input_type(nid, n) in _IMAGE_TYPES for n, _, _ in graph.links(nid))
+    return takes_image and "IMAGE" in outs and "LATENT" not in outs
+
+
+def _choose_pass(graph: Graph, passes: list[tuple[str, str, list[str]]], image_size: tuple[int, int] | None,
+                 budget: _Budget) -> tuple[str, str, list[str]]:
+    if len(passes) == 1 or image_size is None:
+        return passes[0]
+    matching = [p for p in passes if _pass_size(graph, p[1], p[0], budget) == tuple(image_size)]
+    return matching[0] if matching else passes[0]
+
+
+def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
+                         ) -> tuple[tuple[str, int, str], tuple[str, int, str] | None, list[str]] | None:
+    """((node, slot, input) feeding the positive side, same for negative or None, path through guiders)."""
+    via: list[str] = []
+    nid = sampler
+    for _ in range(8):
+        budget.tick()
+        links = {name: (src, slot) for name, src, slot in graph.links(nid)}
+        pos = next((n for n in POSITIVE_NAMES if n in links), None)
+        if pos is not None:
+            neg = next((n for n in NEGATIVE_NAMES if n in links), None)
+            for n in (pos, neg):
+                if n is not None:
+                    graph.require(links[n][0], graph.label(nid))
+            return ((*links[pos], pos), (*links[neg], neg) if neg else None, via)
+        guider = next((name for name, (src, slot) in links.items() if graph.output(src, slot)[1] == "GUIDER"
+                       or name == "guider"), None)
+        if guider is None:  # a sampler fed by a bundle (Impact's BASIC_PIPE, Efficiency's SDXL_TUPLE)
+            bundle = next((name for name, (src, slot) in links.items()
+                           if (graph.output(src, slot)[1] or graph.input_type(nid, name)) not in _PLAIN), None)
+            if bundle is None:
+                return None
+            graph.require(links[bundle][0], graph.label(nid))
+            return ((*links[bundle], bundle), (*links[bundle], bundle), via)
+        if guider is None:
+            return None
+        graph.require(links[guider][0], graph.label(nid))
+        nid = links[guider][0]
+        via.append(graph.label(nid))
+    return None
+
+
+class _TextTracer:
+    """Follows CONDITIONING (and the bundles that carry it) back to the encoders' text."""
+
+    def __init__(self, graph: Graph, budget: _Budget) -> None:
+        self.graph, self.budget = graph, budget
+        self.path: list[str] = []
+        self.problem: str | None = None
+        self.unknowable = False  # some text comes from a node whose output only exists at run time
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def texts(self, ref: tuple[str, int, str], side: str) -> list[str]:
+        src, slot, _ = ref
+        return self._from(src, slot, side, side)
+
+    def _from(self, nid: str, slot: int, side: str, want: str) -> list[str]:
+        g = self.graph
+        self.budget.tick()
+        key = (nid, slot, want)
+        if key in self._seen:
+            return []
+        self._seen.add(key)
+        out_name, out_type = g.output(nid, slot)
+        nt = g.node_type(nid)
+        label = g.label(nid)
+        links = g.links(nid)
+        # an encoder with one output per side (Efficiency's loader: CONDITIONING+ / CONDITIONING-)
+        if nt is not None and nt.text_outputs:
+            text_input = nt.text_outputs.get(f"{out_name}|{want}", nt.text_outputs.get(str(out_name)))
+            if text_input is not None:
+                self.path.append(f"{label} ({out_name}: {text_input})")
+                return self._string(nid, text_input)
+        names = {n for n, _, _ in links}
+        other = set(NEGATIVE_NAMES) if side == "positive" else set(POSITIVE_NAMES[:1])
+        # positive -> positive, negative -> negative, a pipe's field -> the input of that name
+        for name in (out_name, want):
+            if name and name in names and name not in other and (name != "conditioning" or out_type == _COND):
+                src, sslot = next((s, sl) for n, s, sl in links if n == name)
+                g.require(src, label)
+                self.path.append(f"{label} ({name})")
+                return self._from(src, sslot, side, want)
+        cond_links = [(n, s, sl) for n, s, sl in links if g.input_type(nid, n) == _COND and n not in other]
+        if cond_links:  # a modifier: its text (GLIGEN's box, an area's label) is not the prompt
+            self.path.append(label)
+            texts: list[str] = []
+            for _n, s, sl in cond_links:
+                g.require(s, label)
+                texts += self._from(s, sl, side, want)
+            return texts
+        if out_type in (_COND, None) and self._is_encoder(nid):
+            texts = self._encoder_text(nid)
+            self.path.append(f"{label}: encoder")
+            if not texts and self.problem is None:
+                self.problem = f"the encoder {label} has no text"
+            return texts
+        bundles = [(n, s, sl) for n, s, sl in links if g.input_type(nid, n) not in _PLAIN]
+        if bundles:  # unpack a pipe: follow what it came from, still wanting the same field
+            self.path.append(f"{label} (unpacking {want})")
+            texts = []
+            for _n, s, sl in bundles:
+                g.require(s, label)
+                texts += self._from(s, sl, side, want)
+                if texts:
+                    break
+            return texts
+        if self.problem is None:
+            if any(g.input_type(nid, n) in _PICTURE for n, _, _ in links):
+                self.problem = f"the {side} conditioning is made from an image by {label}, not from text"
+            else:
+                self.problem = f"the {side} conditioning comes from {label}, which this reader cannot follow to a text"
+        return []
+
+    def _is_encoder(self, nid: str) -> bool:
+        g = self.graph
+        nt = g.node_type(nid)
+        if nt is not None and nt.multiline:
+            return True
+        kinds = {g.input_type(nid, n) for n, _, _ in g.links(nid)}
+        has_text = any(isinstance(v, str) for v in g.inputs(nid).values()) or any(
+            g.input_type(nid, n) == "STRING" for n, _, _ in g.links(nid))
+        return ("CLIP" in kinds or nt is None) and has_text
+
+    def _encoder_text(self, nid: str) -> list[str]:
+        g = self.graph
+        nt = g.node_type(nid)
+        names: list[str]
+        if nt is not None and nt.multiline:
+            names = [n for n, _ in nt.inputs if n in nt.multiline]
+        else:  # unknown encoder: its string inputs that look like prose, not file or option names
+            names = [n for n, v in g.inputs(nid).items()
+                     if (isinstance(v, str) and _looks_like_text(v)) or (is_link(v) and g.input_type(nid, n) == "STRING")]
+        texts = []
+        for n in names:
+            texts += self._string(nid, n)
+        return texts
+
+    def _string(self, nid: str, name: str) -> list[str]:
+        value = self.graph.inputs(nid).get(name)
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        if is_link(value):
+            text = _StringEval(self.graph, self.budget).value(str(value[0]), int(value[1]))
+            if isinstance(text, _Unreadable):
+                if not self.unknowable:
+                    self.problem = f"the text comes from a node this reader cannot evaluate: {text.node}"
+                self.unknowable = True
+                return []
+            return [text] if text.strip() else []
+        return []
+
+
+def _looks_like_text(v: str) -> bool:
+    v = v.strip()
+    if not v or re.fullmatch(r"[\w.\-/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|sft|yaml|json)", v, re.I):
+        return False
+    return " " in v or "," in v or len(v) > 24
+
+
+@dataclass
+class _Unreadable:
+    node: str
+
+
+class _StringEval:
+    """The value of a STRING output: primitives, concatenation, wildcard nodes' populated text."""
+
+    def __init__(self, graph: Graph, budget: _Budget) -> None:
+        self.graph, self.budget = graph, budget
+        self._stack: set[str] = set()
+
+    def value(self, nid: str, slot: int) -> str | _Unreadable:
+        g = self.graph
+        self.budget.tick()
+        g.require(nid, "a text input")
+        if nid in self._stack:
+            raise GraphError(f"the graph has a cycle through {g.label(nid)}")
+        self._stack.add(nid)
+        try:
+            return self._value(nid, slot)
+        finally:
+            self._stack.discard(nid)
+
+    def _value(self, nid: str, slot: int) -> str | _Unreadable:
+        g = self.graph
+        inputs = g.inputs(nid)
+        # Impact's wildcard nodes store the text they produced (populate mode) or were given (fixed mode)
+        populated = inputs.get("populated_text")
+        if isinstance(populated, str) and populated.strip():
+            return populated
+        parts: list[str] = []
+        delimiter = inputs.get("delimiter", inputs.get("separator", ", "))
+        strings = [(n, v) for n, v in inputs.items()
+                   if (isinstance(v, str) and n not in ("delimiter", "separator", "mode", "clean_whitespace"))
+                   or (is_link(v) and g.input_type(nid, n) in ("STRING", None))]
+        joins = re.search(r"concat|join|combine|append|merge", g.class_type(nid), re.I)
+        # one text in, the same text out (primitives, string literals, ShowText), or a join of texts;
+        # anything else (an LLM, a random line picker) makes its text at run time: not knowable from the graph
+        if strings and (len(strings) == 1 or joins):
+            for _n, v in strings:
+                if isinstance(v, str):
+                    parts.append(v)
+                else:
+                    sub = self.value(str(v[0]), int(v[1]))
+                    if isinstance(sub, _Unreadable):
+                        return sub
+                    parts.append(sub)
+            return (delimiter if isinstance(delimiter, str) else ", ").join(p for p in parts if p != "")
+        return _Unreadable(g.class_type(nid))
+
+
+# ---- settings, size, model ---------------------------------------------------------------------------
+def _number(graph: Graph, value: Any, budget: _Budget, depth: int = 0) -> Any:
+    """A widget value, or the value of the primitive / seed node it is linked to."""
+    if is_link(value) and depth < 6:
+        budget.tick()
+        src = str(value[0])
+        if src not in graph.nodes:
+            return None
+        inputs = graph.inputs(src)
+        for key in ("value", "seed", "noise_seed", "int", "float", "number", "steps", "cfg"):
+            if key in inputs:
+                return _number(graph, inputs[key], budget, depth + 1)
+        return None
+    return value
+
+
+def _settings(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
+    """seed, steps, cfg, sampler, scheduler, denoise: on the sampler, else one hop into its other inputs."""
+    meta: dict[str, Any] = {}
+    nodes = [sampler] + [src for name, src, _ in graph.links(sampler)
+                         if src in graph.nodes and name not in POSITIVE_NAMES + NEGATIVE_NAMES + ("model", "latent_image")]
+    for nid in nodes:
+        inputs = graph.inputs(nid)
+        for key in SEED_NAMES:
+            if "seed" not in meta and key in inputs:
+                v = _number(graph, inputs[key], budget)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    meta["seed"] = int(v)
+        for key in SETTING_NAMES:
+            out = "sampler" if key == "sampler_name" else key
+            if out not in meta and key in inputs:
+                v = _number(graph, inputs[key], budget)
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    meta[out] = v
+    return meta
+
+
+def _pass_size(graph: Graph, sampler: str, out: str, budget: _Budget) -> tuple[int, int] | None:
+    """Pixel size of the pass's latent, computed as ComfyUI does (in latent units of 8 px: empty latents,
+    latent upscales to a size or by a factor), None where it cannot be known (an encoded input image)."""
+    nid, scales = sampler, []
+    for _ in range(64):
+        budget.tick()
+        inputs = graph.inputs(nid)
+        w, h = _number(graph, inputs.get("width"), budget), _number(graph, inputs.get("height"), budget)
+        if nid != sampler and _is_num(w) and _is_num(h):
+            lw, lh = int(w) // 8, int(h) // 8
+            for by in reversed(scales):  # LatentUpscaleBy: round(latent size * scale)
+                lw, lh = round(lw * by), round(lh * by)
+            return lw * 8, lh * 8
+        by = _number(graph, inputs.get("scale_by"), budget)
+        if nid != sampler and _is_num(by):
+            scales.append(float(by))
+        latent = next(((s, n) for n, s, sl in graph.links(nid)
+                       if (graph.output(s, sl)[1] in _LATENT_TYPES or n in ("latent_image", "samples", "samples_to", "latent"))
+                       and s in graph.nodes), None)
+        if latent is None:
+            return None
+        nid = latent[0]
+    return None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _model_path(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
+    """The loader on the sampler's (or its guider's) model path, and the LoRAs on the way."""
+    start = None
+    nid: str | None = sampler
+    for _ in range(8):
+        if nid is None:
+            break
+        links = {n: (s, sl) for n, s, sl in graph.links(nid)}
+        if "model" in links:
+            start = links["model"]
+            break
+        guider = next((s for n, (s, sl) in links.items() if n == "guider" or graph.output(s, sl)[1] == "GUIDER"), None)
+        if guider is None:  # a bundle that carries the model (Efficiency's SDXL_TUPLE, Impact's pipes)
+            start = next(((s, sl) for n, (s, sl) in links.items()
+                          if (graph.output(s, sl)[1] or graph.input_type(nid, n)) not in _PLAIN), None)
+            break
+        nid = guider
+    meta: dict[str, Any] = {}
+    if start is None or start[0] not in graph.nodes:
+        return meta
+    loras: list[dict[str, Any]] = []
+    models: list[str] = []
+    stack, seen = [start[0]], set()
+    while stack:
+        budget.tick()
+        cur = stack.pop()
+        if cur in seen or cur not in graph.nodes:
+            continue
+        seen.add(cur)
+        inputs = graph.inputs(cur)
+        for key in LOADER_NAMES:
+            if isinstance(inputs.get(key), str):
+                models.append(inputs[key])
+                break
+        if isinstance(inputs.get("lora_name"), str) and inputs["lora_name"] not in ("None", ""):
+            strength = inputs.get("strength_model", inputs.get("strength", inputs.get("lora_model_strength", 1.0)))
+            strength = _number(graph, strength, budget)
+            loras.append({"name": inputs["lora_name"],
+                          "strength": float(strength) if isinstance(strength, (int, float)) else 1.0})
+        nxt = [s for n, s, sl in graph.links(cur) if graph.output(s, sl)[1] == "MODEL" or n in ("model", "model1")
+               or (graph.output(s, sl)[1] or graph.input_type(cur, n)) not in _PLAIN]
+        stack.extend(reversed(nxt))
+    if models:
+        meta["checkpoint"] = models[0]
+        if len(models) > 1:
+            meta["models"] = models
+    if loras:
+        meta["loras"] = loras
+    return meta
+
+
+# ---- the UI-format workflow ----------------------------------------------------------------------------
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def api_from_workflow(ui: Mapping[str, Any], types: NodeTypes | None = None) -> dict[str, Any]:
+    """An API-format graph from a UI-format workflow (for images that carry only the workflow).
+
+    Links become [node, slot] inputs (through reroutes and bypassed nodes), widget values get their
+    names from the node types (the frontend's order: required then optional, an extra value after
+    a widget with control_after_generate); PrimitiveNode values land in the inputs they feed.
+    Muted nodes are dropped. Widgets of node types nobody knows keep positional names (widget_0, ...).
+    """
+    types = types or NodeTypes.builtin()
+    nodes = [n for n in (ui.get("nodes") or [])[:MAX_NODES] if isinstance(n, Mapping) and "id" in n]
+    by_id = {str(n["id"]): n for n in nodes}
+    links: dict[Any, tuple[str, int, str | None]] = {}
+    for lk in ui.get("links") or []:
+        if isinstance(lk, (list, tuple)) and len(lk) >= 5:
+            links[lk[0]] = (str(lk[1]), int(lk[2]), str(lk[5]) if len(lk) > 5 else None)
+        elif isinstance(lk, Mapping) and "id" in lk:
+            links[lk["id"]] = (str(lk.get("origin_id")), int(lk.get("origin_slot", 0)), lk.get("type"))
+
+    def source(link_id: Any, depth: int = 0) -> tuple[str, int] | Any:
+        """The real producer behind a link (through reroutes and bypassed nodes), or a primitive's value."""
+        if link_id not in links or depth > 64:
+            return None
+        nid, slot, kind = links[link_id]
+        node = by_id.get(nid)
+        if node is None:
+            return None
+        if node.get("type") == "Reroute" or node.get("mode") == 4:
+            for inp in node.get("inputs") or []:
+                if isinstance(inp, Mapping) and inp.get("link") is not None and (
+                        node.get("type") == "Reroute" or inp.get("type") == kind):
+                    return source(inp["link"], depth + 1)
+            return None
+        if node.get("type") == "PrimitiveNode":
+            values = node.get("widgets_values") or []
+            return ("value", values[0]) if values else None
+        return nid, slot
+
+    api: dict[str, Any] = {}
+    for nid, node in by_id.items():
+        ctype = str(node.get("type"))
+        if ctype in FRONTEND_ONLY or node.get("mode") in (2, 4):
+            continue
+        inputs: dict[str, Any] = {}
+        for inp in node.get("inputs") or []:
+            if not isinstance(inp, Mapping) or inp.get("link") is None or inp.get("name") is None:
+                continue
+            src = source(inp["link"])
+            if isinstance(src, tuple) and len(src) == 2 and src[0] == "value":
+                inputs[str(inp["name"])] = src[1]
+            elif src is not None:
+                inputs[str(inp["name"])] = [src[0], src[1]]
+        values = node.get("widgets_values")
+        if isinstance(values, Mapping):
+            for k, v in values.items():
+                inputs.setdefault(str(k), v)
+        elif isinstance(values, list):
+            for name, value in zip(_widget_names(types.get(ctype), len(values)), values):
+                if name is not None:
+                    inputs.setdefault(name, value)
+        api[nid] = {"class_type": ctype, "inputs": inputs}
+    return api
+
+
+_CONTROL = re.compile(r"^(seed|noise_seed)$")
+
+
+def _widget_names(nt: NodeType | None, count: int) -> list[str | None]:
+    """Names for a node's widgets_values, in the frontend's order."""
+    if nt is None:
+        return [f"widget_{i}" for i in range(count)]
+    names: list[str | None] = []
+    for name, kind in nt.inputs:
+        if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+            continue
+        names.append(name)
+        if kind == "INT" and _CONTROL.match(name):
+            names.append(None)  # the frontend's "control after generate" value
+        if name == "image" and kind == "COMBO":
+            names.append(None)  # LoadImage's upload button
+    return names

@@ -1,0 +1,467 @@
+"""Generation metadata embedded in image files: which tool wrote it, and the prompt it holds.
+
+Where each tool puts it:
+- ComfyUI: PNG text chunks `prompt` (the API graph) and `workflow` (the UI graph); WebP (animated
+  too) and other EXIF containers: IFD0 tag 0x0110 holds `prompt:{...}`, 0x010F `workflow:{...}`.
+  The graph is read by `comfy_graph.read_graph`; with only the workflow, it is converted first.
+- A1111 / Forge / SD.Next: PNG `parameters`; JPEG and WebP: EXIF UserComment (0x9286) in the Exif
+  sub-IFD or in IFD0, after its 8-byte character-code prefix (UNICODE = UTF-16, ASCII).
+- NovelAI: PNG `Comment` (JSON: prompt, uc, seed, steps, scale, sampler; v4_prompt), `Description`.
+- InvokeAI: PNG `invokeai_metadata` (JSON), older `sd-metadata` (JSON) and `Dream` (text).
+- SwarmUI: `parameters` holding JSON with `sui_image_params`.
+- Fooocus: `parameters` holding JSON (Prompt, Negative Prompt, Seed, Base Model...), or A1111 text.
+PNG chunks are read here, not by Pillow (which refuses compressed text over 1 MB), each with a
+size limit, so a huge or broken chunk is a reason, never a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from PIL import Image, UnidentifiedImageError
+
+from .comfy_graph import NodeTypes, api_from_workflow, read_graph
+
+MAX_CHUNK = 32 << 20  # one text chunk, decompressed
+MAX_TEXT = 64 << 20  # all text chunks of a file
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([0-9.]+))?[^>]*>")
+_A1111_KV = re.compile(r"\s*([\w ]+):\s*(\"(?:\\.|[^\\\"])*\"|[^,]*)(?:,|$)")
+
+
+@dataclass
+class PromptReading:
+    """The prompt found in an image (None, with the reason), its metadata, and how it was found."""
+
+    prompt: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    generator: str | None = None  # comfyui, comfyui-workflow, a1111, novelai, invokeai, swarmui, fooocus
+    path: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "metadata": self.metadata, "generator": self.generator, "path": self.path,
+                "reason": self.reason}
+
+
+@dataclass
+class RawFields:
+    """Every metadata field of an image file, before interpretation."""
+
+    text: dict[str, str] = field(default_factory=dict)  # PNG text chunks (and Pillow's info strings)
+    exif: dict[str, str] = field(default_factory=dict)  # "ifd0:0x0110", "exif:0x9286" -> decoded text
+    size: tuple[int, int] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+# ---- PNG chunks -----------------------------------------------------------------------------------------
+def png_fields(data: bytes) -> RawFields:
+    """Text chunks (tEXt, zTXt, iTXt) and size of a PNG, within MAX_CHUNK / MAX_TEXT."""
+    out = RawFields()
+    if not data.startswith(PNG_SIGNATURE):
+        out.problems.append("not a PNG file")
+        return out
+    pos, total = len(PNG_SIGNATURE), 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if len(body) < length:
+            out.problems.append(f"the {kind.decode('latin-1', 'replace')} chunk is cut short (file truncated)")
+            break
+        if kind == b"IHDR" and length >= 8:
+            out.size = struct.unpack(">II", body[:8])
+        elif kind in (b"tEXt", b"zTXt", b"iTXt"):
+            try:
+                key, value = _text_chunk(kind, body)
+            except ValueError as e:
+                out.problems.append(str(e))
+                continue
+            total += len(value)
+            if total > MAX_TEXT:
+                out.problems.append(f"the text chunks add up to more than {MAX_TEXT >> 20} MB; the rest were not read")
+                break
+            out.text.setdefault(key, value)
+        elif kind == b"IEND":
+            break
+    return out
+
+
+def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str]:
+    key, sep, rest = body.partition(b"\0")
+    name = key.decode("latin-1")
+    if not sep:
+        raise ValueError(f"a {kind.decode()} chunk has no keyword separator")
+    if kind == b"tEXt":
+        if len(rest) > MAX_CHUNK:
+            raise ValueError(f"the '{name}' text chunk is {len(rest) >> 20} MB, over the {MAX_CHUNK >> 20} MB limit")
+        return name, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return name, _inflate(rest[1:], name).decode("latin-1")
+    if len(rest) < 2:
+        raise ValueError(f"the '{name}' iTXt chunk is cut short")
+    compressed, rest = rest[0], rest[2:]
+    _lang, _, rest = rest.partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    raw = _inflate(text, name) if compressed else text
+    if len(raw) > MAX_CHUNK:
+        raise ValueError(f"the '{name}' text chunk is {len(raw) >> 20} MB, over the {MAX_CHUNK >> 20} MB limit")
+    return name, raw.decode("utf-8", errors="replace")
+
+
+def _inflate(data: bytes, name: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, MAX_CHUNK + 1)
+    except zlib.error as e:
+        raise ValueError(f"the '{name}' text chunk does not decompress ({e})") from e
+    if len(out) > MAX_CHUNK or d.unconsumed_tail:
+        raise ValueError(f"the '{name}' text chunk decompresses to more than {MAX_CHUNK >> 20} MB; not read")
+    return out
+
+
+def strip_png_text(data: bytes) -> bytes:
+    """The PNG without its text chunks: for decoding pixels of a file whose metadata Pillow refuses."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    parts, pos = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+            parts.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(parts)
+
+
+# ---- EXIF ---------------------------------------------------------------------------------------------
+_EXIF_TEXT_TAGS = {0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x9286: "UserComment",
+                   0x9C9C: "XPComment", 0x0131: "Software"}
+
+
+def exif_fields(img: Image.Image) -> dict[str, str]:
+    """Text-bearing EXIF tags of IFD0 and the Exif sub-IFD, decoded."""
+    out: dict[str, str] = {}
+    try:
+        exif = img.getexif()
+    except Exception:  # noqa: BLE001  (a broken EXIF block is only a missing field)
+        return out
+    sources = [("ifd0", exif)]
+    try:
+        sources.append(("exif", exif.get_ifd(0x8769)))
+    except Exception:  # noqa: BLE001
+        pass
+    for where, ifd in sources:
+        for tag, name in _EXIF_TEXT_TAGS.items():
+            value = ifd.get(tag) if hasattr(ifd, "get") else None
+            text = _exif_text(tag, value)
+            if text:
+                out[f"{where}:{name}"] = text
+    return out
+
+
+def _exif_text(tag: int, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip("\x00") or None
+    if isinstance(value, tuple) and tag == 0x9C9C:  # XPComment: UTF-16-LE as a tuple of bytes
+        value = bytes(value)
+    if not isinstance(value, (bytes, bytearray)):
+        return None
+    raw = bytes(value)
+    if tag == 0x9C9C:
+        return raw.decode("utf-16-le", errors="replace").strip("\x00") or None
+    if tag == 0x9286 and len(raw) >= 8:
+        head, body = raw[:8], raw[8:]
+        if head.startswith(b"UNICODE"):
+            # the standard says big-endian unless a BOM says otherwise; writers differ, so take what decodes to text
+            for enc in ("utf-16-be", "utf-16-le"):
+                try:
+                    text = body.decode(enc)
+                except UnicodeDecodeError:
+                    continue
+                if text and sum(ch.isprintable() or ch in "\n\r\t" for ch in text) >= 0.95 * len(text):
+                    return text.strip("\x00")
+            return None
+        if head.startswith((b"ASCII", b"JIS", b"\0\0\0\0\0\0\0\0")):
+            return body.decode("utf-8", errors="replace").strip("\x00") or None
+    return raw.decode("utf-8", errors="replace").strip("\x00") or None
+
+
+# ---- reading ------------------------------------------------------------------------------------------
+def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
+    """All text metadata of an image, from a file, its bytes, or an opened Pillow image."""
+    if isinstance(source, Image.Image):
+        out = RawFields(size=source.size)
+        info = getattr(source, "text", None) or {}
+        for k, v in {**(source.info or {}), **info}.items():
+            if isinstance(v, str):
+                out.text.setdefault(str(k), v)
+        out.exif = exif_fields(source)
+        return out
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    if data.startswith(PNG_SIGNATURE):
+        out = png_fields(data)
+        try:
+            with Image.open(io.BytesIO(strip_png_text(data))) as img:
+                out.exif = exif_fields(img)  # eXIf chunks exist too
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            pass
+        return out
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return raw_fields(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return RawFields(problems=[f"not an image Pillow can open ({e})"])
+
+
+def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None) -> PromptReading:
+    """The generation prompt embedded in an image (any format above), or why there is none."""
+    return interpret(raw_fields(source), types)
+
+
+def interpret(raw: RawFields, types: NodeTypes | None = None) -> PromptReading:
+    """Try each tool's fields in turn; the first prompt found wins, else the most specific reason."""
+    reasons: list[str] = []
+    for reader in (_comfyui, _swarm_or_fooocus_json, _a1111_parameters, _novelai, _invokeai, _exif_comment):
+        found = reader(raw, types)
+        if found is None:
+            continue
+        if found.prompt:
+            return found
+        if found.reason:
+            reasons.append(found.reason)
+    if reasons:
+        return PromptReading(None, reason=reasons[0])
+    if raw.problems:
+        return PromptReading(None, reason="; ".join(raw.problems))
+    return PromptReading(None, reason="the image carries no generation metadata (no ComfyUI graph, A1111 "
+                                      "parameters, EXIF comment, NovelAI, InvokeAI, SwarmUI or Fooocus fields)")
+
+
+def _json(text: str, what: str) -> Any:
+    """Parsed JSON, or ValueError naming the field and where it breaks."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the {what} is not valid JSON at char {e.pos} ({e.msg})") from e
+    except RecursionError as e:
+        raise ValueError(f"the {what} is JSON nested too deeply to read") from e
+
+
+def _comfyui(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    prompt_text = raw.text.get("prompt")
+    workflow_text = raw.text.get("workflow")
+    for _key, value in raw.exif.items():  # ComfyUI's WebP: "prompt:{...}" / "workflow:{...}" in IFD0 strings
+        head, _, body = value.partition(":")
+        if head == "prompt" and prompt_text is None and body.lstrip().startswith("{"):
+            prompt_text = body
+        elif head == "workflow" and workflow_text is None and body.lstrip().startswith("{"):
+            workflow_text = body
+    if prompt_text is None and workflow_text is None:
+        return None
+    ui = None
+    if workflow_text is not None:
+        try:
+            ui = _json(workflow_text, "workflow chunk")
+        except ValueError as e:
+            if prompt_text is None:
+                return PromptReading(None, generator="comfyui", reason=str(e))
+        ui = ui if isinstance(ui, Mapping) else None
+    if prompt_text is not None:
+        try:
+            api = _json(prompt_text, "prompt chunk")
+        except ValueError as e:
+            if ui is None:
+                return PromptReading(None, generator="comfyui", reason=str(e))
+            api = None
+        if isinstance(api, Mapping):
+            got = read_graph(api, ui, types, raw.size)
+            return PromptReading(got.prompt, got.metadata, "comfyui", got.path, got.reason)
+        if api is not None and ui is None:
+            return PromptReading(None, generator="comfyui",
+                                 reason=f"the prompt chunk holds a JSON {type(api).__name__}, not a graph object")
+    if ui is None:
+        return PromptReading(None, generator="comfyui", reason="the workflow chunk holds no graph object")
+    try:
+        api = api_from_workflow(ui, types)
+    except (TypeError, ValueError, KeyError) as e:
+        return PromptReading(None, generator="comfyui-workflow", reason=f"the workflow cannot be read as a graph ({e})")
+    got = read_graph(api, ui, types, raw.size)
+    return PromptReading(got.prompt, got.metadata, "comfyui-workflow", ["(from the UI workflow)"] + got.path, got.reason)
+
+
+def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    text = raw.text.get("parameters") or raw.exif.get("exif:UserComment") or raw.exif.get("ifd0:UserComment")
+    if not text or not text.lstrip().startswith("{"):
+        return None
+    try:
+        d = _json(text, "parameters field")
+    except ValueError as e:
+        return PromptReading(None, reason=str(e))
+    if not isinstance(d, Mapping):
+        return None
+    if isinstance(d.get("sui_image_params"), Mapping):
+        p = d["sui_image_params"]
+        meta = _pick(p, {"negativeprompt": "negative", "model": "checkpoint", "seed": "seed", "steps": "steps",
+                         "cfgscale": "cfg", "sampler": "sampler", "scheduler": "scheduler", "width": "width",
+                         "height": "height"})
+        return PromptReading(_str(p.get("prompt")), meta, "swarmui", ["parameters: sui_image_params.prompt"],
+                             None if _str(p.get("prompt")) else "the SwarmUI parameters have no prompt")
+    prompt = _str(d.get("Prompt", d.get("prompt")))
+    if prompt is None and "Full Prompt" not in d:
+        return None
+    meta = _pick(d, {"Negative Prompt": "negative", "negative_prompt": "negative", "Seed": "seed", "seed": "seed",
+                     "Base Model": "checkpoint", "base_model": "checkpoint", "Steps": "steps", "steps": "steps",
+                     "Guidance Scale": "cfg", "guidance_scale": "cfg", "Sampler": "sampler", "sampler": "sampler"})
+    return PromptReading(prompt, meta, "fooocus", ["parameters: Prompt"], None if prompt else "the Fooocus parameters have no prompt")
+
+
+def _a1111_parameters(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    text = raw.text.get("parameters")
+    if not text or text.lstrip().startswith("{"):
+        return None
+    prompt, meta = parse_a1111(text)
+    return PromptReading(prompt, meta, "a1111", ["parameters"], None if prompt else "the A1111 parameters have no prompt")
+
+
+def _exif_comment(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    for key in ("exif:UserComment", "ifd0:UserComment", "ifd0:ImageDescription", "ifd0:XPComment"):
+        text = raw.exif.get(key)
+        if text and not text.lstrip().startswith("{") and re.search(r"(^|\n)\s*(Steps|Negative prompt):", text):
+            prompt, meta = parse_a1111(text)
+            return PromptReading(prompt, meta, "a1111", [f"EXIF {key}"], None if prompt else "the EXIF comment has no prompt")
+    text = raw.exif.get("exif:UserComment") or raw.exif.get("ifd0:UserComment")
+    if text and not text.lstrip().startswith("{"):  # a plain comment: a prompt without settings
+        prompt, meta = parse_a1111(text)
+        return PromptReading(prompt, meta, "a1111", ["EXIF UserComment"], None if prompt else "the EXIF comment is empty")
+    return None
+
+
+def _novelai(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    comment = raw.text.get("Comment")
+    if comment is None or not (raw.text.get("Software", "").startswith("NovelAI") or '"uc"' in comment):
+        return None
+    try:
+        d = _json(comment, "NovelAI Comment field")
+    except ValueError as e:
+        return PromptReading(None, generator="novelai", reason=str(e))
+    if not isinstance(d, Mapping):
+        return None
+    prompt = _str(d.get("prompt")) or _str(raw.text.get("Description"))
+    v4 = d.get("v4_prompt")
+    if not prompt and isinstance(v4, Mapping) and isinstance(v4.get("caption"), Mapping):
+        prompt = _str(v4["caption"].get("base_caption"))
+    meta = _pick(d, {"uc": "negative", "seed": "seed", "steps": "steps", "scale": "cfg", "sampler": "sampler",
+                     "width": "width", "height": "height"})
+    if raw.text.get("Source"):
+        meta["checkpoint"] = raw.text["Source"]
+    return PromptReading(prompt, meta, "novelai", ["Comment: prompt"], None if prompt else "the NovelAI comment has no prompt")
+
+
+def _invokeai(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    if "invokeai_metadata" in raw.text:
+        try:
+            d = _json(raw.text["invokeai_metadata"], "invokeai_metadata field")
+        except ValueError as e:
+            return PromptReading(None, generator="invokeai", reason=str(e))
+        if not isinstance(d, Mapping):
+            return None
+        meta = _pick(d, {"negative_prompt": "negative", "seed": "seed", "steps": "steps", "cfg_scale": "cfg",
+                         "scheduler": "sampler", "width": "width", "height": "height"})
+        model = d.get("model")
+        if isinstance(model, Mapping):
+            meta["checkpoint"] = model.get("name") or model.get("model_name")
+        loras = [{"name": (lo.get("model") or lo.get("lora") or {}).get("name"), "strength": lo.get("weight", 1.0)}
+                 for lo in d.get("loras") or [] if isinstance(lo, Mapping)]
+        if loras:
+            meta["loras"] = loras
+        prompt = _str(d.get("positive_prompt"))
+        return PromptReading(prompt, meta, "invokeai", ["invokeai_metadata: positive_prompt"],
+                             None if prompt else "the InvokeAI metadata has no positive prompt")
+    if "sd-metadata" in raw.text:
+        try:
+            d = _json(raw.text["sd-metadata"], "sd-metadata field")
+        except ValueError as e:
+            return PromptReading(None, generator="invokeai", reason=str(e))
+        image = d.get("image") if isinstance(d, Mapping) else None
+        if not isinstance(image, Mapping):
+            return None
+        p = image.get("prompt")
+        prompt = _str(p[0].get("prompt")) if isinstance(p, list) and p and isinstance(p[0], Mapping) else _str(p)
+        meta = _pick(image, {"seed": "seed", "steps": "steps", "cfg_scale": "cfg", "sampler": "sampler"})
+        if isinstance(d.get("model_weights"), str):
+            meta["checkpoint"] = d["model_weights"]
+        if prompt:  # "a castle [ugly, blurry]": the bracketed part is the negative
+            m = re.fullmatch(r"(.*?)\s*\[(.*)\]\s*", prompt, re.S)
+            if m:
+                prompt, meta["negative"] = m.group(1).strip(), m.group(2).strip()
+        return PromptReading(prompt or None, meta, "invokeai", ["sd-metadata: image.prompt"],
+                             None if prompt else "the InvokeAI metadata has no prompt")
+    dream = raw.text.get("Dream")
+    if dream:
+        m = re.match(r'\s*"(.*?)"', dream, re.S)
+        prompt = m.group(1) if m else None
+        return PromptReading(prompt, {}, "invokeai", ["Dream"], None if prompt else "the Dream field has no prompt")
+    return None
+
+
+def _pick(d: Mapping[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for src, dst in keys.items():
+        v = d.get(src)
+        if dst not in out and isinstance(v, (str, int, float)) and not isinstance(v, bool) and v != "":
+            out[dst] = v
+    return out
+
+
+def _str(v: Any) -> str | None:
+    return v.strip() if isinstance(v, str) and v.strip() else None
+
+
+def parse_a1111(text: str) -> tuple[str | None, dict[str, Any]]:
+    """Prompt, negative, settings and <lora:...> tags from an A1111 `parameters` string."""
+    lines = text.strip().splitlines()
+    if not lines:
+        return None, {}
+    settings_at = next((i for i in range(len(lines) - 1, -1, -1) if re.match(r"^\s*Steps:\s*\d", lines[i])), None)
+    body = lines[:settings_at] if settings_at is not None else lines
+    meta: dict[str, Any] = {}
+    neg_at = next((i for i, ln in enumerate(body) if ln.startswith("Negative prompt:")), None)
+    prompt_lines = body[:neg_at] if neg_at is not None else body
+    if neg_at is not None:
+        meta["negative"] = "\n".join([body[neg_at][len("Negative prompt:"):].strip()] + body[neg_at + 1:]).strip()
+    prompt = "\n".join(prompt_lines).strip()
+    loras = [{"name": m.group(1), "strength": float(m.group(2) or 1.0)} for m in _LORA_TAG.finditer(prompt)]
+    if loras:
+        meta["loras"] = loras
+        prompt = re.sub(r"\s+,", ",", re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub("", prompt))).strip(" ,")
+    if settings_at is not None:
+        settings = {k.strip(): v.strip().strip('"') for k, v in _A1111_KV.findall(lines[settings_at])}
+        if settings.get("Seed", "").isdigit():
+            meta["seed"] = int(settings["Seed"])
+        if settings.get("Model"):
+            meta["checkpoint"] = settings["Model"]
+        if settings.get("Steps", "").isdigit():
+            meta["steps"] = int(settings["Steps"])
+        for key, out in (("Sampler", "sampler"), ("Schedule type", "scheduler")):
+            if settings.get(key):
+                meta[out] = settings[key]
+        try:
+            meta["cfg"] = float(settings["CFG scale"])
+        except (KeyError, ValueError):
+            pass
+        size = re.fullmatch(r"(\d+)x(\d+)", settings.get("Size", ""))
+        if size:
+            meta["width"], meta["height"] = int(size.group(1)), int(size.group(2))
+    return prompt or None, meta
