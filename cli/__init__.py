@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb("delete", "delete entries matching a metadata filter")
     sp.add_argument("vault")
     sp.add_argument("--filter", required=True, help="e.g. 'quality<0.3' or 'checkpoint=badModel'")
+    sp.add_argument("--yes", action="store_true", help="confirm when the filter matches every entry")
+
+    sp = verb("upgrade", "rewrite a vault of an older format version in the current one (entry ids kept)")
+    sp.add_argument("vault")
 
     sp = verb("rebuild", "rebuild the search index (optionally compacting deleted entries away first)")
     sp.add_argument("vault")
@@ -185,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError, RecursionError, RuntimeError, TypeError, KeyError, IndexError) as e:
+        # what no input should cause: still one line (exit 2, "cannot do that"), the details with -v
+        if args.verbose:
+            raise
+        print(f"error: {type(e).__name__}: {e} (run with -v for the details)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

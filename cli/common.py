@@ -50,16 +50,29 @@ def _jsonable(x: Any) -> Any:
 
 
 def read_embeddings(path: str) -> tuple[np.ndarray, dict[str, str]]:
-    """An `embeddings` [N, D] tensor (and header metadata) from a safetensors file."""
-    from safetensors import safe_open
+    """An `embeddings` [N, D] float tensor (and header metadata) from a safetensors file, as float32.
+
+    fp16/bf16/fp32/fp64 are accepted; integer or boolean tensors are not embeddings and are refused.
+    """
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"embeddings file {p} does not exist")
-    with safe_open(str(p), framework="numpy") as f:
-        if "embeddings" not in f.keys():
-            raise UsageError(f"{p} has no tensor named 'embeddings' (found: {', '.join(f.keys())})")
-        return f.get_tensor("embeddings"), dict(f.metadata() or {})
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            if "embeddings" not in f.keys():
+                raise UsageError(f"{p} has no tensor named 'embeddings' (found: {', '.join(list(f.keys())[:10]) or 'none'})")
+            t = f.get_tensor("embeddings")
+            meta = dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise UsageError(f"{p} is not a readable safetensors file ({e})") from e
+    if not t.is_floating_point():
+        raise UsageError(f"{p}: embeddings are {str(t.dtype).replace('torch.', '')}; expected floating-point "
+                         "image embeddings (float16/bfloat16/float32)")
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise UsageError(f"{p}: embeddings have shape {tuple(t.shape)}; expected [N, D] with N, D > 0")
+    return t.float().numpy(), {str(k): str(v) for k, v in meta.items()}
 
 
 def read_jsonl(path: str) -> list[dict[str, Any] | None]:

@@ -1,7 +1,8 @@
-"""CLI verbs on vaults: build, append, query, info, verify, merge, delete, rebuild."""
+"""CLI verbs on vaults: build, append, query, info, verify, merge, delete, rebuild, upgrade."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from ..vault import (
     merge,
     rebuild_index,
     search,
+    upgrade,
 )
 from ..vault.entries import AddReport
+from ..vault.errors import VaultCorruptError, VaultFormatError
 from ..vault.thumbnails import make_thumbnail
 from .common import UsageError, emit, progress_bar, read_embeddings, read_jsonl
 
@@ -111,15 +114,24 @@ def cmd_append(vault: str, embeddings: str, entries: str, encoder_name: str | No
 
 
 def _parse_rows(rows: str | None, n: int) -> list[int]:
-    if not rows:
+    """'0,3,10-12' -> [0, 3, 10, 11, 12], each row checked against 0..n-1; one-line errors otherwise."""
+    if rows is None:
         return list(range(n))
-    out = []
+    out: list[int] = []
     for part in rows.split(","):
-        a, _, b = part.partition("-")
-        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
-    bad = [r for r in out if not 0 <= r < n]
-    if bad:
-        raise UsageError(f"rows {bad} are outside 0..{n - 1}")
+        part = part.strip()
+        m = re.fullmatch(r"(\d{1,12})(?:-(\d{1,12}))?", part)
+        if not m:
+            raise UsageError(f"--rows {rows!r}: {part!r} is not a row or a range; write rows like 0,3,10-12 "
+                             f"(rows count from 0; this file has rows 0..{n - 1})")
+        a, b = int(m.group(1)), int(m.group(2)) if m.group(2) else int(m.group(1))
+        if b < a:
+            raise UsageError(f"--rows {rows!r}: the range {part} runs backwards")
+        if b >= n:
+            raise UsageError(f"--rows {rows!r}: row {b} is outside 0..{n - 1}")
+        if len(out) + b - a + 1 > 1_000_000:
+            raise UsageError(f"--rows {rows!r}: more than a million rows")
+        out.extend(range(a, b + 1))
     return out
 
 
@@ -183,7 +195,12 @@ def _tuning_lines(st: Any) -> list[str]:
 
 
 def cmd_verify(vault: str, json: bool = False) -> int:
-    v = Vault.open(vault)
+    """Exit 0: the vault checks out; 1: problems found (listed); 2: not a vault or cannot run."""
+    try:
+        v = Vault.open(vault)
+    except (VaultCorruptError, VaultFormatError) as e:  # a vault that does not even open has problems to report
+        emit({"vault": vault, "ok": False, "problems": [str(e)]}, json, f"{vault}: 1 problem(s)\n  {e}")
+        return 1
     with progress_bar("verifying", "B", not json) as cb:
         problems = v.verify(progress=cb)
     emit({"vault": vault, "ok": not problems, "problems": problems}, json,
@@ -203,10 +220,22 @@ def cmd_merge(out: str, sources: list[str], category: str | None = None, drop_ba
     return 0
 
 
-def cmd_delete(vault: str, filter: str, json: bool = False) -> int:
+def cmd_delete(vault: str, filter: str, yes: bool = False, json: bool = False) -> int:
+    v = Vault.open(vault)
+    matching = int(v.filter_mask(filter).sum())
+    if matching and matching == len(v) and not yes:
+        raise UsageError(f"the filter '{filter}' matches all {matching} live entries of {vault}: add --yes to delete "
+                         "them all")
     n = delete_where(vault, filter)
     v = Vault.open(vault)
     emit({"vault": vault, "deleted": n, "entries": len(v)}, json, f"{vault}: deleted {n} entries matching '{filter}'; {len(v)} remain")
+    return 0
+
+
+def cmd_upgrade(vault: str, json: bool = False) -> int:
+    m = upgrade(vault)
+    emit({"vault": vault, "format_version": m.format_version, "entries": m.entries}, json,
+         f"{vault}: rewritten as format version {m.format_version} ({m.entries} entries, ids unchanged)")
     return 0
 
 

@@ -135,7 +135,7 @@ def test_plain_names_pass() -> None:
 
 
 def test_index_cache_of_a_different_vault_is_not_used(tmp_path: Path) -> None:
-    """A cached index is bound to the vault's segment list: replacing the vault forces a rebuild."""
+    """A cached index is bound to the vault's id and content: replacing the vault forces a rebuild."""
     from luna_vault.vault import get_index
 
     path = tmp_path / "v.vault"
@@ -147,7 +147,7 @@ def test_index_cache_of_a_different_vault_is_not_used(tmp_path: Path) -> None:
     build(path, y, [f"q{i}" for i in range(600)], encoder=ENC, category="eyes", index="IVF8,Flat", overwrite=True)
     v = Vault.open(path)
     second = get_index(v)
-    assert second.state.segments != first.state.segments
+    assert second.state.vault_id != first.state.vault_id and second.state.covered_digest != first.state.covered_digest
     assert second.state.built_at > first.state.built_at
     sims, ids = second.search(y[:3], 1)
     assert list(ids[:, 0]) == [0, 1, 2]

@@ -27,7 +27,7 @@ from .errors import (
 from .filters import Filter, parse_filter
 from .index import VaultIndex, choose_index
 from .manifest import EncoderFingerprint, TextSpec
-from .ops import append, build, compact, delete_where, merge, rebuild_index
+from .ops import append, build, compact, delete_where, merge, rebuild_index, upgrade
 from .query import Detection, Match, QueryResult, detect_category, get_index, search
 from .retrieve import Retrieval, retrieve
 from .store import Vault, VaultWriter
@@ -39,5 +39,5 @@ __all__ = [
     "VaultExistsError", "VaultFormatError", "VaultIndex", "VaultNotFoundError", "VaultWriter", "append",
     "baked_lookup", "blend", "build", "check_baked_family", "choose_index", "compact", "delete_where",
     "detect_category", "get_index", "merge", "parse_filter", "rebuild_index", "retrieval_weights",
-    "retrieved_conditioning", "Retrieval", "retrieve", "search", "text_lookup",
+    "retrieved_conditioning", "Retrieval", "retrieve", "search", "text_lookup", "upgrade",
 ]

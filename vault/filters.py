@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import QueryError
 
-_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(>=|<=|!=|=|>|<|~)\s*(.*?)\s*$")
+_COND = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]{0,99})[ \t]*(>=|<=|!=|=|>|<|~)(.*)", re.S)  # on a stripped part: linear
+MAX_FILTER = 4096
 _NUMERIC_OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
@@ -95,20 +96,26 @@ def parse_filter(spec: "str | Mapping[str, Any] | Filter | None") -> Filter:
         return spec
     if isinstance(spec, Mapping):
         return Filter(tuple(Condition(ALIASES.get(str(k), str(k)), "=", str(v)) for k, v in spec.items()))
+    text = str(spec)
+    if len(text) > MAX_FILTER:
+        raise QueryError(f"the filter is {len(text)} characters long; a filter may have at most {MAX_FILTER}")
     conditions = []
-    for part in re.split(r"[,\n;]", str(spec)):
-        if not part.strip():
+    for part in re.split(r"[,\n;]", text):
+        part = part.strip()
+        if not part:
             continue
-        m = _COND.match(part)
-        if not m or m.group(3) == "":
+        m = _COND.fullmatch(part)
+        if not m or not m.group(3).strip():
             raise QueryError(
-                f"cannot read filter condition {part.strip()!r}: write key=value, key!=value, key>=number, "
+                f"cannot read filter condition {part[:60]!r}: write key=value, key!=value, key>=number, "
                 "key<=number, key>number, key<number or key~text, separated by commas "
                 "(e.g. 'checkpoint=ponyXL, quality>=0.7')"
             )
-        key, op, value = m.groups()
+        key, op, value = m.group(1), m.group(2), m.group(3).strip()
         key = ALIASES.get(key.lower(), key)
         if op in _NUMERIC_OPS and _as_number(value) is None:
-            raise QueryError(f"filter condition {part.strip()!r}: {op} needs a number, got {value!r}")
+            raise QueryError(f"filter condition {part[:60]!r}: {op} needs a number, got {value[:40]!r}")
         conditions.append(Condition(key, op, value))
+    if not conditions and text.strip():
+        raise QueryError(f"the filter {text.strip()[:40]!r} has no condition: write e.g. 'checkpoint=ponyXL, quality>=0.7'")
     return Filter(tuple(conditions))

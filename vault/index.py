@@ -22,7 +22,9 @@ returned similarity is exact.
 
 A FAISS binary is only ever loaded from this machine's cache (never from a vault someone shared):
 `<cache>/index/<hash of the vault path>/` holds `index.faiss` and `index.json`, which binds it to
-the vault's segment list and checksums. Appends add only the new segments to a cached index.
+the vault's id and to a digest of the entries it covers; a loaded index must also find a sample of
+the vault's own entries. Appends add only the new entries to a cached index. One process builds
+or extends an index at a time (a lock in the cache folder): the others wait, then load it.
 Any FAISS factory string can be given instead of "auto" (inner-product metric).
 """
 
@@ -37,13 +39,15 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
+from filelock import FileLock
 
 from .atomic import atomic_write, atomic_write_bytes
+from .manifest import check_index_spec
 from .segment import prefetch
 
 if TYPE_CHECKING:
@@ -69,7 +73,7 @@ FLOOR_MAX_SHARE = 0.05  # a floor that would send more of the tuning queries to 
 MAX_EXACT_SHARE = 0.01  # the guard may answer this share of tuning queries exactly beyond those below its floor
 TUNE_QUERIES = 256  # per tuning query set (three sets)
 TUNE_K = 5
-INDEX_STATE_VERSION = 2
+INDEX_STATE_VERSION = 3
 ProgressFn = Callable[[int, int], None]
 
 
@@ -117,7 +121,8 @@ class IndexState:
 
     spec: str
     vault_path: str
-    segments: list[list[Any]] = field(default_factory=list)  # [file, sha256, entries] covered, in order
+    vault_id: str = ""
+    covered_digest: str = ""  # of the entries 0..ntotal-1 (see _content_digest)
     ntotal: int = 0
     trained_n: int = 0
     train_share: float = 1.0  # prompts (entries, when negative) whose hash is below this trained the partition
@@ -137,8 +142,17 @@ class IndexState:
     version: int = INDEX_STATE_VERSION
 
 
-def _segment_keys(vault: "Vault") -> list[list[Any]]:
-    return [[s.file, s.sha256, s.entries] for s in vault.manifest.segments]
+def _content_digest(vault: "Vault", n: int) -> str:
+    """Digest of the vault's first n entries as an index sees them: its id, and a fixed sample of vectors.
+
+    Stable when small segments are merged (the entries stay), different for another vault or when
+    entries are rewritten (a compaction renumbers them).
+    """
+    h = hashlib.sha256(f"{vault.manifest.vault_id}|{n}|{vault.dim}".encode())
+    if n:
+        ids = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))
+        h.update(np.ascontiguousarray(vault.embeddings(ids)).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -185,7 +199,7 @@ class VaultIndex:
                  recall_target: float = RECALL_TARGET, progress: ProgressFn | None = None,
                  latency_budget_ms: float = LATENCY_BUDGET_MS) -> None:
         self.vault = vault
-        self.requested = spec or vault.manifest.index or "auto"
+        self.requested = check_index_spec(spec or vault.manifest.index or "auto", vault.dim)
         self.spec = choose_index(vault.n_entries, vault.dim) if self.requested == "auto" else self.requested
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.recall_target = recall_target
@@ -219,24 +233,58 @@ class VaultIndex:
 
         if self.exact:
             return self._build_flat(faiss)
+        cached = self._load_cached(faiss, progress)
+        if cached is not None:
+            return self._maybe_gpu(cached)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.folder / "build.lock")):  # one builder per vault on this machine; the others wait
+            cached = self._load_cached(faiss, progress)  # ... and find what it built
+            if cached is not None:
+                return self._maybe_gpu(cached)
+            return self._maybe_gpu(self._build_ivf(faiss, progress))
+
+    def _load_cached(self, faiss: Any, progress: ProgressFn | None) -> Any:
+        """The cached index, extended to the vault's new entries, or None when there is none to trust."""
         state = self._read_state()
-        keys = _segment_keys(self.vault)
-        if state is not None and state.spec == self.spec and keys[: len(state.segments)] == state.segments:
-            try:
-                index = _expand_quantizer(faiss, faiss.read_index(str(self.folder / "index.faiss")))
-            except RuntimeError as e:
-                log.warning("cached index for %s unreadable (%s); rebuilding", self.vault.path, e)
-            else:
-                if index.ntotal == state.ntotal:
-                    self.state = state
-                    if len(state.segments) < len(keys):
-                        grown = self.vault.n_entries > 4 * max(state.trained_n, 1) and self.requested == "auto"
-                        if not grown:
-                            self._extend(index, progress)
-                            return self._maybe_gpu(index)
-                    else:
-                        return self._maybe_gpu(index)
-        return self._maybe_gpu(self._build_ivf(faiss, progress))
+        if (state is None or state.spec != self.spec or state.vault_id != self.vault.manifest.vault_id
+                or state.ntotal > self.vault.n_entries
+                or state.covered_digest != _content_digest(self.vault, state.ntotal)):
+            return None
+        grown = self.vault.n_entries > 4 * max(state.trained_n, 1) and self.requested == "auto"
+        if grown:
+            return None
+        try:
+            index = _expand_quantizer(faiss, faiss.read_index(str(self.folder / "index.faiss")))
+        except RuntimeError as e:
+            log.warning("cached index for %s unreadable (%s); rebuilding", self.vault.path, e)
+            return None
+        if index.ntotal != state.ntotal or index.d != self.vault.dim:
+            return None
+        self.state = state
+        if not self._finds_itself(index):
+            log.warning("the cached index at %s does not find the vault's own entries; rebuilding", self.folder)
+            self.state = None
+            return None
+        if state.ntotal < self.vault.n_entries:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.folder / "build.lock")):
+                fresh = self._read_state()
+                if fresh is not None and fresh.ntotal > state.ntotal:  # another process extended it meanwhile
+                    return self._load_cached(faiss, progress)
+                self._extend(index, progress)
+        return index
+
+    def _finds_itself(self, index: Any, sample: int = 8) -> bool:
+        """Does the index return a few of the vault's own vectors as their own best match? (A cache file
+        from another vault of the same size does not.)"""
+        live = np.flatnonzero(self.vault.live_mask()[: index.ntotal])
+        if not len(live) or self.state is None:
+            return True
+        ids = live[np.unique(np.linspace(0, len(live) - 1, min(sample, len(live))).astype(np.int64))]
+        q = self.vault.embeddings(ids).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        sims, got, _ = self._ann(index, q, 1, self.state.nprobe, self.state.k_factor, None)
+        return float(np.mean((got[:, 0] == ids) | (sims[:, 0] > 0.999))) >= 0.75
 
     def _read_state(self) -> IndexState | None:
         path = self.folder / "index.json"
@@ -294,7 +342,7 @@ class VaultIndex:
         index.train(train)
         del train
         self.state = IndexState(spec=self.spec, vault_path=str(vault.path.resolve()), trained_n=vault.n_entries,
-                                train_share=share, built_at=time.time())
+                                train_share=share, built_at=time.time(), vault_id=vault.manifest.vault_id)
         self._extend(index, progress, tune=False)
         self._prefetch.join()
         self._tune(index)
@@ -303,22 +351,24 @@ class VaultIndex:
         return index
 
     def _extend(self, index: Any, progress: ProgressFn | None, tune: bool = True) -> None:
-        """Add the segments the index does not cover yet (all of them for a fresh index)."""
+        """Add the entries the index does not cover yet (all of them for a fresh index), checking each
+        vector is unit length as it is read (a damaged file is refused here, not searched)."""
         assert self.state is not None
-        keys = _segment_keys(self.vault)
-        todo = self.vault.segments[len(self.state.segments):]
-        total = sum(s.n for s in todo)
+        start, stop = index.ntotal, self.vault.n_entries
         done = 0
-        for seg in todo:
-            for a in range(0, seg.n, 65536):
-                block = np.asarray(seg.embeddings[a : a + 65536], dtype=np.float32)
-                index.add(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-        self.state.segments = keys
+        for first, block in self.vault.iter_embedding_blocks():
+            if first + len(block) <= start:
+                continue
+            block = np.asarray(block[max(0, start - first):], dtype=np.float32)
+            _check_unit(self.vault, block, max(first, start))
+            index.add(block)
+            done += len(block)
+            if progress:
+                progress(done, stop - start)
         self.state.ntotal = index.ntotal
-        if tune and todo:
+        self.state.vault_id = self.vault.manifest.vault_id
+        self.state.covered_digest = _content_digest(self.vault, index.ntotal)
+        if tune and done:
             if index.ntotal > 1.25 * max(self.state.tuned_n, 1):
                 self._prefetch.join()
                 self._tune(index)
@@ -721,6 +771,32 @@ def _two_level_centroids(train: np.ndarray, nlist: int) -> np.ndarray:
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
+def _check_unit(vault: "Vault", block: np.ndarray, first: int) -> None:
+    norms = np.linalg.norm(block, axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-2))
+    if len(bad):
+        from .errors import VaultCorruptError
+
+        i = int(bad[0])
+        raise VaultCorruptError(
+            f"vault '{vault.name}': {len(bad)} stored embeddings are not unit length (entry {first + i} has norm "
+            f"{norms[i]:.4g}): a file was damaged or edited after it was written; run `luna-vault verify` and restore "
+            "the vault from a good copy")
+
+
+def _check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> None:
+    """Unit vectors cannot be more similar than 1: a result above it is a damaged stored vector."""
+    over = np.isfinite(sims) & (sims > 1.0 + 1e-2)
+    if over.any():
+        from .errors import VaultCorruptError
+
+        r, c = (int(x[0]) for x in np.nonzero(over))
+        raise VaultCorruptError(
+            f"vault '{vault.name}': entry {int(ids[r, c])} matches with similarity {float(sims[r, c]):.4g} > 1, so its "
+            "stored embedding is not unit length: a file changed after it was written; run `luna-vault verify` and "
+            "restore the vault from a good copy")
+
+
 def _ivf_of(faiss: Any, index: Any) -> Any:
     try:
         return faiss.extract_index_ivf(index)
@@ -810,7 +886,9 @@ def rerank(vault: "Vault", queries: np.ndarray, cand: np.ndarray, k: int, allowe
         ids = cand[0][cand[0] >= 0]  # (a torch op here would wake its own thread pool while BLAS's still spins)
         sims = vault.embeddings(ids).astype(np.float32) @ np.asarray(queries[0], dtype=np.float32)
         order = np.argsort(-sims, kind="stable")[:k]
-        return _pad(sims[order][None].astype(np.float32), ids[order][None], k)
+        out_s, out_i = sims[order][None].astype(np.float32), ids[order][None]
+        _check_similarities(vault, out_s, out_i)
+        return _pad(out_s, out_i, k)
     valid = cand >= 0
     safe = np.where(valid, cand, 0)
     q = torch.from_numpy(queries)
@@ -827,6 +905,7 @@ def rerank(vault: "Vault", queries: np.ndarray, cand: np.ndarray, k: int, allowe
         top_s[a:b] = s.numpy()
         top_i[a:b] = np.take_along_axis(cand[a:b], pos.numpy(), axis=1)
     top_i[~np.isfinite(top_s)] = -1
+    _check_similarities(vault, top_s, top_i)
     return _pad(top_s, top_i, k)
 
 
@@ -870,7 +949,9 @@ def exact_search(vault: "Vault", queries: np.ndarray, k: int, allowed: np.ndarra
     if best_s.shape[1]:  # best first (a single block was never merged)
         best_s, pos = torch.topk(best_s, best_s.shape[1], dim=1)
         best_i = torch.gather(best_i, 1, pos)
-    return _pad(best_s.numpy().astype(np.float32), best_i.numpy().astype(np.int64), k)
+    out_s, out_i = best_s.numpy().astype(np.float32), best_i.numpy().astype(np.int64)
+    _check_similarities(vault, out_s, out_i)
+    return _pad(out_s, out_i, k)
 
 
 def _pad(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

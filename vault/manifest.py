@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,9 +18,17 @@ from .atomic import atomic_write_bytes
 from .errors import EncoderMismatchError, VaultCorruptError, VaultFormatError, VaultNotFoundError
 
 FORMAT_NAME = "luna-vault"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments carry the vault's id and their entry/prompt range (bound to their place)
 MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_SEGMENTS = 1000  # a writer merges small segments long before this (see store.MERGE_AT)
+MAX_ENTRIES = 1 << 34
+MAX_DIM = 65536
+MAX_NAME = 200
+SEGMENT_NAME = re.compile(r"^seg-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
+DELETED_NAME = re.compile(r"^del-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VAULT_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
 PROBE_MIN_COSINE = 0.98
 
@@ -134,6 +145,7 @@ class Manifest:
     generation: int = 0
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    vault_id: str = field(default_factory=lambda: os.urandom(8).hex())  # what every segment is bound to
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -175,11 +187,17 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 
 def read_manifest(folder: Path) -> Manifest:
-    """Read and validate a manifest; clear errors for a missing, foreign, newer or damaged one."""
+    """Read and validate a manifest; clear errors for a missing, foreign, newer, damaged or forged one.
+
+    A vault from someone else is untrusted input: every field is checked against the limits of the
+    format before anything is opened (names of files inside the folder only, counts and sizes in
+    range, an index of a known family), so a bad manifest is one clear error, never a crash.
+    """
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise VaultNotFoundError(f"no vault at {folder}: the folder does not exist")
+        what = "is a file, not a vault folder" if folder.exists() else "does not exist"
+        raise VaultNotFoundError(f"no vault at {folder}: the path {what}")
     if not path.is_file():
         raise VaultNotFoundError(
             f"{folder} is not a vault: it has no {MANIFEST} (an interrupted first build leaves only this; "
@@ -192,36 +210,166 @@ def read_manifest(folder: Path) -> Manifest:
         d = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VaultCorruptError(f"{path} is not valid JSON ({e}); the vault is damaged") from e
+    except RecursionError as e:
+        raise VaultCorruptError(f"{path} is JSON nested too deeply to be a manifest; the vault is damaged") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
         raise VaultFormatError(f"{path} is not a Luna Vault manifest (format={d.get('format') if isinstance(d, dict) else None!r})")
     version = d.get("format_version")
     if version != FORMAT_VERSION:
+        if version == 1:
+            raise VaultFormatError(
+                f"vault {folder} has format version 1, from before segments were bound to their vault; "
+                f"run `luna-vault upgrade {folder}` once to rewrite it as version {FORMAT_VERSION}"
+            )
         raise VaultFormatError(
             f"vault {folder} has format version {version!r}; this Luna Vault reads version {FORMAT_VERSION}. "
             + ("Upgrade luna-vault to open it." if isinstance(version, int) and version > FORMAT_VERSION else "")
         )
     try:
-        segments = tuple(SegmentInfo(**s) for s in d["segments"])
-        deleted = SegmentInfo(**d["deleted"]) if d.get("deleted") else None
-        m = Manifest(
-            encoder=EncoderFingerprint.from_json(d["encoder"]),
-            category=str(d["category"]),
-            segments=segments,
-            text=TextSpec.from_json(d["text"]) if d.get("text") else None,
-            deleted=deleted,
-            deleted_count=int(d.get("deleted_count", 0)),
-            index=str(d.get("index", "auto")),
-            generation=int(d["generation"]),
-            created=float(d["created"]),
-            updated=float(d["updated"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise VaultCorruptError(f"{path} is missing or has malformed fields ({e!r}); the vault is damaged") from e
+        m = manifest_from_json(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VaultCorruptError(f"{path}: {e}; the vault is damaged or was edited") from e
     counts = d.get("counts", {})
-    if counts and (counts.get("entries") != m.entries or counts.get("prompts") != m.prompts):
+    if counts and (not isinstance(counts, dict) or counts.get("entries") != m.entries or counts.get("prompts") != m.prompts):
         raise VaultCorruptError(
             f"{path}: counts {counts} disagree with its segment list ({m.entries} entries, {m.prompts} prompts)"
         )
-    if m.encoder.dim <= 0:
-        raise VaultCorruptError(f"{path}: encoder dim {m.encoder.dim} is not positive")
     return m
+
+
+def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
+    """A Manifest from its JSON, every field checked; ValueError/TypeError/KeyError name the bad one."""
+    segments_raw = d["segments"]
+    if not isinstance(segments_raw, list):
+        raise TypeError("'segments' is not a list")
+    if len(segments_raw) > MAX_SEGMENTS:
+        raise ValueError(f"it lists {len(segments_raw)} segment files, over the {MAX_SEGMENTS} a vault may have "
+                         "(Luna Vault's writer merges small segments long before)")
+    segments = tuple(_segment_info(s, SEGMENT_NAME) for s in segments_raw)
+    names = [s.file for s in segments]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"segment {dup} is listed more than once")
+    deleted = _segment_info(d["deleted"], DELETED_NAME) if d.get("deleted") is not None else None
+    deleted_count = _int(d.get("deleted_count", 0), "deleted_count", 0, MAX_ENTRIES)
+    entries = sum(s.entries for s in segments)
+    if (deleted is None) != (deleted_count == 0) or (deleted is not None and deleted.entries != deleted_count):
+        raise ValueError(f"deleted_count {deleted_count} does not match the deletion list "
+                         f"({'none' if deleted is None else f'{deleted.entries} ids'})")
+    if deleted_count > entries:
+        raise ValueError(f"{deleted_count} deleted entries of {entries}")
+    enc = d["encoder"]
+    if not isinstance(enc, dict):
+        raise TypeError("'encoder' is not an object")
+    encoder = EncoderFingerprint.from_json(enc)
+    _text(encoder.name, "encoder name")
+    _int(encoder.dim, "encoder dim", 1, MAX_DIM)
+    _text(encoder.weights_hash, "encoder weights hash", allow_empty=True)
+    if encoder.probe is not None and (len(encoder.probe) > encoder.dim or not all(math.isfinite(x) for x in encoder.probe)):
+        raise ValueError(f"the encoder probe is not a list of at most {encoder.dim} finite numbers")
+    text = None
+    if d.get("text") is not None:
+        if not isinstance(d["text"], dict):
+            raise TypeError("'text' is not an object")
+        text = TextSpec.from_json(d["text"])
+        _text(text.family, "text family")
+        _int(text.dim, "text dim", 1, MAX_DIM)
+        _int(text.pooled_dim, "text pooled dim", 1, MAX_DIM)
+    vault_id = d.get("vault_id")
+    if not legacy and not (isinstance(vault_id, str) and _VAULT_ID.match(vault_id)):
+        raise ValueError(f"vault_id {vault_id!r} is not the hex id a writer records")
+    index = d.get("index", "auto")
+    if not isinstance(index, str):
+        raise TypeError("'index' is not a string")
+    check_index_spec(index, encoder.dim)
+    times = [d["created"], d["updated"]]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
+        raise ValueError("created/updated are not times")
+    return Manifest(
+        encoder=encoder,
+        category=_text(d["category"], "category"),
+        segments=segments,
+        text=text,
+        deleted=deleted,
+        deleted_count=deleted_count,
+        index=index,
+        generation=_int(d["generation"], "generation", 0, 999_999),
+        created=float(d["created"]),
+        updated=float(d["updated"]),
+        vault_id=vault_id if isinstance(vault_id, str) else os.urandom(8).hex(),
+        format_version=int(d.get("format_version", FORMAT_VERSION)),
+    )
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} is {v!r}, not a whole number")
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} {v} is outside {lo}..{hi}")
+    return v
+
+
+def _text(v: Any, what: str, allow_empty: bool = False) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{what} is {type(v).__name__}, not text")
+    if len(v) > MAX_NAME or (not v and not allow_empty) or any(ord(c) < 32 for c in v):
+        raise ValueError(f"{what} {v[:40]!r} is not a short single-line text")
+    return v
+
+
+def _segment_info(s: Any, pattern: re.Pattern[str]) -> SegmentInfo:
+    if not isinstance(s, dict):
+        raise TypeError(f"a segment record is {type(s).__name__}, not an object")
+    unknown = set(s) - {f.name for f in fields(SegmentInfo)}
+    if unknown:
+        raise ValueError(f"a segment record has unknown fields {sorted(unknown)}")
+    info = SegmentInfo(**s)
+    if not isinstance(info.file, str) or not pattern.match(info.file):
+        raise ValueError(f"segment file name {str(info.file)[:80]!r} is not one a Luna Vault writer makes "
+                         "(names are plain files inside the vault folder)")
+    _int(info.entries, f"{info.file}: entries", 0, 1 << 31)
+    _int(info.prompts, f"{info.file}: prompts", 0, max(info.entries, 0))
+    _int(info.bytes, f"{info.file}: bytes", 8, 1 << 40)
+    _int(info.baked_tokens, f"{info.file}: baked_tokens", 0, 1 << 40)
+    if not isinstance(info.sha256, str) or not _SHA256.match(info.sha256):
+        raise ValueError(f"{info.file}: sha256 {str(info.sha256)[:80]!r} is not a SHA-256 hex digest")
+    if not isinstance(info.thumbnails, bool):
+        raise TypeError(f"{info.file}: thumbnails is not true/false")
+    return info
+
+
+# ---- index specs ------------------------------------------------------------------------------------
+_INDEX_SPECS = (
+    re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,PQ(?P<pq>\d{1,5})x4fs$"),
+    re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,PQ(?P<pq>\d{1,5})(?:x(?P<bits>4|8))?$"),
+    re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,(?:Flat|SQ8|SQfp16)$"),
+    re.compile(r"^HNSW(?P<m>\d{1,3})(?:,Flat)?$"),
+)
+INDEX_SPEC_HELP = ("'auto', 'Flat', 'IVF<lists>,PQ<m>x4fs', 'IVF<lists>,PQ<m>[x4|x8]', 'IVF<lists>,Flat|SQ8|SQfp16' "
+                   "(optionally IVF<lists>_HNSW<M>) or 'HNSW<M>', with lists 1..65536, M 4..64 and m dividing the "
+                   "embedding dim")
+
+
+def check_index_spec(spec: str, dim: int | None = None) -> str:
+    """`spec` if it is an index family this vault can use with bounded parameters; else VaultFormatError.
+
+    The manifest's index string reaches FAISS's factory, so it is untrusted input: only these
+    families, only sizes that fit in memory.
+    """
+    if spec in ("auto", "Flat"):
+        return spec
+    m = next((p.match(spec) for p in _INDEX_SPECS if p.match(spec)), None)
+    why = None
+    if m is None:
+        why = "not a known index family"
+    else:
+        g = m.groupdict()
+        if g.get("nlist") is not None and not 1 <= int(g["nlist"]) <= 65536:
+            why = f"{g['nlist']} lists is outside 1..65536"
+        elif g.get("m") is not None and not 4 <= int(g["m"]) <= 64:
+            why = f"HNSW M {g['m']} is outside 4..64"
+        elif g.get("pq") is not None and (int(g["pq"]) < 1 or (dim and (int(g["pq"]) > dim or dim % int(g["pq"])))):
+            why = f"PQ{g['pq']} does not divide the {dim}-d embeddings"
+    if why:
+        raise VaultFormatError(f"index {spec[:60]!r} cannot be used ({why}); expected {INDEX_SPEC_HELP}")
+    return spec

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .atomic import writer_lock
 from .entries import AddReport
 from .errors import DimensionError, EncoderMismatchError, QueryError, VaultError
 from .filters import Filter, parse_filter
 from .index import RECALL_TARGET, VaultIndex, index_cache_folder
 from .manifest import EncoderFingerprint, Manifest, TextSpec
-from .store import ProgressFn, TextEncodeFn, Vault, VaultWriter
+from .store import ProgressFn, TextEncodeFn, Vault, VaultWriter, cleanup_orphans
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +180,43 @@ def rebuild_index(path: PathLike, spec: str | None = None, cache_dir: Path | Non
     vault = Vault.open(path)
     shutil.rmtree(index_cache_folder(vault, cache_dir), ignore_errors=True)
     return VaultIndex(vault, cache_dir=cache_dir, recall_target=recall_target, progress=progress)
+
+
+def upgrade(path: PathLike) -> Manifest:
+    """Rewrite a vault of format version 1 as the current version: each segment and the deletion list
+    again, now bound to the vault and to their place (entry ids, prompts and deletions unchanged)."""
+    import json
+
+    from .manifest import FORMAT_VERSION, MANIFEST, manifest_from_json, write_manifest
+    from .segment import Binding, Segment, concat_segments, write_deleted, write_segment
+
+    folder = Path(path)
+    if not (folder / "manifest.json").is_file():
+        Vault.open(folder)  # the right "not a vault" error
+    with writer_lock(folder):
+        try:
+            d = json.loads((folder / MANIFEST).read_bytes())
+            old = manifest_from_json(d, legacy=True)
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+            raise VaultError(f"{folder}: the manifest cannot be read for an upgrade ({e})") from e
+        if old.format_version == FORMAT_VERSION and d.get("vault_id"):
+            return Vault.open(folder).manifest
+        new = old.evolve(format_version=FORMAT_VERSION, vault_id=os.urandom(8).hex())
+        text_dims = (old.text.dim, old.text.pooled_dim) if old.text else None
+        infos, eb, pb = [], 0, 0
+        for i, info in enumerate(old.segments):
+            seg = Segment(folder, info, old.encoder.dim, text_dims, eb, pb)
+            name = f"seg-{new.generation:06d}-{i:04d}-{os.urandom(4).hex()}.safetensors"
+            infos.append(write_segment(folder, name, concat_segments([seg]), Binding(new.vault_id, eb, pb)))
+            eb, pb = eb + info.entries, pb + info.prompts
+        deleted = None
+        if old.deleted is not None:
+            from .segment import read_deleted
+
+            ids = read_deleted(folder, old.deleted)
+            deleted = write_deleted(folder, f"del-{new.generation:06d}-{len(infos):04d}-{os.urandom(4).hex()}.safetensors",
+                                    ids, new.vault_id)
+        new = replace(new, segments=tuple(infos), deleted=deleted)
+        write_manifest(folder, new)
+        cleanup_orphans(folder, new)
+    return Vault.open(folder).manifest

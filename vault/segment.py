@@ -25,7 +25,8 @@ from .manifest import SegmentInfo
 
 SEGMENT_KIND = "luna-vault-segment"
 DELETED_KIND = "luna-vault-deleted"
-MAX_HEADER_BYTES = 100 << 20
+MAX_HEADER_BYTES = 64 << 10  # ours hold a dozen tensors: a bigger header is not a segment, and costs time to parse
+MAX_TENSORS = 32
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
 
@@ -74,11 +75,28 @@ class SegmentData:
         return t
 
 
-def write_segment(folder: Path, name: str, data: SegmentData) -> SegmentInfo:
+@dataclass(frozen=True)
+class Binding:
+    """Where a segment belongs: its vault's id and the first entry and prompt id it holds.
+
+    Written into every segment (safetensors metadata) and checked on open, so a manifest whose list
+    was reordered, duplicated or filled with another vault's files is refused, not misread.
+    """
+
+    vault_id: str
+    entry_base: int
+    prompt_base: int
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"vault_id": self.vault_id, "entry_base": str(self.entry_base), "prompt_base": str(self.prompt_base)}
+
+
+def write_segment(folder: Path, name: str, data: SegmentData, binding: Binding) -> SegmentInfo:
     """Write a segment atomically (temp + fsync + rename) and return its manifest record."""
     path = Path(folder) / name
     tensors = data.tensors()
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kind": SEGMENT_KIND}))
+    meta = {"kind": SEGMENT_KIND, **binding.to_metadata()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return SegmentInfo(
         file=name,
         entries=len(data.embeddings),
@@ -90,61 +108,79 @@ def write_segment(folder: Path, name: str, data: SegmentData) -> SegmentInfo:
     )
 
 
-def write_deleted(folder: Path, name: str, ids: np.ndarray) -> SegmentInfo:
+def write_deleted(folder: Path, name: str, ids: np.ndarray, vault_id: str) -> SegmentInfo:
     """Write the tombstone file: the sorted ids of every deleted entry."""
     path = Path(folder) / name
     ids = np.ascontiguousarray(np.unique(ids), dtype=np.int64)
-    atomic_write(path, lambda tmp: save_file({"ids": ids}, str(tmp), metadata={"kind": DELETED_KIND}))
+    meta = {"kind": DELETED_KIND, "vault_id": vault_id}
+    atomic_write(path, lambda tmp: save_file({"ids": ids}, str(tmp), metadata=meta))
     return SegmentInfo(file=name, entries=len(ids), prompts=0, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
-def map_safetensors(path: Path, expected_bytes: int, expected_kind: str) -> dict[str, np.ndarray]:
-    """Memory-map every tensor of a safetensors file after checking its size and header.
+def map_safetensors(path: Path, expected_bytes: int, expected_kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Memory-map every tensor of a safetensors file after checking its size and header: (tensors, metadata).
 
     Nothing is read beyond the header: arrays are views on one read-only mapping. A file whose size
     differs from the manifest's record, or whose header is malformed, raises VaultCorruptError.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from {path.parent}")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise FileNotFoundError(path)
+    except OSError as e:  # missing (or removed by a writer's cleanup while we open: Vault.open tries again)
+        raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
     if size != expected_bytes:
         raise VaultCorruptError(
             f"{path.name} is {size} bytes but the manifest records {expected_bytes}: the file is truncated or "
             "was replaced; restore the vault from a good copy"
         )
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115  (closed below; a writer's cleanup may remove it after the stat)
+    except OSError as e:
+        raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
+    with f:
         head = f.read(8)
         if len(head) < 8:
             raise VaultCorruptError(f"{path.name} is too short to be a safetensors file")
         (hlen,) = struct.unpack("<Q", head)
         if hlen > min(MAX_HEADER_BYTES, size - 8):
-            raise VaultCorruptError(f"{path.name}: header length {hlen} is impossible for a {size}-byte file")
+            raise VaultCorruptError(f"{path.name}: a header of {hlen} bytes is not a vault segment's "
+                                    f"(at most {MAX_HEADER_BYTES}, within the file)")
         try:
             header = json.loads(f.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise VaultCorruptError(f"{path.name}: unreadable safetensors header ({e})") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise VaultCorruptError(f"{path.name}: unreadable safetensors header ({type(e).__name__})") from e
+    if not isinstance(header, dict) or len(header) > MAX_TENSORS + 1:
+        raise VaultCorruptError(f"{path.name}: the header is not a table of at most {MAX_TENSORS} tensors")
     meta = header.pop("__metadata__", {}) or {}
-    if meta.get("kind") != expected_kind:
-        raise VaultCorruptError(f"{path.name} is not a {expected_kind} file (kind={meta.get('kind')!r})")
+    if not isinstance(meta, dict) or meta.get("kind") != expected_kind:
+        raise VaultCorruptError(f"{path.name} is not a {expected_kind} file (kind={meta.get('kind') if isinstance(meta, dict) else None!r})")
     data_start = 8 + hlen
     buf = np.zeros(0, np.uint8)
     if size > data_start:
-        with open(path, "rb") as f:  # a plain read-only mapping: slicing it is as cheap as any ndarray
-            buf = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        try:
+            with open(path, "rb") as f:  # a plain read-only mapping: slicing it is as cheap as any ndarray
+                buf = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        except FileNotFoundError as e:
+            raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():
         try:
             dtype = np.dtype(_DTYPES[info["dtype"]])
             shape = tuple(int(s) for s in info["shape"])
             start, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise VaultCorruptError(f"{path.name}: bad header entry for {name!r} ({e!r})") from e
-        count = int(np.prod(shape, dtype=np.int64))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VaultCorruptError(f"{path.name}: bad header entry for {str(name)[:40]!r} ({type(e).__name__})") from e
+        if len(shape) > 4 or any(not 0 <= d <= size for d in shape):
+            raise VaultCorruptError(f"{path.name}: tensor {str(name)[:40]!r} has an impossible shape {shape[:6]}")
+        count = 1
+        for d in shape:
+            count *= d
         if end - start != count * dtype.itemsize or start < 0 or data_start + end > size:
             raise VaultCorruptError(f"{path.name}: tensor {name!r} {shape} does not fit its byte range {start}..{end}")
         out[name] = buf[data_start + start : data_start + end].view(dtype).reshape(shape)
-    return out
+    return out, {str(k): str(v) for k, v in meta.items()}
 
 
 def prefetch(array: np.ndarray) -> None:
@@ -173,21 +209,35 @@ def prefetch(array: np.ndarray) -> None:
 
 
 def _check_offsets(name: str, offsets: np.ndarray, count: int, blob_len: int, file: str) -> None:
-    if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != blob_len:
+    if offsets.dtype != np.int64:
+        raise VaultCorruptError(f"{file}: {name} are {offsets.dtype}, expected int64")
+    if offsets.shape != (count + 1,) or (count >= 0 and len(offsets) and (offsets[0] != 0 or offsets[-1] != blob_len)):
         raise VaultCorruptError(f"{file}: {name} has shape {offsets.shape} / ends at {offsets[-1] if len(offsets) else None}, "
                                 f"expected {count + 1} offsets ending at {blob_len}")
+    if count and (np.diff(offsets) < 0).any():
+        raise VaultCorruptError(f"{file}: {name} go backwards: the file is damaged")
 
 
 class Segment:
     """A memory-mapped segment with its global entry and prompt ranges."""
 
     def __init__(self, folder: Path, info: SegmentInfo, dim: int, text_dims: tuple[int, int] | None,
-                 entry_base: int, prompt_base: int) -> None:
+                 entry_base: int, prompt_base: int, vault_id: str | None = None) -> None:
         self.info = info
         self.entry_base = entry_base
         self.prompt_base = prompt_base
-        t = map_safetensors(Path(folder) / info.file, info.bytes, SEGMENT_KIND)
+        t, meta = map_safetensors(Path(folder) / info.file, info.bytes, SEGMENT_KIND)
         n, p, f = info.entries, info.prompts, info.file
+        if vault_id is not None:  # bound to this vault, at this place in its list
+            if meta.get("vault_id") != vault_id:
+                raise VaultCorruptError(f"{f} belongs to another vault (its vault id is {meta.get('vault_id', 'missing')!r}, "
+                                        f"this vault's is {vault_id!r}): the manifest names a file that is not this "
+                                        "vault's; restore the vault from a good copy")
+            if meta.get("entry_base") != str(entry_base) or meta.get("prompt_base") != str(prompt_base):
+                raise VaultCorruptError(
+                    f"{f} holds entries from {meta.get('entry_base')} and prompts from {meta.get('prompt_base')}, but the "
+                    f"manifest lists it where entries start at {entry_base} and prompts at {prompt_base}: the segment "
+                    "list was reordered or edited; restore the vault from a good copy")
         try:
             self.embeddings = t["embeddings"]
             self.prompt_ids = t["prompt_ids"]
@@ -198,8 +248,10 @@ class Segment:
         if self.embeddings.shape != (n, dim) or self.embeddings.dtype != np.float16:
             raise VaultCorruptError(f"{f}: embeddings are {self.embeddings.shape} {self.embeddings.dtype}, "
                                     f"the manifest says ({n}, {dim}) float16")
-        if self.prompt_ids.shape != (n,):
-            raise VaultCorruptError(f"{f}: prompt_ids shape {self.prompt_ids.shape}, expected ({n},)")
+        if self.prompt_ids.shape != (n,) or self.prompt_ids.dtype != np.int32:
+            raise VaultCorruptError(f"{f}: prompt_ids shape {self.prompt_ids.shape}, expected ({n},) int32")
+        if n and (int(self.prompt_ids.min()) < 0 or int(self.prompt_ids.max()) >= prompt_base + p):
+            raise VaultCorruptError(f"{f}: prompt ids run outside 0..{prompt_base + p - 1} (the prompts stored so far)")
         # offsets are small; read them now so later slicing cannot run off the blob
         self.meta_offsets = np.array(self.meta_offsets)
         self.prompt_offsets = np.array(self.prompt_offsets)
@@ -210,11 +262,15 @@ class Segment:
             self.thumb_offsets, self.thumb_blob = np.array(t["thumb_offsets"]), t["thumb_blob"]
             _check_offsets("thumb_offsets", self.thumb_offsets, n, len(self.thumb_blob), f)
         self.content_hashes = t.get("content_hashes")
+        if self.content_hashes is not None and self.content_hashes.shape != (n, 16):
+            raise VaultCorruptError(f"{f}: content_hashes shape {self.content_hashes.shape}, expected ({n}, 16)")
         self.cond_offsets = self.cond_tokens = self.pooled = None
         if text_dims is not None and p:
             if "cond_tokens" not in t:
                 raise VaultCorruptError(f"{f}: the vault stores baked conditioning but this segment has none")
             self.cond_offsets, self.cond_tokens, self.pooled = np.array(t["cond_offsets"]), t["cond_tokens"], t["pooled"]
+            if self.cond_tokens.ndim != 2 or self.pooled.ndim != 2:
+                raise VaultCorruptError(f"{f}: baked conditioning is not 2-d")
             _check_offsets("cond_offsets", self.cond_offsets, p, len(self.cond_tokens), f)
             if self.cond_tokens.shape[1:] != (text_dims[0],) or self.pooled.shape != (p, text_dims[1]):
                 raise VaultCorruptError(f"{f}: baked conditioning {self.cond_tokens.shape}/{self.pooled.shape} "
@@ -249,8 +305,36 @@ class Segment:
         return self.cond_tokens[a:b], self.pooled[local_prompt]
 
 
-def read_deleted(folder: Path, info: SegmentInfo) -> np.ndarray:
-    t = map_safetensors(Path(folder) / info.file, info.bytes, DELETED_KIND)
-    if "ids" not in t or t["ids"].shape != (info.entries,):
+def read_deleted(folder: Path, info: SegmentInfo, vault_id: str | None = None) -> np.ndarray:
+    t, meta = map_safetensors(Path(folder) / info.file, info.bytes, DELETED_KIND)
+    if vault_id is not None and meta.get("vault_id") != vault_id:
+        raise VaultCorruptError(f"{info.file} is another vault's deletion list; restore the vault from a good copy")
+    if "ids" not in t or t["ids"].shape != (info.entries,) or t["ids"].dtype != np.int64:
         raise VaultCorruptError(f"{info.file}: expected {info.entries} deleted ids")
-    return np.array(t["ids"])
+    ids = np.array(t["ids"])
+    if len(ids) > 1 and (np.diff(ids) <= 0).any():
+        raise VaultCorruptError(f"{info.file}: the deleted ids are not sorted and unique")
+    return ids
+
+
+def concat_segments(parts: Sequence["Segment"]) -> SegmentData:
+    """One segment's content from consecutive segments (entry and prompt order kept)."""
+    text = any(p.cond_tokens is not None for p in parts) or (parts and parts[0].pooled is not None)
+    thumbs = any(p.thumb_offsets is not None for p in parts)
+    hashes = any(p.content_hashes is not None for p in parts)
+    data = SegmentData(
+        embeddings=np.concatenate([np.asarray(p.embeddings) for p in parts]),
+        prompt_ids=np.concatenate([np.asarray(p.prompt_ids) for p in parts]).astype(np.int32),
+        metadata=[p.metadata_bytes(i) for p in parts for i in range(p.n)],
+        prompts=[p.prompt(i) for p in parts for i in range(p.info.prompts)],
+        thumbnails=[p.thumbnail(i) or b"" for p in parts for i in range(p.n)] if thumbs else None,
+        content_hashes=np.concatenate([np.asarray(p.content_hashes) if p.content_hashes is not None
+                                       else np.zeros((p.n, 16), np.uint8) for p in parts]) if hashes else None,
+    )
+    if text:
+        baked = [p.baked(i) for p in parts if p.cond_tokens is not None for i in range(p.info.prompts)]
+        dim = next(p.cond_tokens.shape[1] for p in parts if p.cond_tokens is not None) if baked else 0
+        pooled_dim = next(p.pooled.shape[1] for p in parts if p.pooled is not None) if baked else 0
+        data.cond_tokens = [np.asarray(c) for c, _ in baked] or [np.zeros((0, dim), np.float16)]
+        data.pooled = np.stack([np.asarray(pl) for _, pl in baked]) if baked else np.zeros((0, pooled_dim), np.float16)
+    return data

@@ -28,12 +28,27 @@ from .errors import (
     VaultExistsError,
 )
 from .filters import Filter, parse_filter
-from .manifest import MANIFEST, EncoderFingerprint, Manifest, SegmentInfo, TextSpec, read_manifest, write_manifest
-from .segment import Segment, SegmentData, read_deleted, write_deleted, write_segment
+from .manifest import (
+    MANIFEST,
+    EncoderFingerprint,
+    Manifest,
+    SegmentInfo,
+    TextSpec,
+    check_index_spec,
+    read_manifest,
+    write_manifest,
+)
+from .segment import Binding, Segment, SegmentData, concat_segments, read_deleted, write_deleted, write_segment
 
 log = logging.getLogger(__name__)
 
 MAX_SEGMENT_ENTRIES = 1 << 18
+OPEN_ATTEMPTS = 5
+NORM_CHECK_MAX = 20_000  # vaults up to this size have every norm checked on open (larger: at index build)
+NORM_TOLERANCE = 1e-2  # fp16 storage rounds a unit vector's norm by < 1e-3
+MERGE_AT = 64  # a commit that leaves more segments merges the small ones at the end into one
+SMALL_SEGMENT = 16_384
+_GENERATION = re.compile(r"^(?:seg|del)-(\d{6})-")
 # our segment files, our temp files, and the temp files safetensors' writer makes beside its target
 _OWN_FILE = re.compile(r"^(seg-|del-)[0-9a-f-]+\.safetensors$|^\..*\.tmp-|^\.tmp[A-Za-z0-9]{6}$")
 
@@ -63,23 +78,62 @@ class Vault:
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "Vault":
-        """Open a vault folder: read the manifest, check file sizes, memory-map the segments.
+        """Open a vault folder: read the manifest, check every file against it, memory-map the segments.
 
-        Nothing is parsed beyond headers, so opening is fast at any size. Raises VaultNotFoundError,
-        VaultFormatError or VaultCorruptError with what is wrong and what to do.
+        Nothing is parsed beyond headers (and, for small vaults, the embeddings' norms), so opening is
+        fast at any size. Raises VaultNotFoundError, VaultFormatError or VaultCorruptError with what is
+        wrong and what to do. A writer replacing the vault while it opens makes it start again.
         """
         path = Path(path)
-        manifest = read_manifest(path)
+        for attempt in range(OPEN_ATTEMPTS):
+            manifest = read_manifest(path)
+            try:
+                return cls._open(path, manifest, manifest.vault_id)
+            except VaultCorruptError:
+                if attempt + 1 < OPEN_ATTEMPTS and _generation(path) != manifest.generation:
+                    continue  # a commit replaced the manifest (and removed files it no longer lists): read again
+                raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open(cls, path: Path, manifest: Manifest, vault_id: str | None) -> "Vault":
         text_dims = (manifest.text.dim, manifest.text.pooled_dim) if manifest.text else None
         segments, entry_base, prompt_base = [], 0, 0
-        for info in manifest.segments:
-            segments.append(Segment(path, info, manifest.encoder.dim, text_dims, entry_base, prompt_base))
-            entry_base += info.entries
-            prompt_base += info.prompts
-        deleted = read_deleted(path, manifest.deleted) if manifest.deleted else np.zeros(0, np.int64)
+        try:
+            for info in manifest.segments:
+                segments.append(Segment(path, info, manifest.encoder.dim, text_dims, entry_base, prompt_base, vault_id))
+                entry_base += info.entries
+                prompt_base += info.prompts
+        except OSError as e:  # e.g. too many open files: one mapping per segment
+            raise VaultCorruptError(f"{path}: cannot map its {len(manifest.segments)} segment files ({e.strerror or e}); "
+                                    "compact the vault (luna-vault rebuild --compact) or raise the open-file limit") from e
+        deleted = (read_deleted(path, manifest.deleted, vault_id) if manifest.deleted else np.zeros(0, np.int64))
         if len(deleted) != manifest.deleted_count or (len(deleted) and (deleted.min() < 0 or deleted.max() >= entry_base)):
             raise VaultCorruptError(f"{path}: the deleted-entry list does not match the manifest")
-        return cls(path, manifest, segments, deleted)
+        if vault_id is not None:
+            _check_no_dropped_deletions(path, manifest)
+        vault = cls(path, manifest, segments, deleted)
+        if vault.n_entries <= NORM_CHECK_MAX:
+            vault.check_norms()
+        return vault
+
+    def check_norms(self, start: int = 0, stop: int | None = None) -> None:
+        """VaultCorruptError unless the stored embeddings of entries start..stop are unit length (as written).
+
+        A scaled or bit-flipped vector would otherwise win every query with an impossible similarity.
+        """
+        stop = self.n_entries if stop is None else stop
+        for first, block in self.iter_embedding_blocks():
+            if first + len(block) <= start or first >= stop:
+                continue
+            norms = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1)
+            bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))
+            if len(bad):
+                i = int(bad[0])
+                raise VaultCorruptError(
+                    f"vault '{self.name}': {len(bad)} stored embeddings are not unit length (entry {first + i} has norm "
+                    f"{norms[i]:.4g}): a file was damaged or edited after it was written; run `luna-vault verify` and "
+                    "restore the vault from a good copy")
 
     # ---- basic properties ----------------------------------------------------------------------
     @property
@@ -280,8 +334,8 @@ class Vault:
             try:
                 if len(s.all_metadata()) != s.n:
                     problems.append(f"{s.info.file}: metadata count differs from entry count")
-            except (ValueError, UnicodeDecodeError) as e:
-                problems.append(f"{s.info.file}: metadata is not valid JSON ({e})")
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                problems.append(f"{s.info.file}: metadata is not valid JSON ({type(e).__name__})")
         return problems
 
     # ---- search (implemented in index.py / query.py) -------------------------------------------
@@ -322,6 +376,7 @@ class VaultWriter:
         path = Path(path)
         if encoder.dim <= 0:
             raise DimensionError(f"encoder dim must be positive, got {encoder.dim}")
+        check_index_spec(index, encoder.dim)
         path.mkdir(parents=True, exist_ok=True)
         lock = writer_lock(path)
         lock.__enter__()
@@ -329,12 +384,11 @@ class VaultWriter:
             exists = (path / MANIFEST).exists()
             if exists and not overwrite:
                 raise VaultExistsError(f"a vault already exists at {path}; append to it, or pass overwrite to replace it")
-            base = Manifest(encoder=encoder, category=category, text=text, index=index)
-            if exists:  # keep the generation counter moving so names never repeat
-                base = Manifest(encoder=encoder, category=category, text=text, index=index,
-                                generation=read_manifest(path).generation)
+            # keep the generation counter moving so file names never repeat (even over a vault that no longer reads)
+            generation = max((int(m.group(1)) for e in os.scandir(path) if (m := _GENERATION.match(e.name))), default=0)
+            base = Manifest(encoder=encoder, category=category, text=text, index=index, generation=generation)
             writer = cls(path, base, replace_existing=True, lock=lock)
-            writer._cleanup_orphans(keep=read_manifest(path) if exists else None)
+            writer._cleanup_orphans(keep=None)
             return writer
         except BaseException:
             lock.__exit__(None, None, None)
@@ -381,16 +435,7 @@ class VaultWriter:
         return self.base.text
 
     def _cleanup_orphans(self, keep: Manifest | None) -> None:
-        """Remove segment/temp files no committed manifest lists (left by a crash or an abort)."""
-        listed = set()
-        if keep is not None:
-            listed = {s.file for s in keep.segments} | ({keep.deleted.file} if keep.deleted else set())
-        for f in self.path.iterdir():
-            if _OWN_FILE.match(f.name) and f.name not in listed:
-                try:
-                    f.unlink()
-                except OSError as e:  # e.g. still mapped by a reader on Windows; retried next time
-                    log.debug("could not remove %s: %s", f, e)
+        cleanup_orphans(self.path, keep)
 
     def _load_prompt_table(self) -> dict[str, int]:
         if self._prompt_table is None:
@@ -418,7 +463,15 @@ class VaultWriter:
         to produce conditioning for prompts it has not seen.
         """
         self._check_open()
-        emb = np.asarray(embeddings.detach().cpu().float().numpy() if hasattr(embeddings, "detach") else embeddings)
+        if hasattr(embeddings, "detach"):
+            if not embeddings.is_floating_point():
+                raise DimensionError(f"embeddings are {embeddings.dtype}; expected floating-point image embeddings")
+            emb = embeddings.detach().cpu().float().numpy()
+        else:
+            emb = np.asarray(embeddings)
+            if emb.dtype.kind != "f":
+                raise DimensionError(f"embeddings are {emb.dtype}; expected floating-point image embeddings "
+                                     "(integers or booleans would be normalised into meaningless vectors)")
         n = len(prompts)
         if emb.ndim != 2 or emb.shape[1] != self.encoder.dim:
             raise DimensionError(
@@ -501,7 +554,8 @@ class VaultWriter:
             thumbnails=thumbs, content_hashes=hashes, cond_tokens=cond_tokens, pooled=pooled,
         )
         try:
-            info = write_segment(self.path, self._segment_name("seg"), data)
+            binding = Binding(self.base.vault_id, self._n_entries, self._n_prompts)
+            info = write_segment(self.path, self._segment_name("seg"), data, binding)
         except BaseException:
             for t in new_prompts:  # keep the in-memory table consistent with what was written
                 table.pop(t, None)
@@ -520,7 +574,7 @@ class VaultWriter:
         if self._deleted is None:
             self._deleted = set()
             if not self.replace_existing and self.base.deleted:
-                self._deleted = set(read_deleted(self.path, self.base.deleted).tolist())
+                self._deleted = set(read_deleted(self.path, self.base.deleted, self.base.vault_id).tolist())
         before = len(self._deleted)
         self._deleted.update(int(i) for i in ids)
         return len(self._deleted) - before
@@ -528,16 +582,18 @@ class VaultWriter:
     def set_index(self, spec: str) -> None:
         """Record which index this vault should use on every machine ("auto", "Flat" or a FAISS factory string)."""
         self._check_open()
-        self._index_spec = spec
+        self._index_spec = check_index_spec(spec, self.encoder.dim)
 
     def commit(self) -> Manifest:
         """Publish everything added/deleted in one atomic manifest replacement; release the lock."""
         self._check_open()
         try:
             segments = (() if self.replace_existing else self.base.segments) + tuple(self._new)
+            segments = self._merge_small_tail(segments)
             deleted, deleted_count = (None, 0) if self.replace_existing else (self.base.deleted, self.base.deleted_count)
             if self._deleted is not None and len(self._deleted) != deleted_count:
-                deleted = write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64))
+                deleted = write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64),
+                                        self.base.vault_id)
                 deleted_count = len(self._deleted)
             manifest = self.base.evolve(segments=segments, deleted=deleted, deleted_count=deleted_count,
                                         index=self._index_spec or self.base.index)
@@ -547,6 +603,32 @@ class VaultWriter:
             return manifest
         finally:
             self._close()
+
+    def _merge_small_tail(self, segments: tuple[SegmentInfo, ...]) -> tuple[SegmentInfo, ...]:
+        """Past MERGE_AT segments, merge the small ones at the end into one (entry and prompt ids unchanged).
+
+        One append per image (the Builder in a generation graph) would otherwise grow a vault into
+        thousands of files, each one mapping held open by every reader.
+        """
+        if len(segments) <= MERGE_AT:
+            return segments
+        start = len(segments)
+        while start > 0 and segments[start - 1].entries < SMALL_SEGMENT:
+            start -= 1
+        if len(segments) - start < 2:
+            return segments
+        entry_base = sum(s.entries for s in segments[:start])
+        prompt_base = sum(s.prompts for s in segments[:start])
+        text_dims = (self.text.dim, self.text.pooled_dim) if self.text else None
+        parts, eb, pb = [], entry_base, prompt_base
+        for info in segments[start:]:
+            parts.append(Segment(self.path, info, self.encoder.dim, text_dims, eb, pb, self.base.vault_id))
+            eb, pb = eb + info.entries, pb + info.prompts
+        name = self._segment_name("seg")
+        merged = write_segment(self.path, name, concat_segments(parts), Binding(self.base.vault_id, entry_base, prompt_base))
+        self._new.append(merged)
+        log.info("merged %d small segments of %s into %s", len(parts), self.path, name)
+        return segments[:start] + (merged,)
 
     def abort(self) -> None:
         """Drop everything this transaction wrote; the vault stays as it was."""
@@ -563,6 +645,50 @@ class VaultWriter:
     def _close(self) -> None:
         self._closed = True
         self._lock_cm.__exit__(None, None, None)
+
+
+def cleanup_orphans(path: Path, keep: Manifest | None) -> None:
+    """Remove segment/temp files no committed manifest lists (left by a crash, an abort, or a merge)."""
+    listed = set()
+    if keep is not None:
+        listed = {s.file for s in keep.segments} | ({keep.deleted.file} if keep.deleted else set())
+    for f in Path(path).iterdir():
+        if _OWN_FILE.match(f.name) and f.name not in listed:
+            try:
+                f.unlink()
+            except OSError as e:  # e.g. still mapped by a reader on Windows; retried next time
+                log.debug("could not remove %s: %s", f, e)
+
+
+def _generation(path: Path) -> int | None:
+    try:
+        return read_manifest(path).generation
+    except VaultError:
+        return None
+
+
+def _check_no_dropped_deletions(path: Path, manifest: Manifest) -> None:
+    """Refuse a manifest that silently lost its deletion list (deleted entries would come back).
+
+    Writers remove the files a committed manifest no longer lists. A deletion list written after the
+    vault's current data but missing from the manifest means the manifest was edited.
+    """
+    def gen(name: str) -> int:
+        m = _GENERATION.match(name)
+        return int(m.group(1)) if m else -1
+
+    listed = gen(manifest.deleted.file) if manifest.deleted else -1
+    oldest_data = min((gen(s.file) for s in manifest.segments), default=manifest.generation + 1)
+    try:
+        names = [e.name for e in os.scandir(path) if e.name.startswith("del-")]
+    except OSError:
+        return
+    for name in names:
+        g = gen(name)
+        if listed < g <= manifest.generation and g >= oldest_data:
+            raise VaultCorruptError(
+                f"{path}: the folder holds a deletion list ({name}) newer than the one the manifest names: "
+                "deleted entries would come back; the manifest was edited; restore the vault from a good copy")
 
 
 def _remove_if_empty(path: Path) -> None:

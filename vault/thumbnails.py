@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,18 @@ def make_thumbnail(image: Any, size: int = THUMBNAIL_SIZE, quality: int = 80) ->
 
 
 def decode_thumbnail(data: bytes) -> Image.Image:
-    """Decode a stored preview, refusing images bigger than a preview should be (vaults are untrusted)."""
-    img = Image.open(io.BytesIO(data))
-    if img.width * img.height > MAX_THUMBNAIL_PIXELS:
-        raise ValueError(f"stored preview is {img.width}x{img.height}, larger than a preview may be")
-    return img.convert("RGB")
+    """Decode a stored preview, refusing images bigger than a preview should be (vaults are untrusted).
+
+    The size is read from the header before any pixel is decoded; every failure is a ValueError.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_THUMBNAIL_PIXELS:
+                raise ValueError(f"stored preview is {img.width}x{img.height}, larger than a preview may be")
+            return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"stored preview claims a huge size ({e})") from e
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"stored preview is not a readable image ({e})") from e
