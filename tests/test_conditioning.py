@@ -50,10 +50,10 @@ def test_token_lengths_repeat_to_lcm_like_comfyui() -> None:
     ra, rb = match_token_length([a, b])
     assert ra.shape == rb.shape == (154, 2)
     assert torch.equal(ra, torch.cat([a, a])) and torch.equal(rb, b)
-    c = torch.ones(77 * 5, 2)  # lcm(154, 385) = 770 needs 10x: fall back to repeat-and-cut at 385
+    c = torch.ones(77 * 5, 2)  # lcm(154, 385) = 770 needs 10x: the longest length, b continued by its last token
     rb2, rc = match_token_length([b, c])
     assert rb2.shape == rc.shape == (385, 2)
-    assert torch.equal(rb2, torch.cat([b, b, b])[:385])
+    assert torch.equal(rb2[:154], b) and torch.equal(rb2[154:], b[-1:].expand(231, 2)) and torch.equal(rc, c)
 
 
 def test_weighted_conditioning_by_hand() -> None:
@@ -167,7 +167,8 @@ def test_concat_combine_replace() -> None:
     assert torch.equal(cat[0][1]["pooled_output"], user[0][1]["pooled_output"])
     comb = blend(user, ret, "combine", 0.3)
     assert len(comb) == 2 and comb[1][1]["strength"] == 0.3 and torch.equal(comb[1][0], ret[0][0])
-    assert "strength" not in comb[0][1]
+    assert "strength" not in comb[0][1] and comb[1][1]["other_key"] == "kept"  # the user's extras carried over
+    assert torch.equal(comb[1][1]["pooled_output"], ret[0][1]["pooled_output"])
     rep = blend(user, ret, "replace", 0.3)
     assert torch.equal(rep[0][0], ret[0][0]) and torch.equal(rep[0][1]["pooled_output"], ret[0][1]["pooled_output"])
     assert rep[0][1]["other_key"] == "kept"

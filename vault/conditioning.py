@@ -4,17 +4,25 @@ CONDITIONING is ComfyUI's structure, built here without importing ComfyUI: a lis
 `[cond, extras]` with `cond` a float tensor [B, T, D] and `extras["pooled_output"]` [B, P].
 
 - Weights: softmax(similarity / temperature) over a crop's k matches; temperature None = plain mean.
-- Token lengths: prompts longer than 77 tokens give T = 77*n. Before averaging, each sequence is
-  repeated to the least common multiple of the lengths, as ComfyUI does when it batches conds
-  (comfy/conds.py CONDCrossAttn.concat: "padding with repeat doesn't change result").
+- Token lengths: CLIP prompts longer than 77 tokens give T = 77*n; Flux's T5 gives max(256, tokens).
+  Before averaging, each sequence is repeated whole to the least common multiple of the lengths,
+  as ComfyUI does when it batches conds (comfy/conds.py CONDCrossAttn.concat): a sequence repeated
+  n times gives the model exactly the same cross-attention (every key and value n times, each with
+  1/n of the weight). When that would take more than MAX_REPEAT repeats (T5: 256 and 300 tokens),
+  the shorter sequences are continued with copies of their last token, the padding token's
+  encoding: what their tokenizer would have produced with a longer minimum length (approximately:
+  T5 encodes each padding position a little differently). Cutting a partial repeat instead would
+  duplicate some of the prompt's own tokens and shift attention towards them.
 - A batch of B crops gives ONE conditioning entry whose cond is [B, L, D] (row b for crop b) and
   pooled [B, P]; ComfyUI uses row b for latent b when the latent batch is B.
 - Blend modes (strength s = weight of the retrieved conditioning):
   average = ConditioningAverage(to=user, from=retrieved, to_strength=1-s), tokens sliced or
   zero-padded to the user's length, pooled lerped too; concat = ConditioningConcat(user, retrieved)
   (s not used); combine = ConditioningCombine(user, retrieved) with the retrieved entry's
-  `strength` extra set to s (the sampler weighs its noise prediction by it); replace = retrieved
-  only, keeping the user's other extras.
+  `strength` extra set to s (the sampler weighs its noise prediction by it) and the user's other
+  extras copied onto it (Flux's `guidance`, SDXL's size, an area), as if the user had passed the
+  retrieved conditioning through the same nodes; replace = retrieved only, keeping the user's
+  other extras. Every extra key of the user's conditioning is kept in every mode.
 """
 
 from __future__ import annotations
@@ -54,21 +62,22 @@ def retrieval_weights(similarities: Any, temperature: float | None = 0.05) -> to
 
 
 def match_token_length(conds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Bring [T_i, D] sequences to one length: repeat each to the LCM of the lengths.
-
-    When that would need more than MAX_REPEAT repetitions of the shortest one, each sequence is
-    repeated past the longest length and cut to it instead.
-    """
+    """Bring [..., T_i, D] sequences to one length: whole repeats to the LCM of the lengths, or, when
+    that takes more than MAX_REPEAT repeats of the shortest, the longest length with each shorter
+    sequence continued by copies of its last (padding) token. See the module doc for why."""
     lengths = [int(c.shape[-2]) for c in conds]
     if len(set(lengths)) == 1:
         return list(conds)
     target = math.lcm(*lengths)
-    if target // min(lengths) > MAX_REPEAT:
-        target = max(lengths)
     out = []
+    if target // min(lengths) <= MAX_REPEAT:
+        for c in conds:
+            out.append(c.repeat(*([1] * (c.dim() - 2)), target // c.shape[-2], 1))
+        return out
+    target = max(lengths)
     for c in conds:
-        reps = -(-target // c.shape[-2])
-        out.append(c.repeat(*([1] * (c.dim() - 2)), reps, 1)[..., :target, :])
+        short = target - c.shape[-2]
+        out.append(torch.cat([c, c[..., -1:, :].expand(*c.shape[:-2], short, c.shape[-1])], dim=-2) if short else c)
     return out
 
 
@@ -240,7 +249,8 @@ def blend(user: Conditioning | None, retrieved: Conditioning, mode: str = "avera
     check_text_compatible(user, retrieved)
     r_pooled = r_extras.get("pooled_output")
     if mode == "combine":
-        return [[c, dict(e)] for c, e in user] + [[r_cond, {**r_extras, "strength": strength}]]
+        carried = {k: v for k, v in user[0][1].items() if k not in ("pooled_output", "strength")}
+        return [[c, dict(e)] for c, e in user] + [[r_cond, {**carried, **r_extras, "strength": strength}]]
     out = []
     for u_cond, u_extras in user:
         b = max(u_cond.shape[0], r_cond.shape[0])
