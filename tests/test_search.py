@@ -343,3 +343,20 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     assert recall_per_query(ids, want_i).mean() >= 0.95
     info = idx.describe()
     assert info["queries"] == 2000 and 0 <= info["exact_answers"] <= 60
+
+
+def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_misses():
+    """The guard is fitted with a margin (TUNE_GAP); the reported miss share uses GAP_LIMIT."""
+    from luna_vault.vault.index import GAP_LIMIT, TUNE_GAP, _Trial
+
+    assert TUNE_GAP == GAP_LIMIT / 2
+    gap = np.array([0.0, 0.03, 0.0, 0.2], np.float32)  # query 1 is near (inside the margin), query 3 a miss
+    top = np.array([0.9, 0.6, 0.8, 0.5], np.float32)
+    trial = _Trial(8, 4, np.ones(4), gap, top, floor=0.1)
+    assert trial.bad.tolist() == [False, True, False, True]
+    assert trial.missed.tolist() == [False, False, False, True]
+    assert trial.guard == pytest.approx(0.6 + 1e-6)  # the near query decides the threshold, not the miss
+    assert trial.exact_share == 0.5
+    # out of sample: the guard fitted on the even rows (nothing bad there: the floor) lets query 3 through;
+    # fitted on the odd rows, it covers the even rows, which hold no miss
+    assert trial.out_of_sample_misses() == pytest.approx(0.25)

@@ -66,6 +66,7 @@ TRAIN_MAX_SHARE = 0.9  # at least a tenth of the prompts never trains the partit
 KMEANS_ITERATIONS = 10
 RECALL_TARGET = 0.98  # on the tuning queries; the margin keeps unseen queries at >= 0.97
 GAP_LIMIT = 0.05  # a query "misses" when exact mean top-k similarity exceeds the returned one by more
+TUNE_GAP = GAP_LIMIT / 2  # tuning treats half the limit as a miss: a margin for the queries tuning never saw
 LATENCY_BUDGET_MS = 2.0  # when the recall target cannot be reached: best recall within this time
 NULL_QUERIES = 512  # structureless queries that set the guard's floor (see _structureless_floor)
 NULL_QUANTILE = 0.95
@@ -170,10 +171,12 @@ class _QuerySet:
 class _Trial:
     """One tuning setting's outcome per tuning query, and the guard fitted to it."""
 
-    def __init__(self, nprobe: int, k_factor: int, recall: np.ndarray, bad: np.ndarray, top: np.ndarray,
+    def __init__(self, nprobe: int, k_factor: int, recall: np.ndarray, gap: np.ndarray, top: np.ndarray,
                  floor: float) -> None:
-        self.nprobe, self.k_factor, self.rec, self.bad, self.top, self.floor = nprobe, k_factor, recall, bad, top, floor
-        self.guard = self.fit_guard(np.ones(len(bad), bool))
+        self.nprobe, self.k_factor, self.rec, self.top, self.floor = nprobe, k_factor, recall, top, floor
+        self.bad = gap > TUNE_GAP  # what the setting and its guard must avoid (with a margin)
+        self.missed = gap > GAP_LIMIT  # what counts as a miss
+        self.guard = self.fit_guard(np.ones(len(gap), bool))
         flagged = top < self.guard
         self.recall = float(np.where(flagged, 1.0, recall).mean())
         self.exact_share = float(flagged.mean())
@@ -188,7 +191,7 @@ class _Trial:
         half = np.arange(len(self.bad)) % 2 == 0
         missed = 0
         for fit in (half, ~half):
-            missed += int((~fit & self.bad & (self.top >= self.fit_guard(fit))).sum())
+            missed += int((~fit & self.missed & (self.top >= self.fit_guard(fit))).sum())
         return missed / max(len(self.bad), 1)
 
 
@@ -489,8 +492,9 @@ class VaultIndex:
         """Pick (nprobe, k_factor, guard) by measurement on queries that are not stored vectors.
 
         For each setting the guard threshold is the smallest that sends every tuning query whose
-        similarity gap exceeds GAP_LIMIT to exact search, and never below the structureless floor
-        (see `_structureless_floor`). A setting is acceptable when recall@5 (exact answers count
+        similarity gap exceeds TUNE_GAP to exact search, and never below the structureless floor
+        (see `_structureless_floor`). TUNE_GAP is half of GAP_LIMIT: a few hundred tuning queries
+        cannot show a one-in-ten-thousand miss, but they do show the tail of gaps it comes from. A setting is acceptable when recall@5 (exact answers count
         as exact) meets the target and the guard sends at most MAX_EXACT_SHARE of the queries to
         exact search beyond those below the floor (which go there whatever the setting). The
         cheapest acceptable setting wins, counting exact answers at their cost. When
@@ -518,7 +522,7 @@ class VaultIndex:
             rec, gap, top = (np.concatenate(parts) for parts in zip(*out))
             if not guarded:  # no centroid scores: nothing for a guard to compare (custom index types)
                 top = np.full(len(top), np.inf, np.float32)
-            return _Trial(nprobe, kf, rec, gap > GAP_LIMIT, top, floor)
+            return _Trial(nprobe, kf, rec, gap, top, floor)
 
         # queries below the floor go to exact search whatever the setting: only the rest is the setting's doing
         floor_share = float(np.mean(tops < floor)) if tops is not None else 0.0
@@ -574,7 +578,7 @@ class VaultIndex:
         st.tuned_n, st.tune_queries = index.ntotal, len(chosen.top)
         log.info("tuned %s in %.1f s: nprobe=%d k_factor=%d guard=%s recall@%d=%.3f exact share %.4f, misses %.4f "
                  "before the guard, %.4f after (out of sample)", self.spec, time.perf_counter() - t0, st.nprobe,
-                 st.k_factor, st.guard, TUNE_K, st.recall, st.exact_share, chosen.bad.mean(), st.gap_share)
+                 st.k_factor, st.guard, TUNE_K, st.recall, st.exact_share, chosen.missed.mean(), st.gap_share)
 
     def _structureless_floor(self, index: Any, rng: np.random.Generator) -> float:
         """The guard's floor: how well the partition "represents" queries that belong to no cluster.
