@@ -35,7 +35,7 @@ from luna_vault.projector.synthetic import make_synthetic_vault
 from luna_vault.projector.train import TrainConfig, loss_parts, train
 from luna_vault.vault import EncoderFingerprint, Vault
 
-IN_DIM = {"sdxl": 1024, "clip_l": 768, "flux": 1024}
+IN_DIM = {"sdxl": 1024, "sd15": 768, "flux": 1024}
 
 
 class NaiveHead(torch.nn.Module):
@@ -150,7 +150,7 @@ def training_throughput(device: torch.device, n_prompts: int, epochs: int, folde
 
 def synthetic_quality(n_prompts: int, epochs: int, folder: Path) -> dict[str, Any]:
     vault_path = folder / "syn-clip-l.vault"
-    make_synthetic_vault(vault_path, TARGETS["clip_l"], IN_DIM["clip_l"], n_prompts=n_prompts, per_prompt=4,
+    make_synthetic_vault(vault_path, TARGETS["sd15"], IN_DIM["sd15"], n_prompts=n_prompts, per_prompt=4,
                          family="sd15")
     out = folder / "syn-clip-l.safetensors"
     train(vault_path, out, TrainConfig(epochs=epochs, batch_size=64), resume=False, progress=False)

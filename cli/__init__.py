@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
         return sp
 
-    def pairs(sp: argparse.ArgumentParser) -> None:
+    def entry_files(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--embeddings", required=True, help="safetensors file with an 'embeddings' [N, D] tensor")
         sp.add_argument("--entries", required=True, help="JSONL file, one object per embedding: prompt + metadata")
         sp.add_argument("--encoder-name", help="image encoder name (default: the file's encoder_name metadata)")
@@ -28,14 +28,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = verb("build", "create a vault from embeddings + entries files")
     sp.add_argument("vault", help="vault folder to create, e.g. models/vaults/eyes.vault")
-    pairs(sp)
+    entry_files(sp)
     sp.add_argument("--category", required=True, help="what the vault holds, e.g. eyes")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing vault")
     sp.add_argument("--index", default="auto", help="'auto' (by size), 'Flat' (exact) or a FAISS factory string")
 
     sp = verb("append", "add entries to a vault (existing data is never rewritten)")
     sp.add_argument("vault")
-    pairs(sp)
+    entry_files(sp)
 
     sp = verb("query", "nearest entries for embeddings; several vaults = category auto-detect")
     sp.add_argument("vaults", nargs="+", help="one vault, or several to auto-detect the category")
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb("train", "train a projector (image embedding -> conditioning) on a baked vault; torchrun for DDP")
     sp.add_argument("vault", help="a vault with baked conditioning (extract --bake)")
     sp.add_argument("--out", required=True, help="projector file to write, e.g. models/luna_projectors/eyes-sdxl.safetensors")
-    sp.add_argument("--target", help="sdxl, clip_l or flux (default: the vault's baked family)")
+    sp.add_argument("--target", help="sd15, sdxl or flux (default: the vault's baked family)")
     sp.add_argument("--epochs", type=int, default=20)
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--lr", type=float, default=1e-3)
@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _handler(verb: str) -> Callable[..., int]:
+def _handler(verb: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs a verb; it reads the parsed flags (declared once, in _parser)."""
     if verb == "demo":
         from .demo import run_demo
 
@@ -177,12 +178,11 @@ def _handler(verb: str) -> Callable[..., int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose")}
-    from ..vault.errors import VaultError
+    from ..core.errors import VaultError
     from .common import UsageError
 
     try:
-        return _handler(args.verb)(**kwargs)
+        return _handler(args.verb)(args)
     except (VaultError, UsageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

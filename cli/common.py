@@ -18,8 +18,9 @@ class UsageError(Exception):
 
 @contextlib.contextmanager
 def progress_bar(desc: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
-    """Yield a (done, total) callback drawing a tqdm bar on stderr; None when disabled."""
-    if not enabled:
+    """Yield a (done, total) callback drawing a tqdm bar on stderr; None when disabled or when stderr is not
+    a terminal (a log file or a pipe would get the bar's last state as a stray line before any error)."""
+    if not enabled or not sys.stderr.isatty():
         yield None
         return
     bar = tqdm(desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr, leave=False)

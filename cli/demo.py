@@ -8,6 +8,7 @@ An untrained encoder has no semantic quality: it can only match colour and layou
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import shutil
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..core.conditioning import EncodingCache, blend, retrieved_conditioning, text_lookup
 from ..extraction.encoders import RandomImageEncoder
-from ..vault import EncodingCache, Vault, blend, build, get_index, retrieved_conditioning, search, text_lookup
+from ..vault import Vault, build, get_index, search
 from ..vault.index import exact_search
 from ..vault.thumbnails import make_thumbnail
 from .common import emit, progress_bar
@@ -80,27 +82,27 @@ def toy_text_encoder(prompt: str, dim: int = 768, tokens: int = 77) -> tuple[tor
     return cond, pooled
 
 
-def run_demo(n: int = 2000, queries: int = 200, k: int = 5, seed: int = 0, out: str | None = None, json: bool = False) -> int:
+def run_demo(a: argparse.Namespace) -> int:
     t_all = time.perf_counter()
-    work = Path(out) if out else Path(tempfile.mkdtemp(prefix="luna-demo-"))
+    work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="luna-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     vault_path = work / "demo-eyes.vault"
     timings: dict[str, float] = {}
     try:
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        encoder = RandomImageEncoder(dim=256, seed=seed)
+        encoder = RandomImageEncoder(dim=256, seed=a.seed)
 
         t = time.perf_counter()
-        images, prompts, metas = make_dataset(n, seed)
+        images, prompts, metas = make_dataset(a.n, a.seed)
         timings["generate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        with progress_bar("embedding", "img", not json) as cb:
+        with progress_bar("embedding", "img", not a.json) as cb:
             chunks = []
-            for a in range(0, n, 128):
-                chunks.append(encoder.encode(to_batch(images[a : a + 128])))
+            for start in range(0, a.n, 128):
+                chunks.append(encoder.encode(to_batch(images[start : start + 128])))
                 if cb:
-                    cb(min(a + 128, n), n)
+                    cb(min(start + 128, a.n), a.n)
         emb = torch.cat(chunks).numpy()
         timings["encode_s"] = time.perf_counter() - t
         thumbs = [make_thumbnail(im, 64) for im in images]
@@ -112,17 +114,17 @@ def run_demo(n: int = 2000, queries: int = 200, k: int = 5, seed: int = 0, out: 
         timings["build_s"] = time.perf_counter() - t
 
         # queries: new crops drawn from the same descriptions (not in the vault)
-        q_images, q_prompts, _ = make_dataset(queries, seed + 1)
+        q_images, q_prompts, _ = make_dataset(a.queries, a.seed + 1)
         q = encoder.encode(to_batch(q_images)).numpy()
-        search(vault, q[:1], k=k)  # warm-up
+        search(vault, q[:1], k=a.k)  # warm-up
         lat = []
         results = []
         for row in q:
             t = time.perf_counter()
-            results.extend(search(vault, row, k=k))
+            results.extend(search(vault, row, k=a.k))
             lat.append((time.perf_counter() - t) * 1e3)
         t = time.perf_counter()
-        exact_search(vault, q, k, None)
+        exact_search(vault, q, a.k, None)
         exact_ms = (time.perf_counter() - t) * 1e3 / len(q)
         colour_hits = sum(r.matches[0].metadata["colour"] in qp for r, qp in zip(results, q_prompts)) / len(results)
         exact_hits = sum(r.matches[0].prompt == qp for r, qp in zip(results, q_prompts)) / len(results)
@@ -138,12 +140,13 @@ def run_demo(n: int = 2000, queries: int = 200, k: int = 5, seed: int = 0, out: 
 
         p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
         summary = {
-            "vault": str(vault_path), "entries": len(vault), "prompts": vault.n_prompts, "skipped": len(report.skipped),
+            "vault": str(vault_path) if a.out else None,  # without --out the vault is removed at the end
+            "entries": len(vault), "prompts": vault.n_prompts, "skipped": len(report.skipped),
             "encoder": encoder.fingerprint.name, "dim": vault.dim, "index": index.describe(),
             "bytes_per_entry": vault.disk_bytes() / len(vault),
             "timings": {**{key: round(v, 3) for key, v in timings.items()},
-                        "encode_images_per_s": round(n / timings["encode_s"], 1),
-                        "build_entries_per_s": round(n / timings["build_s"], 1),
+                        "encode_images_per_s": round(a.n / timings["encode_s"], 1),
+                        "build_entries_per_s": round(a.n / timings["build_s"], 1),
                         "query_p50_ms": round(p50, 3), "query_p99_ms": round(p99, 3),
                         "brute_force_batched_ms_per_query": round(exact_ms, 3)},
             "top1_same_iris_colour": round(colour_hits, 3), "top1_same_prompt": round(exact_hits, 3),
@@ -172,17 +175,17 @@ def run_demo(n: int = 2000, queries: int = 200, k: int = 5, seed: int = 0, out: 
             f"(average, strength 0.3) {list(blended[0][0].shape)}; text cache {cache.hits} hits / {cache.misses} misses",
             "",
             "timings (this machine):",
-            f"  generate {n} images     {timings['generate_s']:.2f} s",
-            f"  embed                   {timings['encode_s']:.2f} s ({n / timings['encode_s']:.0f} img/s)",
-            f"  build vault + index     {timings['build_s']:.2f} s ({n / timings['build_s']:.0f} entries/s)",
-            f"  query k={k}              p50 {p50:.3f} ms, p99 {p99:.3f} ms with prompts + metadata "
+            f"  generate {a.n} images     {timings['generate_s']:.2f} s",
+            f"  embed                   {timings['encode_s']:.2f} s ({a.n / timings['encode_s']:.0f} img/s)",
+            f"  build vault + index     {timings['build_s']:.2f} s ({a.n / timings['build_s']:.0f} entries/s)",
+            f"  query k={a.k}              p50 {p50:.3f} ms, p99 {p99:.3f} ms with prompts + metadata "
             f"(brute-force scan of all vectors, batched: {exact_ms:.3f} ms/query)",
             f"  conditioning assembly   {timings['conditioning_ms']:.1f} ms for 8 crops",
-            f"total {time.perf_counter() - t_all:.1f} s; vault kept at {vault_path}" if out else
+            f"total {time.perf_counter() - t_all:.1f} s; vault kept at {vault_path}" if a.out else
             f"total {time.perf_counter() - t_all:.1f} s (pass --out DIR to keep the vault)",
         ]
-        emit(summary, json, "\n".join(lines))
+        emit(summary, a.json, "\n".join(lines))
         return 0 if math.isfinite(p50) else 1
     finally:
-        if not out:
+        if not a.out:
             shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
@@ -29,16 +30,10 @@ def _image_encoder(clip_vision: str | None, comfyui: str | None, open_clip: str 
     return RandomImageEncoder(dim=int(random_encoder))  # type: ignore[arg-type]
 
 
-def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = None, clip_vision: str | None = None,
-                comfyui: str | None = None, open_clip: str | None = None, weights: str | None = None,
-                open_clip_config: str | None = None, random_encoder: int | None = None, checkpoint: str | None = None,
-                clip: list[str] | None = None, clip_type: str = "sdxl", bake: bool = False, category: str | None = None,
-                batch_size: int = 32, workers: int | None = None, no_thumbnails: bool = False, shard: str | None = None,
-                commit_every: int = 2048, pairs: str | None = None, report: str | None = None,
-                object_info: str | None = None, json: bool = False) -> int:
+def cmd_extract(a: argparse.Namespace) -> int:
     from ..extraction.pipeline import Extractor, default_report_path, parse_shard, write_report
 
-    if (vault is None) == (vault_dir is None):
+    if (a.vault is None) == (a.vault_dir is None):
         raise UsageError("give --vault FILE.vault (one vault) or --vault-dir DIR (one vault per category)")
     import os
 
@@ -46,25 +41,25 @@ def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = N
 
     if "LOCAL_RANK" in os.environ and torch.cuda.is_available():  # under torchrun: one GPU per process
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    encoder = _image_encoder(clip_vision, comfyui, open_clip, weights, open_clip_config, random_encoder)
+    encoder = _image_encoder(a.clip_vision, a.comfyui, a.open_clip, a.weights, a.open_clip_config, a.random_encoder)
     text_encoder = None
-    if bake:
-        if not (checkpoint or clip):
+    if a.bake:
+        if not (a.checkpoint or a.clip):
             raise UsageError("--bake needs the text encoder: --checkpoint FILE or --clip FILE [--clip FILE]")
         from ..extraction.comfy_loader import load_text_encoder
 
-        text_encoder = load_text_encoder(checkpoint=checkpoint, clip_files=clip, clip_type=clip_type, comfyui=comfyui)
-    elif checkpoint or clip:
+        text_encoder = load_text_encoder(checkpoint=a.checkpoint, clip_files=a.clip, clip_type=a.clip_type, comfyui=a.comfyui)
+    elif a.checkpoint or a.clip:
         print("note: --checkpoint/--clip only matter with --bake; building a text-mode vault", file=sys.stderr)
-    shard_spec = parse_shard(shard)
+    shard_spec = parse_shard(a.shard)
     from .read_cmd import node_types
 
-    extractor = Extractor(encoder, vault=vault, vault_dir=vault_dir, text_encoder=text_encoder, batch_size=batch_size,
-                          workers=workers, thumbnails=not no_thumbnails, commit_every=commit_every, shard=shard_spec,
-                          node_types=node_types(object_info))
-    with progress_bar("extracting", "img", not json) as cb:
-        result = extractor.run(folder, category=category, progress=cb)
-    report_path = report or str(default_report_path(extractor.vault, extractor.vault_dir))
+    extractor = Extractor(encoder, vault=a.vault, vault_dir=a.vault_dir, text_encoder=text_encoder, batch_size=a.batch_size,
+                          workers=a.workers, thumbnails=not a.no_thumbnails, commit_every=a.commit_every, shard=shard_spec,
+                          node_types=node_types(a.object_info))
+    with progress_bar("extracting", "img", not a.json) as cb:
+        result = extractor.run(a.folder, category=a.category, progress=cb)
+    report_path = a.report or str(default_report_path(extractor.vault, extractor.vault_dir))
     if result.skipped:
         write_report(result, report_path)
     data = result.to_json()
@@ -74,15 +69,15 @@ def cmd_extract(folder: str, vault: str | None = None, vault_dir: str | None = N
         lines.append(f"  {path}: +{n} entries")
     if result.skipped:
         lines.append(f"  skipped items listed in {report_path}")
-    if pairs:
+    if a.pairs:
         from ..extraction.pairs import export_pairs
         from ..vault import Vault
 
         targets = [t.path for t in extractor.targets.values()]
         if len(targets) != 1:
             raise UsageError("--pairs needs a single output vault (use --vault, not --vault-dir)")
-        info = export_pairs(Vault.open(targets[0]), pairs)
+        info = export_pairs(Vault.open(targets[0]), a.pairs)
         data["pairs"] = info
-        lines.append(f"  {info['pairs']} training pairs written to {pairs}")
-    emit(data, json, "\n".join(lines))
+        lines.append(f"  {info['pairs']} training pairs written to {a.pairs}")
+    emit(data, a.json, "\n".join(lines))
     return 0

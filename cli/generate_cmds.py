@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,35 +28,34 @@ def _check_template(template: Any, campaign: Any) -> list[str]:
     return notes
 
 
-def cmd_plan(campaign: str, workflow: str | None = None, rate: float | None = None, out: str | None = None,
-             show: int = 3, json: bool = False) -> int:
+def cmd_plan(a: argparse.Namespace) -> int:
     from ..generation.campaign import Campaign
     from ..generation.dispatch import LEDGER, Ledger
 
-    camp = Campaign.load(campaign)
+    camp = Campaign.load(a.campaign)
     jobs = camp.plan()
     info = camp.summary(jobs)
     notes: list[str] = []
-    if workflow:
+    if a.workflow:
         from ..generation.workflow import WorkflowTemplate
 
-        tpl = WorkflowTemplate.load(workflow)
+        tpl = WorkflowTemplate.load(a.workflow)
         if jobs:
             tpl.fill(jobs[0])  # fails here when the template needs what the campaign lacks
         notes = _check_template(tpl, camp)
     measured = None
-    if out and (Path(out) / LEDGER).is_file():
-        ledger = Ledger(Path(out) / LEDGER)
+    if a.out and (Path(a.out) / LEDGER).is_file():
+        ledger = Ledger(Path(a.out) / LEDGER)
         measured = ledger.measured_rate()
         done = sum(1 for s in ledger.states().values() if s == "done")
         ledger.close()
         info["already_done_jobs"] = done
-    use_rate = measured or rate
+    use_rate = measured or a.rate
     info["rate_images_per_s"] = use_rate
-    info["rate_source"] = "measured" if measured else ("--rate" if rate else None)
+    info["rate_source"] = "measured" if measured else ("--rate" if a.rate else None)
     remaining = info["images"] - sum(j.batch for j in jobs[: info.get("already_done_jobs", 0)])
     info["eta_s"] = remaining / use_rate if use_rate else None
-    info["samples"] = {c.name: [j.prompt for j in jobs if j.category == c.name][:show] for c in camp.categories}
+    info["samples"] = {c.name: [j.prompt for j in jobs if j.category == c.name][:a.show] for c in camp.categories}
     info["notes"] = notes
     rows = [f"campaign {info['campaign']}: {info['jobs']:,} jobs, {info['images']:,} images (plan {info['plan_hash']})"]
     for name, c in info["categories"].items():
@@ -70,35 +70,34 @@ def cmd_plan(campaign: str, workflow: str | None = None, rate: float | None = No
     else:
         rows.append("ETA: unknown (pass --rate IMAGES_PER_S, or --out of a folder where generate has run)")
     rows += [f"note: {n}" for n in notes]
-    emit(info, json, "\n".join(rows))
+    emit(info, a.json, "\n".join(rows))
     return 0
 
 
-def cmd_generate(campaign: str, workflow: str, server: list[str], out: str, depth: int = 2, retries: int = 2,
-                 retry_failed: bool = False, limit: int | None = None, json: bool = False) -> int:
+def cmd_generate(a: argparse.Namespace) -> int:
     from ..generation.campaign import Campaign
     from ..generation.dispatch import Dispatcher, DispatchError
     from ..generation.workflow import WorkflowTemplate
 
-    if not server:
+    if not a.server:
         raise UsageError("give at least one --server host:port")
-    camp = Campaign.load(campaign)
-    tpl = WorkflowTemplate.load(workflow)
+    camp = Campaign.load(a.campaign)
+    tpl = WorkflowTemplate.load(a.workflow)
     jobs = camp.plan()
-    if limit is not None:
-        jobs = jobs[:limit]
+    if a.limit is not None:
+        jobs = jobs[:a.limit]
     for note in _check_template(tpl, camp):
         print(f"note: {note}", file=sys.stderr)
     try:
-        report = Dispatcher(jobs, tpl, server, out, depth=depth, retries=retries, progress=not json).run(retry_failed)
+        report = Dispatcher(jobs, tpl, a.server, a.out, depth=a.depth, retries=a.retries, progress=not a.json).run(a.retry_failed)
     except DispatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    text = (f"{out}: {report.images:,} images written this run ({report.skipped:,} jobs were already done), "
+    text = (f"{a.out}: {report.images:,} images written this run ({report.skipped:,} jobs were already done), "
             f"{report.done:,}/{len(jobs):,} jobs done in {report.seconds:.0f} s; per server: "
             + ", ".join(f"{k} {v:,}" for k, v in report.per_server.items()))
     if report.failed:
-        text += (f"\n{len(report.failed)} job(s) failed after {retries + 1} attempts, listed in {out}/failed.jsonl "
+        text += (f"\n{len(report.failed)} job(s) failed after {a.retries + 1} attempts, listed in {a.out}/failed.jsonl "
                  f"(first: {report.failed[0]['job_id']}: {report.failed[0]['error']}); --retry-failed tries them again")
-    emit(report.to_json(), json, text)
+    emit(report.to_json(), a.json, text)
     return 1 if report.failed else 0

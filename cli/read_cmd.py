@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json as _json
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,12 @@ def _describe(file: str, r: Any) -> list[str]:
     return lines
 
 
-def cmd_read(files: list[str], object_info: str | None = None, json: bool = False) -> int:
+def cmd_read(a: argparse.Namespace) -> int:
     from ..extraction.image_meta import read_prompt
 
-    types = node_types(object_info)
+    types = node_types(a.object_info)
     readings, lines = [], []
-    for file in files:
+    for file in a.files:
         path = Path(file)
         if not path.is_file():
             raise UsageError(f"{file}: no such file")
@@ -61,5 +62,5 @@ def cmd_read(files: list[str], object_info: str | None = None, json: bool = Fals
         lines += _describe(file, r)
     found = sum(1 for r in readings if r["prompt"])
     lines.append(f"{found} of {len(readings)} images give a prompt")
-    emit({"files": readings, "found": found}, json, "\n".join(lines))
+    emit({"files": readings, "found": found}, a.json, "\n".join(lines))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import VaultCorruptError, VaultFormatError
 from ..vault import (
     EncoderFingerprint,
     Vault,
@@ -24,12 +26,11 @@ from ..vault import (
     upgrade,
 )
 from ..vault.entries import AddReport
-from ..vault.errors import VaultCorruptError, VaultFormatError
 from ..vault.thumbnails import make_thumbnail
 from .common import UsageError, emit, progress_bar, read_embeddings, read_jsonl
 
 
-def _load_pairs(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.ndarray, list[Any], list[Any], list[Any] | None, dict[str, str]]:
+def _load_entries(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.ndarray, list[Any], list[Any], list[Any] | None, dict[str, str]]:
     emb, header = read_embeddings(embeddings)
     rows = read_jsonl(entries)
     if len(rows) != len(emb):
@@ -83,34 +84,32 @@ def _warm_index(path: str, show: bool) -> None:
             get_index(vault, progress=cb)
 
 
-def cmd_build(vault: str, embeddings: str, entries: str, category: str, encoder_name: str | None = None,
-              encoder_hash: str | None = None, thumbnails: bool = False, overwrite: bool = False, index: str = "auto",
-              no_index: bool = False, json: bool = False) -> int:
-    emb, prompts, metas, thumbs, header = _load_pairs(embeddings, entries, thumbnails)
-    fp = _fingerprint(emb.shape[1], header, encoder_name, encoder_hash)
-    t = time.perf_counter()
-    with progress_bar("building", "entry", not json) as cb:
-        report = build(vault, emb, prompts, metas, thumbs, encoder=fp, category=category, overwrite=overwrite,
-                       index=index, progress=cb)
-    if not no_index:
-        _warm_index(vault, not json)
-    seconds = time.perf_counter() - t
-    emit(_report_json(vault, report, seconds, Vault.open(vault)), json, _report_text(vault, report, seconds))
+def _finish(path: str, report: AddReport, t0: float, a: argparse.Namespace) -> int:
+    """After build/append/merge: build the search index now (unless --no-index), then report."""
+    if not a.no_index:
+        _warm_index(path, not a.json)
+    seconds = time.perf_counter() - t0
+    emit(_report_json(path, report, seconds, Vault.open(path)), a.json, _report_text(path, report, seconds))
     return 0
 
 
-def cmd_append(vault: str, embeddings: str, entries: str, encoder_name: str | None = None,
-               encoder_hash: str | None = None, thumbnails: bool = False, no_index: bool = False, json: bool = False) -> int:
-    emb, prompts, metas, thumbs, header = _load_pairs(embeddings, entries, thumbnails)
-    fp = _fingerprint(emb.shape[1], header, encoder_name, encoder_hash)
+def cmd_build(a: argparse.Namespace) -> int:
+    emb, prompts, metas, thumbs, header = _load_entries(a.embeddings, a.entries, a.thumbnails)
+    fp = _fingerprint(emb.shape[1], header, a.encoder_name, a.encoder_hash)
     t = time.perf_counter()
-    with progress_bar("appending", "entry", not json) as cb:
-        report = append(vault, emb, prompts, metas, thumbs, encoder=fp, progress=cb)
-    if not no_index:
-        _warm_index(vault, not json)
-    seconds = time.perf_counter() - t
-    emit(_report_json(vault, report, seconds, Vault.open(vault)), json, _report_text(vault, report, seconds))
-    return 0
+    with progress_bar("building", "entry", not a.json) as cb:
+        report = build(a.vault, emb, prompts, metas, thumbs, encoder=fp, category=a.category, overwrite=a.overwrite,
+                       index=a.index, progress=cb)
+    return _finish(a.vault, report, t, a)
+
+
+def cmd_append(a: argparse.Namespace) -> int:
+    emb, prompts, metas, thumbs, header = _load_entries(a.embeddings, a.entries, a.thumbnails)
+    fp = _fingerprint(emb.shape[1], header, a.encoder_name, a.encoder_hash)
+    t = time.perf_counter()
+    with progress_bar("appending", "entry", not a.json) as cb:
+        report = append(a.vault, emb, prompts, metas, thumbs, encoder=fp, progress=cb)
+    return _finish(a.vault, report, t, a)
 
 
 def _parse_rows(rows: str | None, n: int) -> list[int]:
@@ -135,19 +134,18 @@ def _parse_rows(rows: str | None, n: int) -> list[int]:
     return out
 
 
-def cmd_query(vaults: list[str], embeddings: str, rows: str | None = None, k: int = 5, filter: str | None = None,
-              encoder_hash: str | None = None, json: bool = False) -> int:
-    emb, header = read_embeddings(embeddings)
-    picked = _parse_rows(rows, len(emb))
+def cmd_query(a: argparse.Namespace) -> int:
+    emb, header = read_embeddings(a.embeddings)
+    picked = _parse_rows(a.rows, len(emb))
     queries = emb[picked]
-    fp = _fingerprint(emb.shape[1], header, None, encoder_hash)
+    fp = _fingerprint(emb.shape[1], header, None, a.encoder_hash)
     fp = fp if fp.weights_hash else None
-    opened = [Vault.open(v) for v in vaults]
+    opened = [Vault.open(v) for v in a.vaults]
     t = time.perf_counter()
     if len(opened) == 1:
-        results, detection = search(opened[0], queries, k=k, filter=filter, encoder=fp), None
+        results, detection = search(opened[0], queries, k=a.k, filter=a.filter, encoder=fp), None
     else:
-        detection, results = detect_category(opened, queries, k=k, filter=filter, encoder=fp)
+        detection, results = detect_category(opened, queries, k=a.k, filter=a.filter, encoder=fp)
     ms = (time.perf_counter() - t) * 1e3
     data = {"queries": [{"row": r, **res.to_json()} for r, res in zip(picked, results)], "milliseconds": round(ms, 3)}
     if detection is not None:
@@ -162,12 +160,12 @@ def cmd_query(vaults: list[str], embeddings: str, rows: str | None = None, k: in
             extra = ", ".join(f"{key}={m.metadata[key]}" for key in ("checkpoint", "seed", "quality") if key in m.metadata)
             lines.append(f"  {m.similarity:7.4f}  #{m.id:<8d} {m.prompt}" + (f"   [{extra}]" if extra else ""))
     lines.append(f"{len(results)} queries in {ms:.1f} ms")
-    emit(data, json, "\n".join(lines))
+    emit(data, a.json, "\n".join(lines))
     return 0
 
 
-def cmd_info(vault: str, json: bool = False) -> int:
-    v = Vault.open(vault)
+def cmd_info(a: argparse.Namespace) -> int:
+    v = Vault.open(a.vault)
     info = v.info()
     index = get_index(v)
     info["index_state"] = index.describe()
@@ -180,7 +178,7 @@ def cmd_info(vault: str, json: bool = False) -> int:
         f"size      {info['bytes']['total'] / 1e6:.2f} MB ({info['bytes']['thumbnails'] / 1e6:.2f} MB thumbnails, {info['bytes']['baked'] / 1e6:.2f} MB baked)",
         f"index     {index.spec}" + ("  (exact search)" if index.exact else ""),
     ] + ([] if index.exact or index.state is None else _tuning_lines(index.state)))
-    emit(info, json, text)
+    emit(info, a.json, text)
     return 0
 
 
@@ -194,59 +192,54 @@ def _tuning_lines(st: Any) -> list[str]:
     return lines
 
 
-def cmd_verify(vault: str, json: bool = False) -> int:
+def cmd_verify(a: argparse.Namespace) -> int:
     """Exit 0: the vault checks out; 1: problems found (listed); 2: not a vault or cannot run."""
     try:
-        v = Vault.open(vault)
+        v = Vault.open(a.vault)
     except (VaultCorruptError, VaultFormatError) as e:  # a vault that does not even open has problems to report
-        emit({"vault": vault, "ok": False, "problems": [str(e)]}, json, f"{vault}: 1 problem(s)\n  {e}")
+        emit({"vault": a.vault, "ok": False, "problems": [str(e)]}, a.json, f"{a.vault}: 1 problem(s)\n  {e}")
         return 1
-    with progress_bar("verifying", "B", not json) as cb:
+    with progress_bar("verifying", "B", not a.json) as cb:
         problems = v.verify(progress=cb)
-    emit({"vault": vault, "ok": not problems, "problems": problems}, json,
-         f"{vault}: OK ({len(v)} entries, checksums match)" if not problems else f"{vault}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+    emit({"vault": a.vault, "ok": not problems, "problems": problems}, a.json,
+         f"{a.vault}: OK ({len(v)} entries, checksums match)" if not problems else f"{a.vault}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
     return 0 if not problems else 1
 
 
-def cmd_merge(out: str, sources: list[str], category: str | None = None, drop_baked: bool = False,
-              overwrite: bool = False, no_index: bool = False, json: bool = False) -> int:
+def cmd_merge(a: argparse.Namespace) -> int:
     t = time.perf_counter()
-    with progress_bar("merging", "entry", not json) as cb:
-        report = merge(out, sources, category=category, drop_baked=drop_baked, overwrite=overwrite, progress=cb)
-    if not no_index:
-        _warm_index(out, not json)
-    seconds = time.perf_counter() - t
-    emit(_report_json(out, report, seconds, Vault.open(out)), json, _report_text(out, report, seconds))
-    return 0
+    with progress_bar("merging", "entry", not a.json) as cb:
+        report = merge(a.out, a.sources, category=a.category, drop_baked=a.drop_baked, overwrite=a.overwrite, progress=cb)
+    return _finish(a.out, report, t, a)
 
 
-def cmd_delete(vault: str, filter: str, yes: bool = False, json: bool = False) -> int:
-    v = Vault.open(vault)
-    matching = int(v.filter_mask(filter).sum())
-    if matching and matching == len(v) and not yes:
-        raise UsageError(f"the filter '{filter}' matches all {matching} live entries of {vault}: add --yes to delete "
+def cmd_delete(a: argparse.Namespace) -> int:
+    v = Vault.open(a.vault)
+    matching = int(v.filter_mask(a.filter).sum())
+    if matching and matching == len(v) and not a.yes:
+        raise UsageError(f"the filter '{a.filter}' matches all {matching} live entries of {a.vault}: add --yes to delete "
                          "them all")
-    n = delete_where(vault, filter)
-    v = Vault.open(vault)
-    emit({"vault": vault, "deleted": n, "entries": len(v)}, json, f"{vault}: deleted {n} entries matching '{filter}'; {len(v)} remain")
+    n = delete_where(a.vault, a.filter)
+    v = Vault.open(a.vault)
+    emit({"vault": a.vault, "deleted": n, "entries": len(v)}, a.json, f"{a.vault}: deleted {n} entries matching '{a.filter}'; {len(v)} remain")
     return 0
 
 
-def cmd_upgrade(vault: str, json: bool = False) -> int:
-    m = upgrade(vault)
-    emit({"vault": vault, "format_version": m.format_version, "entries": m.entries}, json,
-         f"{vault}: rewritten as format version {m.format_version} ({m.entries} entries, ids unchanged)")
+def cmd_upgrade(a: argparse.Namespace) -> int:
+    m = upgrade(a.vault)
+    emit({"vault": a.vault, "format_version": m.format_version, "entries": m.entries}, a.json,
+         f"{a.vault}: rewritten as format version {m.format_version} ({m.entries} entries, ids unchanged)")
     return 0
 
 
-def cmd_rebuild(vault: str, index: str | None = None, compact_: bool = False, recall: float = 0.97, json: bool = False) -> int:
+def cmd_rebuild(a: argparse.Namespace) -> int:
     t = time.perf_counter()
-    if compact_:
-        with progress_bar("compacting", "entry", not json) as cb:
-            compact(vault, progress=cb)
-    with progress_bar("indexing", "vec", not json) as cb:
-        idx = rebuild_index(vault, spec=index, progress=cb, recall_target=recall)
+    if a.compact_:
+        with progress_bar("compacting", "entry", not a.json) as cb:
+            compact(a.vault, progress=cb)
+    with progress_bar("indexing", "vec", not a.json) as cb:
+        idx = rebuild_index(a.vault, spec=a.index, progress=cb, recall_target=a.recall)
     d = idx.describe()
     d["seconds"] = round(time.perf_counter() - t, 3)
-    emit(d, json, f"{vault}: index {d['spec']}" + ("" if idx.exact else f", nprobe {d['nprobe']}, k_factor {d['k_factor']}, recall@5 {d['recall_at_5']:.3f}") + f" ({d['seconds']:.1f} s)")
+    emit(d, a.json, f"{a.vault}: index {d['spec']}" + ("" if idx.exact else f", nprobe {d['nprobe']}, k_factor {d['k_factor']}, recall@5 {d['recall_at_5']:.3f}") + f" ({d['seconds']:.1f} s)")
     return 0

@@ -11,13 +11,15 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..vault.manifest import EncoderFingerprint
-from .encoders import check_image_batch, family_for_dims, make_fingerprint, sampled_weights_hash
+from ..core.encoder import EncoderFingerprint
+from ..core.families import family_for_dims
+from .encoders import check_image_batch, make_fingerprint, sampled_weights_hash
 
 _fingerprints: "weakref.WeakKeyDictionary[Any, EncoderFingerprint]" = weakref.WeakKeyDictionary()
 _text_keys: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
@@ -39,11 +41,14 @@ def _vision_name(clip_vision: Any) -> str:
 class ComfyClipVisionEncoder:
     """ImageEncoder over a ComfyUI CLIP_VISION: `encode_image(...).image_embeds`, SigLIP tokens mean-pooled."""
 
-    def __init__(self, clip_vision: Any, name: str | None = None, batch_size: int = 32) -> None:
+    def __init__(self, clip_vision: Any, name: str | None = None, batch_size: int = 32, file: str | None = None) -> None:
+        """`file`: the model file the CLIP vision was loaded from, when known; it leads the encoder's name
+        (e.g. 'CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (clip-vision-1280x32-p14-224)'), so vaults and
+        mismatch errors name the file the user picked."""
         if not hasattr(clip_vision, "encode_image"):
             raise TypeError(f"expected a ComfyUI CLIP_VISION (from CLIPVisionLoader), got {type(clip_vision).__name__}")
         self.clip_vision = clip_vision
-        self.name = name or _vision_name(clip_vision)
+        self.name = name or (f"{file} ({_vision_name(clip_vision)})" if file else _vision_name(clip_vision))
         self.batch_size = batch_size
         self.input_size = int(getattr(clip_vision, "image_size", 224))
 
@@ -76,7 +81,7 @@ class ComfyClipVisionEncoder:
             fp = make_fingerprint(self.name, self.encode, weights)
             with _lock:
                 _fingerprints[self.clip_vision] = fp
-        return fp
+        return fp if fp.name == self.name else replace(fp, name=self.name)
 
 
 class ComfyClipTextEncoder:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..vault.manifest import TEXT_FAMILIES, EncoderFingerprint
+from ..core.encoder import EncoderFingerprint
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -42,14 +42,6 @@ class TextEncoder(Protocol):
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """prompt -> (cond [T, D], pooled [P] or None), as CLIPTextEncode would give for it."""
         ...
-
-
-def family_for_dims(dim: int, pooled_dim: int | None) -> str:
-    """Text family from conditioning widths (768 -> sd15, 2048 -> sdxl, 4096 -> flux)."""
-    for family, (d, p) in TEXT_FAMILIES.items():
-        if d == dim and (pooled_dim is None or p == pooled_dim):
-            return family
-    raise ValueError(f"conditioning [*, {dim}] + pooled {pooled_dim} matches no known text family {sorted(TEXT_FAMILIES)}")
 
 
 def sampled_weights_hash(tensors: Iterable[tuple[str, torch.Tensor]], samples: int = 256) -> str:

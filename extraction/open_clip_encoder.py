@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..vault.manifest import EncoderFingerprint
+from ..core.encoder import EncoderFingerprint
 from .encoders import CLIP_MEAN, CLIP_STD, clip_preprocess, make_fingerprint, weights_hash
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..vault.atomic import atomic_write, atomic_write_bytes
+from ..core.atomic import atomic_write, atomic_write_bytes
 from ..vault.store import Vault
 
 

@@ -8,12 +8,11 @@ reader (main process: list files, read sidecars, pick this shard)
 -> write (one atomic vault append every `commit_every` items, prompts de-duplicated by the vault,
    new prompts baked when asked). A killed run loses at most the uncommitted part, and a re-run
    skips every committed image by its content hash.
-Bad items (unreadable image, missing prompt, duplicate file) are skipped and listed in the report.
+Bad items (unreadable image, missing prompt, duplicate image) are skipped and listed in the report.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,10 +27,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..vault.atomic import check_name
+from ..core.atomic import check_name
+from ..core.content import pixels_hash
+from ..core.families import TextSpec
 from ..vault.entries import AddReport
-from ..vault.manifest import TextSpec
-from ..vault.store import Vault, VaultWriter, vault_exists
+from ..vault.manifest import VAULT_SUFFIX, vault_name
+from ..vault.ops import writer_for_adding
+from ..vault.store import Vault, vault_exists
 from ..vault.thumbnails import make_thumbnail
 from .comfy_graph import NodeTypes
 from .encoders import ImageEncoder, TextEncoder, resize_crop
@@ -39,12 +41,6 @@ from .image_meta import PNG_SIGNATURE, read_prompt, strip_png_text
 from .readers import Item, describe, list_images
 
 log = logging.getLogger(__name__)
-HASH_BYTES = 16
-
-
-def content_hash(data: bytes) -> bytes:
-    """First 16 bytes of SHA-256 of a file's bytes: how a vault knows an image it already holds."""
-    return hashlib.sha256(data).digest()[:HASH_BYTES]
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -70,8 +66,7 @@ def in_shard(rel_path: str, shard: tuple[int, int] | None) -> bool:
 def shard_vault_path(path: Path, shard: tuple[int, int] | None) -> Path:
     if shard is None:
         return path
-    stem = path.name[: -len(".vault")] if path.name.endswith(".vault") else path.name
-    return path.with_name(f"{stem}.shard-{shard[0] + 1}-of-{shard[1]}.vault")
+    return path.with_name(f"{vault_name(path)}.shard-{shard[0] + 1}-of-{shard[1]}{VAULT_SUFFIX}")
 
 
 @dataclass
@@ -109,8 +104,42 @@ class ExtractReport:
                 "images_per_s": round(self.images / self.seconds, 2) if self.seconds else None}
 
 
+@dataclass
+class Decoded:
+    """One item after the decode stage (made in a worker process, handed over whole).
+
+    `known` marks an image the vault already holds; `reason` says why any other item is skipped.
+    `row` is its row in the batch's pixel block (set by the collate step; None when not decoded).
+    """
+
+    index: int  # into the run's item list
+    prompt: str | None
+    metadata: dict[str, Any]
+    hash: bytes | None = None
+    known: bool = False
+    reason: str | None = None
+    pixels: torch.Tensor | None = None  # uint8 [S, S, 3] until collated
+    thumbnail: bytes | None = None
+    row: int | None = None
+
+
+@dataclass
+class DecodedBatch:
+    """A batch from the decode stage: its records and the pixels of the decoded ones as one uint8 block."""
+
+    records: list[Decoded]
+    pixels: torch.Tensor | None  # [G, S, S, 3], G = records with a row
+
+    def pin_memory(self) -> "DecodedBatch":
+        """The DataLoader's pinning step (CUDA encoders) calls this: the pixel block goes to pinned memory,
+        so its copy to the GPU can overlap the host's work."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
 class DecodeDataset(torch.utils.data.Dataset):
-    """Reads, hashes, decodes and resizes one item; runs in DataLoader workers."""
+    """Reads, decodes, hashes (core.content) and resizes one item; runs in DataLoader workers."""
 
     def __init__(self, items: list[Item], size: int, known: set[bytes], thumbnails: bool,
                  node_types: NodeTypes | None = None) -> None:
@@ -120,39 +149,38 @@ class DecodeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> Decoded:
         item = self.items[i]
-        out: dict[str, Any] = {"index": i, "pixels": None, "reason": None, "hash": None, "prompt": item.prompt,
-                               "metadata": dict(item.metadata), "thumbnail": None}
+        out = Decoded(i, item.prompt, dict(item.metadata))
         try:
             data = item.path.read_bytes()
         except OSError as e:
-            out["reason"] = f"unreadable file: {e.strerror or e}"
-            return out
-        out["hash"] = content_hash(data)
-        if out["hash"] in self.known:
-            out["reason"] = "already in the vault"
+            out.reason = f"unreadable file: {e.strerror or e}"
             return out
         try:
             rgb = _decode(data)
         except UnidentifiedImageError:
-            out["reason"] = "unreadable image: not an image format Pillow recognises, or the file is corrupt"
+            out.reason = "unreadable image: not an image format Pillow recognises, or the file is corrupt"
             return out
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-            out["reason"] = f"unreadable image: {e}"
+            out.reason = f"unreadable image: {e}"
             return out
-        if out["prompt"] is None:
+        out.hash = pixels_hash(np.asarray(rgb))
+        if out.hash in self.known:
+            out.known = True
+            return out
+        if out.prompt is None:
             reading = read_prompt(data, self.node_types)
-            out["prompt"] = reading.prompt
-            out["metadata"] = {**reading.metadata, **out["metadata"]}
+            out.prompt = reading.prompt
+            out.metadata = {**reading.metadata, **out.metadata}
             if not reading.prompt:
-                out["reason"] = f"missing prompt: no .txt/.json sidecar, and {reading.reason}"
+                out.reason = f"missing prompt: no .txt/.json sidecar, and {reading.reason}"
                 return out
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]
         # resize_crop leaves 8-bit levels, so uint8 carries them exactly at a quarter of the bytes
-        out["pixels"] = (resize_crop(pixels, self.size)[0] * 255.0).round().to(torch.uint8)
+        out.pixels = (resize_crop(pixels, self.size)[0] * 255.0).round().to(torch.uint8)
         if self.thumbnails:
-            out["thumbnail"] = make_thumbnail(rgb)
+            out.thumbnail = make_thumbnail(rgb)
         return out
 
 
@@ -171,17 +199,16 @@ def _decode(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
-def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(batch: list[Decoded]) -> DecodedBatch:
     """Runs in the worker: the decoded pixels of a batch become one uint8 tensor [G, S, S, 3] (one
-    shared-memory block to hand over and pin, not one per image); records[i]["row"] is its row or None."""
+    shared-memory block to hand over and pin, not one per image); each record's `row` points into it."""
     rows = []
     for r in batch:
-        pixels = r.pop("pixels")
-        r["row"] = None if pixels is None else len(rows)
-        if pixels is not None:
-            rows.append(pixels)
-    return {"pixels": torch.stack(rows) if rows else None, "records": batch}
-
+        if r.pixels is not None:
+            r.row = len(rows)
+            rows.append(r.pixels)
+            r.pixels = None
+    return DecodedBatch(batch, torch.stack(rows) if rows else None)
 
 
 def _lower_priority(_: int) -> None:
@@ -195,7 +222,7 @@ def _lower_priority(_: int) -> None:
 
 def decode_loader(dataset: DecodeDataset, batch_size: int, workers: int,
                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The decode stage: batches of {"pixels": uint8 [G, S, S, 3] or None, "records": [...]} from
+    """The decode stage: DecodedBatch-es (records + one uint8 [G, S, S, 3] block) from
     `workers` processes (0: in this process), 4 batches ahead per worker, pinned for a CUDA encoder."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
@@ -224,7 +251,7 @@ class _Target:
 class _Encoded:
     """A launched batch: its records, and its embeddings once `event` (CUDA) has passed."""
 
-    records: list[dict[str, Any]]
+    records: list[Decoded]
     embeddings: torch.Tensor
     event: Any = None
 
@@ -237,7 +264,7 @@ class _Encoded:
 def default_report_path(vault: Path | None, vault_dir: Path | None) -> Path:
     """Where skipped items are listed: beside the vault, or inside the vault folder."""
     if vault is not None:
-        stem = vault.name[: -len(".vault")] if vault.name.endswith(".vault") else vault.name
+        stem = vault_name(vault)
         return vault.with_name(f"{stem}.extract-report.jsonl")
     assert vault_dir is not None
     return vault_dir / "extract-report.jsonl"
@@ -273,7 +300,7 @@ class Extractor:
                 path = self.vault
             else:
                 assert self.vault_dir is not None
-                path = shard_vault_path(self.vault_dir / f"{check_name(category, 'category')}.vault", self.shard)
+                path = shard_vault_path(self.vault_dir / f"{check_name(category, 'category')}{VAULT_SUFFIX}", self.shard)
             self.targets[key] = _Target(path, category)
         return self.targets[key]
 
@@ -298,14 +325,7 @@ class Extractor:
 
     def _commit(self, target: _Target, report: ExtractReport) -> None:
         text = TextSpec.for_family(self.text_encoder.family) if self.text_encoder is not None else None
-        if vault_exists(target.path):
-            writer = VaultWriter.open(target.path)
-            if text is not None and writer.text != text:
-                writer.abort()
-                raise ValueError(f"vault {target.path} bakes {writer.text.family if writer.text else 'nothing'} "
-                                 f"conditioning, the text encoder gives {text.family}")
-        else:
-            writer = VaultWriter.create(target.path, self.encoder.fingerprint, target.category, text=text)
+        writer = writer_for_adding(target.path, "append", self.encoder.fingerprint, target.category, text)
         with writer:
             encode = self.text_encoder.encode if self.text_encoder is not None else None
             added: AddReport = writer.add(np.stack(target.embeddings), target.prompts, target.metas, target.thumbs,
@@ -324,7 +344,8 @@ class Extractor:
         """List this shard's items with their sidecar data; sidecar problems become report entries."""
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"dataset folder {root} does not exist")
+            raise FileNotFoundError(f"dataset folder {root} " + ("is a file: give the folder that holds the images"
+                                                             if root.exists() else "does not exist"))
         report = ExtractReport()
         items = []
         for path in list_images(root):
@@ -364,12 +385,12 @@ class Extractor:
                 report.wait_seconds += time.perf_counter() - t_wait
                 if check_interrupt is not None:
                     check_interrupt()
-                good = self._screen(batch["records"], items, seen, report)
-                launched = self._launch(batch["pixels"], good, device if on_gpu else None, report) if good else None
+                good = self._screen(batch.records, items, seen, report)
+                launched = self._launch(batch.pixels, good, device if on_gpu else None, report) if good else None
                 if in_flight is not None:  # the previous batch's embeddings, while this one runs on the device
                     self._collect(in_flight, report)
                 in_flight = launched
-                done += len(batch["records"])
+                done += len(batch.records)
                 report.images = done
                 if progress is not None:
                     progress(done, len(items))
@@ -386,30 +407,31 @@ class Extractor:
                 report.seconds = time.perf_counter() - t0
         return report
 
-    def _screen(self, records: list[dict[str, Any]], items: list[Item], seen: dict[bytes, str],
-                report: ExtractReport) -> list[dict[str, Any]]:
+    def _screen(self, records: list[Decoded], items: list[Item], seen: dict[bytes, str],
+                report: ExtractReport) -> list[Decoded]:
         """The records of a batch worth encoding; the rest are counted or reported with their reason."""
         good = []
         for r in records:
-            source = r["metadata"].get("source", str(items[r["index"]].path))
-            if r["reason"] == "already in the vault":
+            source = r.metadata.get("source", str(items[r.index].path))
+            if r.known:
                 report.already_present += 1
-            elif r["reason"]:
-                report.skipped.append((source, r["reason"]))
-            elif r["hash"] in seen:
-                report.skipped.append((source, f"duplicate file: same content as {seen[r['hash']]}"))
+            elif r.reason:
+                report.skipped.append((source, r.reason))
+            elif r.hash in seen:
+                report.skipped.append((source, f"duplicate image: the same pixels as {seen[r.hash]}"))
             else:
-                seen[r["hash"]] = source
+                assert r.hash is not None and r.row is not None
+                seen[r.hash] = source
                 good.append(r)
         return good
 
-    def _launch(self, pixels: torch.Tensor, good: list[dict[str, Any]], device: Any,
+    def _launch(self, pixels: torch.Tensor, good: list[Decoded], device: Any,
                 report: ExtractReport) -> _Encoded:
         """Start encoding the good rows of a batch. With a CUDA `device` this only queues the work (uint8
         over the bus, 4x fewer bytes; conversion and preprocessing on the GPU; the result copied back
         asynchronously); without one, the encoder runs here and now."""
         t = time.perf_counter()
-        rows = [r["row"] for r in good]
+        rows = [r.row for r in good]
         if len(rows) < pixels.shape[0]:  # duplicates of earlier files in this run
             pixels = pixels[rows]
         if device is not None:
@@ -429,12 +451,12 @@ class Extractor:
         emb = encoded.result()
         report.encode_seconds += time.perf_counter() - t
         for r, e in zip(encoded.records, emb):
-            target = self._target_for(str(r["metadata"]["category"]))
+            target = self._target_for(str(r.metadata["category"]))
             target.embeddings.append(e)
-            target.prompts.append(r["prompt"])
-            target.metas.append(r["metadata"])
-            target.thumbs.append(r["thumbnail"])
-            target.hashes.append(r["hash"])
+            target.prompts.append(r.prompt)
+            target.metas.append(r.metadata)
+            target.thumbs.append(r.thumbnail)
+            target.hashes.append(r.hash)
             if len(target) >= self.commit_every:
                 self._flush(target, report)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from ..vault.atomic import atomic_write_bytes
+from ..core.atomic import atomic_write_bytes
 from .campaign import Job
 from .client import ComfyClient, PromptRejected, ServerDown, outcome
 from .workflow import WorkflowError, WorkflowTemplate
@@ -330,7 +330,8 @@ class Dispatcher:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=done, unit="img", desc="generate", file=sys.stderr, dynamic_ncols=True)
+        return tqdm(total=total, initial=done, unit="img", desc="generate", file=sys.stderr, dynamic_ncols=True,
+                    disable=not sys.stderr.isatty())
 
     def _log(self, msg: str) -> None:
         if self.progress:

@@ -11,8 +11,9 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..vault.atomic import check_name
-from ..vault.manifest import MANIFEST
+from ..core.atomic import check_name
+from ..core.filecache import file_stamp
+from ..vault.manifest import MANIFEST, VAULT_SUFFIX, vault_name
 
 VAULTS = "vaults"
 PROJECTORS = "luna_projectors"
@@ -62,7 +63,7 @@ def vault_names() -> list[str]:
     names: set[str] = set()
     for folder in vault_folders():
         if folder.is_dir():
-            names.update(p.name[: -len(".vault")] for p in folder.glob("*.vault") if (p / MANIFEST).is_file())
+            names.update(vault_name(p) for p in folder.glob(f"*{VAULT_SUFFIX}") if (p / MANIFEST).is_file())
     return sorted(names)
 
 
@@ -70,7 +71,7 @@ def vault_path(name: str) -> Path:
     """The folder of an existing vault, or a clear error listing what there is."""
     check_name(name, "vault name")
     for folder in vault_folders():
-        p = folder / f"{name}.vault"
+        p = folder / f"{name}{VAULT_SUFFIX}"
         if (p / MANIFEST).is_file():
             return p
     known = ", ".join(vault_names()) or "none yet"
@@ -82,19 +83,19 @@ def new_vault_path(name: str) -> Path:
     """Where a vault of this name lives (existing) or will be created (first vaults folder)."""
     check_name(name, "vault name")
     for folder in vault_folders():
-        p = folder / f"{name}.vault"
+        p = folder / f"{name}{VAULT_SUFFIX}"
         if p.exists():
             return p
     folder = vault_folders()[0]
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}.vault"
+    return folder / f"{name}{VAULT_SUFFIX}"
 
 
 def vault_stamp(name: str) -> str:
     """Changes whenever the vault's manifest changes (every write replaces it)."""
     try:
-        st = (vault_path(name) / MANIFEST).stat()
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        mtime, size = file_stamp(vault_path(name) / MANIFEST)
+        return f"{mtime}:{size}"
     except (ValueError, OSError):
         return "missing"
 
@@ -133,5 +134,34 @@ def lines(text: str) -> list[str]:
     return [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
 
 
+def per_image(values: list[Any], n: int, what: str) -> list[Any]:
+    """One value for every image, or exactly one per image."""
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"{len(values)} {what} for {n} images: give one per image (one per line) or one for all")
+    return values
+
+
 def ui_text(*parts: Any) -> dict[str, Any]:
     return {"text": [str(p) for p in parts]}
+
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+def loaded_file(hidden: Any, input_name: str) -> str | None:
+    """The model file behind a node's input, read from the running prompt: the loader node that feeds
+    `input_name` (e.g. CLIPVisionLoader's clip_name). Lets errors and vaults name the file the user picked,
+    not only the architecture. None when the input does not come straight from a file loader."""
+    prompt = getattr(hidden, "prompt", None)
+    node = prompt.get(str(getattr(hidden, "unique_id", ""))) if isinstance(prompt, dict) else None
+    link = node.get("inputs", {}).get(input_name) if isinstance(node, dict) else None
+    if not (isinstance(link, list) and link):
+        return None
+    source = prompt.get(str(link[0]))
+    inputs = source.get("inputs", {}) if isinstance(source, dict) else {}
+    for value in inputs.values() if isinstance(inputs, dict) else ():
+        if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS):
+            return os.path.basename(value)
+    return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,23 +10,25 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..core.atomic import check_name
+from ..core.content import image_hash
+from ..core.families import TextSpec
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 from ..extraction.pipeline import Extractor
-from ..vault.atomic import check_name
-from ..vault.manifest import TextSpec
-from ..vault.store import Vault, VaultWriter, vault_exists
+from ..vault.ops import ADD_MODES, check_add_mode, unseen, writer_for_adding
+from ..vault.store import Vault, vault_exists
 from ..vault.thumbnails import make_thumbnail
-from .common import CATEGORY, check_interrupt, lines, live_node_types, new_vault_path, progress_bar, ui_text
-
-MODES = ("append", "create", "overwrite")
-
-
-def _per_image(values: list[Any], n: int, what: str) -> list[Any]:
-    if len(values) == 1:
-        return values * n
-    if len(values) != n:
-        raise ValueError(f"{len(values)} {what} for {n} images: give one per image (one per line) or one for all")
-    return values
+from .common import (
+    CATEGORY,
+    check_interrupt,
+    lines,
+    live_node_types,
+    loaded_file,
+    new_vault_path,
+    per_image,
+    progress_bar,
+    ui_text,
+)
 
 
 def _metadata(text: str, n: int) -> list[dict[str, Any]]:
@@ -47,13 +48,7 @@ def _metadata(text: str, n: int) -> list[dict[str, Any]]:
             raise ValueError(f"metadata must be a JSON object (for all images) or one JSON object per line: {e}") from e
     if not all(isinstance(o, dict) for o in objs):
         raise ValueError("metadata must be JSON objects, e.g. {\"checkpoint\": \"ponyXL\", \"quality\": 0.8}")
-    return _per_image(objs, n, "metadata lines")
-
-
-def image_hash(image: torch.Tensor) -> bytes:
-    """Content hash of one IMAGE [H, W, C] at 8-bit precision: the same picture twice is one entry."""
-    arr = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).digest()[:16]
+    return per_image(objs, n, "metadata lines")
 
 
 def dataset_folder(folder: str) -> Path:
@@ -66,7 +61,8 @@ def dataset_folder(folder: str) -> Path:
                          f"(e.g. datasets/eyes for {os.path.join(folder_paths.get_input_directory(), 'datasets', 'eyes')})")
     path = Path(folder_paths.get_input_directory()) / norm
     if not path.is_dir():
-        raise ValueError(f"dataset folder {path} does not exist")
+        raise ValueError(f"dataset folder {path} " + ("is a file: give the folder that holds the images"
+                                                      if path.exists() else "does not exist"))
     return path
 
 
@@ -83,7 +79,7 @@ class LunaVaultBuilder(io.ComfyNode):
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model to embed with (use the same one to query)."),
                 io.String.Input("vault_name", default="my-vault", tooltip="Vault to write: models/vaults/<name>.vault"),
-                io.Combo.Input("mode", options=list(MODES), default="append",
+                io.Combo.Input("mode", options=list(ADD_MODES), default="append",
                                tooltip="append: add (create if missing); create: fail if it exists; overwrite: replace it."),
                 io.String.Input("category", default="", tooltip="What the vault holds, e.g. eyes (default: the vault name)."),
                 io.Boolean.Input("thumbnails", default=True, tooltip="Store small previews so queries can show matches."),
@@ -99,13 +95,13 @@ class LunaVaultBuilder(io.ComfyNode):
                                 tooltip="Instead of images: a dataset folder inside ComfyUI's input directory, e.g. "
                                         "datasets/eyes (images with .txt/.json sidecars or embedded prompts)."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[io.String.Output("summary", display_name="summary", tooltip="What was added and the vault's size.")],
         )
 
     @classmethod
-    def validate_inputs(cls, vault_name: str, mode: str) -> bool | str:
-        if mode not in MODES:
-            return f"mode must be one of {', '.join(MODES)}, got {mode!r}"
+    def validate_inputs(cls, vault_name: str) -> bool | str:
+        # mode is a combo (ComfyUI checks it); each problem is flagged on its own input
         try:
             check_name(vault_name, "vault name")
         except ValueError as e:
@@ -118,9 +114,8 @@ class LunaVaultBuilder(io.ComfyNode):
                 folder: str = "") -> io.NodeOutput:
         path = new_vault_path(vault_name)
         category = category.strip() or vault_name
-        if mode == "create" and vault_exists(path):
-            raise ValueError(f"vault '{vault_name}' already exists; use mode append (add to it) or overwrite (replace it)")
-        encoder = ComfyClipVisionEncoder(clip_vision)
+        check_add_mode(path, mode)
+        encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         text = ComfyClipTextEncoder(clip) if clip is not None else None
         spec = TextSpec.for_family(text.family) if text is not None else None
         if folder.strip():
@@ -131,46 +126,26 @@ class LunaVaultBuilder(io.ComfyNode):
             raise ValueError("nothing to add: connect images (with prompts) or give a dataset folder")
         return io.NodeOutput(summary, ui=ui_text(summary))
 
-    @staticmethod
-    def _writer(path: Path, mode: str, encoder: ComfyClipVisionEncoder, spec: TextSpec | None, category: str) -> VaultWriter:
-        if mode == "overwrite" or not vault_exists(path):
-            return VaultWriter.create(path, encoder.fingerprint, category, text=spec, overwrite=mode == "overwrite")
-        writer = VaultWriter.open(path)
-        try:
-            writer.encoder.check_compatible(encoder.fingerprint, where=f"vault '{path.name}'")
-            if writer.text != spec:
-                raise ValueError(
-                    f"vault '{path.name}' " + (f"bakes {writer.text.family} conditioning: connect that CLIP"
-                                               if writer.text else "is a text-mode vault: disconnect the CLIP")
-                    + (f" (the connected CLIP is {spec.family})" if spec else "")
-                )
-        except BaseException:
-            writer.abort()
-            raise
-        return writer
-
     @classmethod
     def _from_images(cls, path: Path, mode: str, encoder: ComfyClipVisionEncoder, text: ComfyClipTextEncoder | None,
                      spec: TextSpec | None, category: str, thumbnails: bool, images: torch.Tensor, prompts: str,
                      metadata: str) -> str:
         n = images.shape[0]
-        texts = _per_image(lines(prompts) or [""], n, "prompts")
+        texts = per_image(lines(prompts) or [""], n, "prompts")
         metas = [{**m, "source": m.get("source", "comfyui")} for m in _metadata(metadata, n)]
         hashes = [image_hash(images[i]) for i in range(n)]
         known = set()
         if mode == "append" and vault_exists(path):
-            known = {bytes(h) for h in Vault.open(path).content_hashes()}
-        fresh = []
-        for i in range(n):  # skip pictures the vault has, and repeats within this batch
-            if hashes[i] not in known:
-                known.add(hashes[i])
-                fresh.append(i)
+            existing = Vault.open(path)  # the encoder is checked before any image is encoded
+            existing.encoder.check_compatible(encoder.fingerprint, where=f"vault '{existing.name}'")
+            known = {bytes(h) for h in existing.content_hashes()}
+        fresh = unseen(hashes, known)  # skip pictures the vault has, and repeats within this batch
         added = skipped = 0
         reasons = ""
         if fresh:
             emb = encoder.encode(images[fresh]).numpy()
             thumbs = [make_thumbnail(images[i]) for i in fresh] if thumbnails else None
-            with cls._writer(path, mode, encoder, spec, category) as w:
+            with writer_for_adding(path, mode, encoder.fingerprint, category, spec) as w:
                 report = w.add(emb, [texts[i] for i in fresh], [metas[i] for i in fresh], thumbs,
                                [hashes[i] for i in fresh], text.encode if text is not None else None)
             added, skipped = report.added, len(report.skipped)
@@ -185,7 +160,7 @@ class LunaVaultBuilder(io.ComfyNode):
                      spec: TextSpec | None, category: str, thumbnails: bool, folder: str) -> str:
         root = dataset_folder(folder)
         if mode == "overwrite" or not vault_exists(path):
-            cls._writer(path, mode, encoder, spec, category).commit()  # an empty vault with the right encoder
+            writer_for_adding(path, mode, encoder.fingerprint, category, spec).commit()  # an empty vault, the right encoder
         extractor = Extractor(encoder, vault=path, text_encoder=text, workers=0, thumbnails=thumbnails,
                               batch_size=8, commit_every=256, node_types=live_node_types())
         report = extractor.run(root, category=category, progress=progress_bar(), check_interrupt=check_interrupt)

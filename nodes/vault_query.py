@@ -9,28 +9,31 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..core.conditioning import BLEND_MODES
+from ..core.errors import QueryError
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 from ..vault.cache import open_cached
-from ..vault.conditioning import BLEND_MODES
-from ..vault.errors import QueryError
 from ..vault.filters import parse_filter
 from ..vault.preview import contact_sheet, entry_thumbnails, matched_thumbnails
+from ..vault.query import check_query
 from ..vault.retrieve import retrieve
-from .common import AUTO, CATEGORY, as_image_batch, vault_names, vault_path, vault_stamp
+from .common import AUTO, CATEGORY, as_image_batch, loaded_file, vault_names, vault_path, vault_stamp
 
 
-def _check_query_inputs(vault: str, k: int, filter: str | None) -> bool | str:
-    if vault != AUTO and vault not in vault_names():
-        return f"vault '{vault}' not found in models/vaults (have: {', '.join(vault_names()) or 'none'}); refresh the page"
-    if vault == AUTO and not vault_names():
-        return "no vaults in models/vaults yet: build one with Luna Vault Builder or `luna-vault extract`"
-    if not isinstance(k, int) or k < 1:
-        return f"k must be at least 1, got {k}"
+def _check_filter(filter: str | None) -> bool | str:
     try:
         parse_filter(filter or "")
     except QueryError as e:
         return str(e)
     return True
+
+
+def _open_vaults(vault: str) -> list[Any]:
+    """The vaults a query searches: the named one, or every vault for auto-detect."""
+    names = vault_names() if vault == AUTO else [vault]
+    if not names:
+        raise ValueError("no vaults in models/vaults yet: build one with Luna Vault Builder or `luna-vault extract`")
+    return [open_cached(vault_path(n)) for n in names]
 
 
 class LunaVaultQuery(io.ComfyNode):
@@ -65,6 +68,7 @@ class LunaVaultQuery(io.ComfyNode):
                 io.String.Input("filter", default="", optional=True,
                                 tooltip="Metadata filter, e.g. checkpoint=ponyXL, quality>=0.7, lora~detail"),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
                 io.Conditioning.Output("blended", display_name="blended", tooltip="Your conditioning with the retrieved one blended in."),
                 io.Conditioning.Output("retrieved", display_name="retrieved", tooltip="The retrieved conditioning alone."),
@@ -75,8 +79,10 @@ class LunaVaultQuery(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vault: str, k: int, filter: str | None = None) -> bool | str:
-        return _check_query_inputs(vault, k, filter)
+    def validate_inputs(cls, filter: str | None = None) -> bool | str:
+        # only the filter: ComfyUI checks vault (against the vaults there now) and k (1..100) from the schema,
+        # and flags each problem on its own input
+        return _check_filter(filter)
 
     @classmethod
     def fingerprint_inputs(cls, vault: str, **kwargs: Any) -> str:
@@ -86,13 +92,11 @@ class LunaVaultQuery(io.ComfyNode):
     @classmethod
     def execute(cls, image: torch.Tensor, clip_vision: Any, vault: str, k: int, strength: float, blend_mode: str,
                 temperature: float, conditioning: Any = None, clip: Any = None, filter: str = "") -> io.NodeOutput:
-        check = _check_query_inputs(vault, k, filter)
-        if check is not True:
-            raise ValueError(check)
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
-        vaults = [open_cached(vault_path(n)) for n in (vault_names() if vault == AUTO else [vault])]
-        encoder = ComfyClipVisionEncoder(clip_vision)
+        vaults = _open_vaults(vault)
+        encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
+        check_query(vaults, k, filter or None, encoder.fingerprint)  # before encoding: the same rule search applies
         result = retrieve(
             vaults, encoder.encode(image), k=k, filter=filter or None, encoder=encoder.fingerprint,
             text_encoder=ComfyClipTextEncoder(clip) if clip is not None else None, user=conditioning,

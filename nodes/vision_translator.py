@@ -10,11 +10,12 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..core.conditioning import BLEND_MODES, blend
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 from ..projector.translate import load_cached, translate
 from ..vault.cache import open_cached
-from ..vault.conditioning import BLEND_MODES, blend
-from .common import CATEGORY, PROJECTORS, vault_names, vault_path, vault_stamp
+from ..vault.query import check_query
+from .common import CATEGORY, PROJECTORS, loaded_file, vault_names, vault_path, vault_stamp
 
 NONE = "none"
 
@@ -63,20 +64,13 @@ class LunaVisionTranslator(io.ComfyNode):
                 io.Clip.Input("clip", optional=True,
                               tooltip="Hybrid: encode the vault's prompts with this CLIP (else its baked conditioning)."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
                 io.Conditioning.Output("blended", display_name="blended", tooltip="Your conditioning with the translation blended in."),
                 io.Conditioning.Output("translated", display_name="translated", tooltip="The translated conditioning alone."),
                 io.String.Output("report", display_name="report", tooltip="JSON: per crop the path taken and the best vault similarity."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, projector: str, vault: str = NONE) -> bool | str:
-        if projector not in projector_names():
-            return f"projector '{projector}' not found in models/{PROJECTORS}; refresh the page"
-        if vault != NONE and vault not in vault_names():
-            return f"vault '{vault}' not found in models/vaults"
-        return True
 
     @classmethod
     def fingerprint_inputs(cls, projector: str, vault: str = NONE, **kwargs: Any) -> str:
@@ -90,9 +84,11 @@ class LunaVisionTranslator(io.ComfyNode):
                 clip: Any = None) -> io.NodeOutput:
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
-        encoder = ComfyClipVisionEncoder(clip_vision)
+        encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         model, _ = load_cached(projector_path(projector), encoder.fingerprint)
         v = open_cached(vault_path(vault)) if vault and vault != NONE else None
+        if v is not None:  # before encoding: the same rule a vault query applies
+            check_query([v], k, None, encoder.fingerprint)
         result = translate(model, encoder.encode(image), vault=v, threshold=threshold, k=k,
                            text_encoder=ComfyClipTextEncoder(clip) if clip is not None else None,
                            encoder=encoder.fingerprint)

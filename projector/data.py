@@ -9,9 +9,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..vault.errors import VaultError
+from ..core.errors import VaultError
 from ..vault.store import Vault
-from .model import FAMILY_TARGET, TARGETS, TargetSpec
+from .model import TARGETS, TargetSpec
 
 VAL_SHARE = 0.1
 
@@ -23,7 +23,7 @@ def target_for_vault(vault: Vault) -> TargetSpec:
             f"vault '{vault.name}' has no baked conditioning, so there is nothing to learn from: build it with "
             "`luna-vault extract --bake --checkpoint ...` or a Luna Vault Builder with a CLIP connected"
         )
-    spec = TARGETS.get(FAMILY_TARGET.get(vault.text.family, ""))
+    spec = TARGETS.get(vault.text.family)
     if spec is not None and (spec.dim, spec.pooled_dim) == (vault.text.dim, vault.text.pooled_dim):
         return spec
     tokens = int(vault.baked(0)[0].shape[0]) if vault.n_prompts else 77

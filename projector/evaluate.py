@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..vault.atomic import atomic_write, atomic_write_bytes
-from ..vault.conditioning import retrieval_weights
-from ..vault.errors import VaultError
+from ..core.atomic import atomic_write, atomic_write_bytes
+from ..core.conditioning import retrieval_weights
+from ..core.errors import VaultError
 from ..vault.index import VaultIndex
 from ..vault.store import Vault
 from .data import PairSet

@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..vault.atomic import atomic_write
-from ..vault.errors import EncoderMismatchError
-from ..vault.manifest import EncoderFingerprint
+from ..core.atomic import atomic_write
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import EncoderMismatchError
 from .model import Projector, ProjectorConfig
 
 FORMAT = "luna-projector"

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.families import FAMILIES
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -36,13 +38,8 @@ class TargetSpec:
                    tuple((str(n), int(a), int(b)) for n, a, b in d["parts"]))
 
 
-TARGETS: dict[str, TargetSpec] = {
-    "sdxl": TargetSpec("sdxl", 77, 2048, 1280, (("clip_l", 0, 768), ("clip_g", 768, 2048))),
-    "clip_l": TargetSpec("clip_l", 77, 768, 768, (("clip_l", 0, 768),)),  # SD1.5, and the CLIP-L part of SDXL/Flux
-    "flux": TargetSpec("flux", 256, 4096, 768, (("t5", 0, 4096),)),  # T5 tokens; pooled is CLIP-L's
-}
-# the text family of a vault's baked conditioning -> the target it trains
-FAMILY_TARGET = {"sdxl": "sdxl", "sd15": "clip_l", "flux": "flux"}
+# one target per text family (core.families): sd15 is CLIP-L alone, also the CLIP-L part of SDXL/Flux
+TARGETS: dict[str, TargetSpec] = {f.name: TargetSpec(f.name, f.tokens, f.dim, f.pooled_dim, f.parts) for f in FAMILIES.values()}
 
 
 @dataclass

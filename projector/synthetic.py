@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from ..vault.manifest import EncoderFingerprint, TextSpec
+from ..core.encoder import EncoderFingerprint
+from ..core.families import TextSpec
 from ..vault.ops import build
 from .model import TargetSpec
 

@@ -24,8 +24,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ..vault.atomic import atomic_write, atomic_write_bytes
+from ..core.atomic import atomic_write, atomic_write_bytes
 from ..vault.store import Vault
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PairDataset, PairSet, ResidentPairs
 from .io import save_projector
 from .model import Projector, ProjectorConfig, TargetSpec
@@ -158,17 +159,13 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * max(1, len(loader))
     sched = _cosine_schedule(opt, total_steps, int(cfg.warmup * total_steps))
-    ckpt = out.with_suffix(".ckpt.pt")
+    ckpt = out.with_suffix(".ckpt.safetensors")
     history: list[dict[str, float]] = []
     start_epoch, best = 0, (math.inf, -1)
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        _check_resumable(ckpt, state, cfg, mcfg)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        state = load_checkpoint(ckpt, model, opt, sched, check=lambda fields: _check_resumable(ckpt, fields, cfg, mcfg))
         start_epoch, best = int(state["epoch"]), (float(state["best_loss"]), int(state["best_epoch"]))
-        history = json.loads(state["history"])
+        history = state["history"]
         gen.manual_seed(cfg.seed + start_epoch)
         if rank == 0:
             print(f"resuming from {ckpt.name} after epoch {start_epoch}", file=sys.stderr)
@@ -215,10 +212,8 @@ def train(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], cfg: 
             if val["loss"] < best[0]:
                 best = (val["loss"], epoch + 1)
                 save_projector(model, out, vault.encoder, _stats(cfg, pairs, history, best, samples, t0, world))
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "best_loss": best[0], "best_epoch": best[1], "history": json.dumps(history),
-                     "config": _resume_key(cfg, mcfg)}
-            atomic_write(ckpt, lambda tmp, s=state: torch.save(s, tmp))
+            save_checkpoint(ckpt, model, opt, sched, {"epoch": epoch + 1, "best_loss": best[0], "best_epoch": best[1],
+                                                      "history": history, "config": _resume_key(cfg, mcfg)})
             _write_logs(out, history)
             if on_epoch is not None:
                 on_epoch(row)
@@ -281,7 +276,8 @@ def _bar(batches: Any, desc: str, show: bool, total: int | None = None) -> Any:
         return batches
     from tqdm import tqdm
 
-    return tqdm(batches, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True, total=total)
+    return tqdm(batches, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True, total=total,
+                disable=not sys.stderr.isatty())
 
 
 def _write_logs(out: Path, history: list[dict[str, float]]) -> None:

@@ -3,45 +3,34 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..vault.conditioning import (
+from ..core.conditioning import (
     EncodingCache,
     match_token_length,
     retrieval_weights,
     weighted_conditioning,
 )
-from ..vault.errors import TextFamilyMismatchError
-from ..vault.manifest import EncoderFingerprint
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import TextFamilyMismatchError
+from ..core.filecache import FileCache
 from ..vault.query import search
 from ..vault.retrieve import SHARED_TEXT_CACHE, prompt_lookup
 from ..vault.store import Vault
 from .io import load_projector
 from .model import Projector
 
-_loaded: OrderedDict[tuple[str, int, int], tuple[Projector, dict[str, Any]]] = OrderedDict()
-_lock = threading.Lock()
+_loaded: FileCache[tuple[Projector, dict[str, Any]]] = FileCache(4)
 
 
 def load_cached(path: str | os.PathLike[str], encoder: EncoderFingerprint | None = None) -> tuple[Projector, dict[str, Any]]:
     """A projector kept in memory until its file changes; the encoder check runs on every call."""
     p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
-    with _lock:
-        hit = _loaded.get(key)
-    if hit is None:
-        hit = load_projector(p)
-        with _lock:
-            _loaded[key] = hit
-            while len(_loaded) > 4:
-                _loaded.popitem(last=False)
+    hit = _loaded.get(p, p, load_projector)
     if encoder is not None:
         hit[1]["encoder"].check_compatible(encoder, where=f"projector '{p.name}'")
     return hit

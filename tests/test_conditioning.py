@@ -10,23 +10,18 @@ import pytest
 import torch
 
 from helpers import clustered, toy_encode
-from luna_vault.vault import (
-    EncoderFingerprint,
+from luna_vault.core.conditioning import (
     EncodingCache,
-    QueryError,
-    TextFamilyMismatchError,
-    TextSpec,
-    Vault,
     baked_lookup,
     blend,
-    build,
     check_baked_family,
+    match_token_length,
     retrieval_weights,
     retrieved_conditioning,
-    search,
     text_lookup,
+    weighted_conditioning,
 )
-from luna_vault.vault.conditioning import match_token_length, weighted_conditioning
+from luna_vault.vault import EncoderFingerprint, QueryError, TextFamilyMismatchError, TextSpec, Vault, build, search
 from luna_vault.vault.query import Match, QueryResult
 
 

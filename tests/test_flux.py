@@ -11,20 +11,15 @@ import pytest
 import torch
 
 from helpers import COMFYUI, clustered
-from luna_vault.vault import (
-    EncoderFingerprint,
-    TextFamilyMismatchError,
-    TextSpec,
-    Vault,
+from luna_vault.core.conditioning import (
     baked_lookup,
     blend,
-    build,
     check_baked_family,
     retrieval_weights,
     retrieved_conditioning,
-    search,
     text_lookup,
 )
+from luna_vault.vault import EncoderFingerprint, TextFamilyMismatchError, TextSpec, Vault, build, search
 
 if not (COMFYUI / "comfy_api").is_dir():
     pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -25,11 +26,12 @@ try:
 except ImportError as e:  # ComfyUI's requirements are not installed
     pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
 
+from luna_vault.core.conditioning import EncodingCache
 from luna_vault.nodes import NODES  # noqa: E402
 from luna_vault.nodes.embedding import LunaEmbeddingExtractor  # noqa: E402
 from luna_vault.nodes.vault_builder import LunaVaultBuilder  # noqa: E402
 from luna_vault.nodes.vault_query import LunaVaultQuery  # noqa: E402
-from luna_vault.vault import EncodingCache, TextSpec, Vault, build, retrieve  # noqa: E402
+from luna_vault.vault import TextFamilyMismatchError, TextSpec, Vault, VaultExistsError, build, retrieve
 
 
 class StubClipVision:
@@ -145,16 +147,33 @@ def test_query_execute_matches_the_core_library(comfy_dirs: Path) -> None:
 def test_query_validation_and_mode_errors(comfy_dirs: Path) -> None:
     cv = StubClipVision()
     images, _ = _stub_vault(comfy_dirs, cv)
-    assert "not found" in LunaVaultQuery.validate_inputs(vault="nope", k=3)
-    assert "at least 1" in LunaVaultQuery.validate_inputs(vault="eyes", k=0)
-    assert "needs a number" in LunaVaultQuery.validate_inputs(vault="eyes", k=3, filter="quality>>x")
-    assert LunaVaultQuery.validate_inputs(vault="auto-detect", k=3, filter="seed>=2") is True
+    # one flag per problem: only the filter is validated here (ComfyUI checks the vault combo and k's range itself)
+    assert list(inspect.signature(LunaVaultQuery.validate_inputs).parameters) == ["filter"]
+    assert "needs a number" in LunaVaultQuery.validate_inputs(filter="quality>>x")
+    assert LunaVaultQuery.validate_inputs(filter="seed>=2") is True
     with pytest.raises(Exception, match="no baked conditioning.*connect a CLIP"):
         LunaVaultQuery.execute(image=images[:1], clip_vision=cv, vault="eyes", k=2, strength=0.3, blend_mode="average",
                                temperature=0.05)
+    # every rule is checked before a crop is encoded: count the encoder's calls on the crops
+    calls: list[int] = []
+    other = StubClipVision(dim=8)
+    orig = other.encode_image
+    other.encode_image = lambda x: calls.append(x.shape[0]) or orig(x)
     with pytest.raises(Exception, match="16-d"):
-        LunaVaultQuery.execute(image=images[:1], clip_vision=StubClipVision(dim=8), vault="eyes", k=2, strength=0.3,
+        LunaVaultQuery.execute(image=images[:3], clip_vision=other, vault="eyes", k=2, strength=0.3,
                                blend_mode="average", temperature=0.05, clip=StubClip())
+    assert 3 not in calls, "the crops were encoded before the encoder check"
+    calls.clear()
+    counted = StubClipVision()
+    orig2 = counted.encode_image
+    counted.encode_image = lambda x: calls.append(x.shape[0]) or orig2(x)
+    with pytest.raises(Exception, match="k=99 but vault 'eyes' holds only 6 entries"):
+        LunaVaultQuery.execute(image=images[:3], clip_vision=counted, vault="eyes", k=99, strength=0.3,
+                               blend_mode="average", temperature=0.05, clip=StubClip())
+    assert 3 not in calls
+    with pytest.raises(ValueError, match="no vault named 'nope'"):
+        LunaVaultQuery.execute(image=images[:1], clip_vision=cv, vault="nope", k=2, strength=0.3, blend_mode="average",
+                               temperature=0.05, clip=StubClip())
     with pytest.raises(ValueError, match="empty"):
         LunaVaultQuery.execute(image=images[:0], clip_vision=cv, vault="eyes", k=2, strength=0.3, blend_mode="average",
                                temperature=0.05, clip=StubClip())
@@ -191,7 +210,7 @@ def test_builder_graph_mode(comfy_dirs: Path) -> None:
     again = LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="append", category="", thumbnails=True,
                                      images=images[:2], prompts="x")
     assert "+0 entries (2 already present)" in again.args[0]
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(VaultExistsError, match="already exists"):
         LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="create", category="", thumbnails=True,
                                  images=images, prompts="x")
     with pytest.raises(ValueError, match="3 prompts for 4 images"):
@@ -200,11 +219,23 @@ def test_builder_graph_mode(comfy_dirs: Path) -> None:
     with pytest.raises(ValueError, match="JSON"):
         LunaVaultBuilder.execute(clip_vision=cv, vault_name="other", mode="append", category="", thumbnails=False,
                                  images=images, prompts="a", metadata="{nope")
-    assert "not a plain name" in LunaVaultBuilder.validate_inputs(vault_name="../evil", mode="append")
+    assert "not a plain name" in LunaVaultBuilder.validate_inputs(vault_name="../evil")
     out = LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="overwrite", category="", thumbnails=False,
                                    images=images[:1], prompts="only", clip=StubClip())
     v = Vault.open(comfy_dirs / "hands.vault")
     assert len(v) == 1 and v.text is not None and v.text.family == "sd15"
+    # the same writer checks as extract: a baked vault needs its family's CLIP, another encoder is refused first
+    with pytest.raises(TextFamilyMismatchError, match="bakes sd15 conditioning, but no text encoder was given"):
+        LunaVaultBuilder.execute(clip_vision=cv, vault_name="hands", mode="append", category="", thumbnails=False,
+                                 images=images[1:2], prompts="more")
+    calls: list[int] = []
+    other = StubClipVision(dim=8)
+    orig = other.encode_image
+    other.encode_image = lambda x: calls.append(x.shape[0]) or orig(x)
+    with pytest.raises(Exception, match="16-d"):
+        LunaVaultBuilder.execute(clip_vision=other, vault_name="hands", mode="append", category="",
+                                 thumbnails=False, images=images[1:4], prompts="more", clip=StubClip())
+    assert 3 not in calls, "the images were encoded before the encoder check"
 
 
 def test_builder_folder_mode(comfy_dirs: Path, tmp_path: Path) -> None:
@@ -234,7 +265,7 @@ def test_embedding_extractor(comfy_dirs: Path, tmp_path: Path) -> None:
     assert emb["embeddings"].shape == (3, 16) and emb["fingerprint"].dim == 16
     torch.testing.assert_close(emb["embeddings"].norm(dim=1), torch.ones(3))
     assert clip_out["image_embeds"].shape == (3, 16)
-    parts = list((tmp_path / "output" / "luna_pairs" / "pairs1").glob("*.safetensors"))
+    parts = list((tmp_path / "output" / "luna_embeddings" / "pairs1").glob("*.safetensors"))
     assert len(parts) == 1
     lines = parts[0].with_suffix(".jsonl").read_text().splitlines()
     assert [json.loads(x)["prompt"] for x in lines] == ["a", "b", "c"]
@@ -247,7 +278,7 @@ def _stub_projector(folder: Path, fingerprint: Any, in_dim: int = 16, seed: int 
     from luna_vault.projector.model import Projector, ProjectorConfig
 
     torch.manual_seed(seed)
-    model = Projector(ProjectorConfig.preset(in_dim, "clip_l", hidden=32, linear=16, rank=4, token_rank=2))
+    model = Projector(ProjectorConfig.preset(in_dim, "sd15", hidden=32, linear=16, rank=4, token_rank=2))
     g = torch.Generator().manual_seed(seed)
     model.set_stats(torch.randn(77, 768, generator=g), torch.rand(77, 768, generator=g) + 0.5, torch.randn(768, generator=g),
                     torch.rand(768, generator=g) + 0.5)
@@ -257,10 +288,10 @@ def _stub_projector(folder: Path, fingerprint: Any, in_dim: int = 16, seed: int 
 
 
 def test_vision_translator_hybrid_matches_the_core_library(comfy_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from luna_vault.core.conditioning import blend
     from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
     from luna_vault.nodes.vision_translator import LunaVisionTranslator
     from luna_vault.projector.io import load_projector
-    from luna_vault.vault.conditioning import blend
 
     projectors = comfy_dirs.parent / "luna_projectors"
     projectors.mkdir()
@@ -273,8 +304,12 @@ def test_vision_translator_hybrid_matches_the_core_library(comfy_dirs: Path, mon
     unknown[:, :20] = 0.05  # unlike any vault crop
     crops = torch.cat([images[3:4], unknown])
     user = StubClip().encode_from_tokens_scheduled("a detailed eye")
-    assert LunaVisionTranslator.validate_inputs(projector="eyes-l.safetensors", vault="baked") is True
-    assert "not found" in LunaVisionTranslator.validate_inputs(projector="nope.safetensors")
+    # no custom validation (it would flag every input it reads for one problem): the combos list what is on
+    # disk now, and a missing projector or vault fails at run time, before encoding, with what there is
+    assert "validate_inputs" not in LunaVisionTranslator.__dict__
+    inputs = LunaVisionTranslator.INPUT_TYPES()
+    assert inputs["required"]["projector"][1]["options"] == ["eyes-l.safetensors"]
+    assert "baked" in inputs["optional"]["vault"][1]["options"]
     out = LunaVisionTranslator.execute(image=crops, clip_vision=cv, projector="eyes-l.safetensors", strength=0.3,
                                        blend_mode="average", conditioning=user, vault="baked", threshold=0.99, k=2)
     blended, translated, report = out.args

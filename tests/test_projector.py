@@ -43,7 +43,7 @@ def trained(syn_vault: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 def test_presets_stay_within_their_budgets(tmp_path: Path) -> None:
     sdxl = Projector(ProjectorConfig.preset(1024, "sdxl"))
     assert sdxl.parameter_count() <= 50_000_000
-    clip_l = Projector(ProjectorConfig.preset(768, "clip_l"))
+    clip_l = Projector(ProjectorConfig.preset(768, "sd15"))
     fp = EncoderFingerprint("vit", 768, "h")
     size = save_projector(clip_l, tmp_path / "clip_l.safetensors", fp).stat().st_size
     assert size <= 5_000_000, f"CLIP-L projector file is {size} bytes"
@@ -124,6 +124,11 @@ def test_resume_and_determinism(syn_vault: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train(syn_vault, out, cfg, target=SMALL, resume=True, progress=False, on_epoch=interrupt)
+    ckpt = out.with_suffix(".ckpt.safetensors")  # safetensors + JSON header: no pickle
+    from safetensors import safe_open
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert json.loads(f.metadata()["fields"])["epoch"] == 2
+        assert any(k.startswith("optimizer.") for k in f.keys()) and any(k.startswith("model.") for k in f.keys())
     resumed = train(syn_vault, out, cfg, target=SMALL, resume=True, progress=False)
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["train_loss"] for r in resumed["history"]],
@@ -182,13 +187,13 @@ def test_hybrid_uses_the_vault_for_known_looks(trained: tuple[Path, dict], syn_v
 def test_cli_train_and_eval(syn_vault: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.safetensors"
     assert main(["train", str(syn_vault), "--out", str(out), "--target", "nope"]) == 2
-    assert "--target must be one of sdxl, clip_l, flux" in capsys.readouterr().err
+    assert "--target must be one of sd15, sdxl, flux" in capsys.readouterr().err
     assert main(["train", str(syn_vault), "--out", str(out), "--target", "sdxl", "--epochs", "1"]) == 2
     assert "the sdxl target needs [*, 2048]" in capsys.readouterr().err
-    make_synthetic_vault(tmp_path / "l.vault", TARGETS["clip_l"], 96, n_prompts=60, per_prompt=2, family="sd15")
+    make_synthetic_vault(tmp_path / "l.vault", TARGETS["sd15"], 96, n_prompts=60, per_prompt=2, family="sd15")
     assert main(["train", str(tmp_path / "l.vault"), "--out", str(out), "--epochs", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["best_epoch"] >= 1 and read_header(out)["family"] == "clip_l"
+    assert summary["best_epoch"] >= 1 and read_header(out)["family"] == "sd15"
     assert main(["eval", str(tmp_path / "l.vault"), "--projector", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["methods"]) == {"projector", "vault k-NN (k=1)", "vault k-NN (k=5)", "ridge", "mean"}

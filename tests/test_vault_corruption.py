@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import clustered
+from luna_vault.core.atomic import atomic_write_bytes, check_name
 from luna_vault.vault import (
     EncoderFingerprint,
     UnsafeNameError,
@@ -18,7 +19,6 @@ from luna_vault.vault import (
     VaultNotFoundError,
     build,
 )
-from luna_vault.vault.atomic import atomic_write_bytes, check_name
 
 ENC = EncoderFingerprint("test-vit", 16, "w1")
 
@@ -111,7 +111,7 @@ def test_wrong_embedding_dim_in_manifest(vault: Path) -> None:
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path: Path) -> None:
     target = tmp_path / "f.json"
     atomic_write_bytes(target, b"old")
-    from luna_vault.vault.atomic import atomic_write
+    from luna_vault.core.atomic import atomic_write
 
     def broken(tmp: Path) -> None:
         tmp.write_bytes(b"half")

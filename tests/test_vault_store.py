@@ -246,7 +246,7 @@ def test_writer_lock_blocks_a_second_writer(tmp_path: Path) -> None:
     x, prompts, _ = _data(4)
     path = tmp_path / "v.vault"
     build(path, x, prompts, encoder=ENC, category="eyes")
-    from luna_vault.vault import atomic
+    from luna_vault.core import atomic
 
     with VaultWriter.open(path):
         with pytest.raises(VaultError, match="another process is writing"):

@@ -1,17 +1,8 @@
-"""Path 1 core: the vault format, FAISS search, category auto-detect and conditioning assembly (no ComfyUI)."""
+"""Path 1: the vault format, FAISS search and category auto-detect (no ComfyUI). Conditioning assembly is in
+luna_vault.core.conditioning; the errors and encoder/text types the vault API uses are re-exported here."""
 
-from .conditioning import (
-    BLEND_MODES,
-    EncodingCache,
-    baked_lookup,
-    blend,
-    check_baked_family,
-    retrieval_weights,
-    retrieved_conditioning,
-    text_lookup,
-)
-from .entries import AddReport, Skipped
-from .errors import (
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import (
     DimensionError,
     EmptyVaultError,
     EncoderMismatchError,
@@ -24,20 +15,19 @@ from .errors import (
     VaultFormatError,
     VaultNotFoundError,
 )
+from ..core.families import TextSpec
+from .entries import AddReport, Skipped
 from .filters import Filter, parse_filter
 from .index import VaultIndex, choose_index
-from .manifest import EncoderFingerprint, TextSpec
 from .ops import append, build, compact, delete_where, merge, rebuild_index, upgrade
 from .query import Detection, Match, QueryResult, detect_category, get_index, search
 from .retrieve import Retrieval, retrieve
 from .store import Vault, VaultWriter
 
 __all__ = [
-    "AddReport", "BLEND_MODES", "Detection", "DimensionError", "EmptyVaultError", "EncoderFingerprint",
-    "EncoderMismatchError", "EncodingCache", "Filter", "Match", "QueryError", "QueryResult", "Skipped",
-    "TextFamilyMismatchError", "TextSpec", "UnsafeNameError", "Vault", "VaultCorruptError", "VaultError",
-    "VaultExistsError", "VaultFormatError", "VaultIndex", "VaultNotFoundError", "VaultWriter", "append",
-    "baked_lookup", "blend", "build", "check_baked_family", "choose_index", "compact", "delete_where",
-    "detect_category", "get_index", "merge", "parse_filter", "rebuild_index", "retrieval_weights",
-    "retrieved_conditioning", "Retrieval", "retrieve", "search", "text_lookup", "upgrade",
+    "AddReport", "Detection", "DimensionError", "EmptyVaultError", "EncoderFingerprint", "EncoderMismatchError",
+    "Filter", "Match", "QueryError", "QueryResult", "Retrieval", "Skipped", "TextFamilyMismatchError", "TextSpec",
+    "UnsafeNameError", "Vault", "VaultCorruptError", "VaultError", "VaultExistsError", "VaultFormatError",
+    "VaultIndex", "VaultNotFoundError", "VaultWriter", "append", "build", "choose_index", "compact", "delete_where",
+    "detect_category", "get_index", "merge", "parse_filter", "rebuild_index", "retrieve", "search", "upgrade",
 ]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import QueryError
+from ..core.errors import QueryError
 
 _COND = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]{0,99})[ \t]*(>=|<=|!=|=|>|<|~)(.*)", re.S)  # on a stripped part: linear
 MAX_FILTER = 4096

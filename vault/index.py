@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 from filelock import FileLock
 
-from .atomic import atomic_write, atomic_write_bytes
+from ..core.atomic import atomic_write, atomic_write_bytes
 from .manifest import check_index_spec
 from .segment import prefetch
 
@@ -779,7 +779,7 @@ def _check_unit(vault: "Vault", block: np.ndarray, first: int) -> None:
     norms = np.linalg.norm(block, axis=1)
     bad = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-2))
     if len(bad):
-        from .errors import VaultCorruptError
+        from ..core.errors import VaultCorruptError
 
         i = int(bad[0])
         raise VaultCorruptError(
@@ -792,7 +792,7 @@ def _check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> No
     """Unit vectors cannot be more similar than 1: a result above it is a damaged stored vector."""
     over = np.isfinite(sims) & (sims > 1.0 + 1e-2)
     if over.any():
-        from .errors import VaultCorruptError
+        from ..core.errors import VaultCorruptError
 
         r, c = (int(x[0]) for x in np.nonzero(over))
         raise VaultCorruptError(

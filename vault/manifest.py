@@ -12,14 +12,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
-from .atomic import atomic_write_bytes
-from .errors import EncoderMismatchError, VaultCorruptError, VaultFormatError, VaultNotFoundError
+from ..core.atomic import atomic_write_bytes
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import VaultCorruptError, VaultFormatError, VaultNotFoundError
+from ..core.families import TextSpec
 
 FORMAT_NAME = "luna-vault"
 FORMAT_VERSION = 2  # 2: segments carry the vault's id and their entry/prompt range (bound to their place)
 MANIFEST = "manifest.json"
+VAULT_SUFFIX = ".vault"  # a vault is a folder NAME.vault holding MANIFEST
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_SEGMENTS = 1000  # a writer merges small segments long before this (see store.MERGE_AT)
 MAX_ENTRIES = 1 << 34
@@ -29,94 +30,6 @@ SEGMENT_NAME = re.compile(r"^seg-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
 DELETED_NAME = re.compile(r"^del-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VAULT_ID = re.compile(r"^[0-9a-f]{16,64}$")
-
-PROBE_MIN_COSINE = 0.98
-
-TEXT_FAMILIES: dict[str, tuple[int, int]] = {
-    # family: (token dim, pooled dim) of ComfyUI's CLIPTextEncode output for that model family
-    "sd15": (768, 768),
-    "sdxl": (2048, 1280),
-    "flux": (4096, 768),
-}
-
-
-@dataclass(frozen=True)
-class EncoderFingerprint:
-    """Identity of an image encoder: a vault answers only queries made with the same one.
-
-    `weights_hash` identifies the weights as one loader sees them; `probe` is the encoder's
-    embedding of a fixed test image (see extraction.encoders.probe_image), which identifies the
-    *function* across loaders (ComfyUI, open_clip), devices and precisions. When both sides have a
-    probe it decides (cosine >= PROBE_MIN_COSINE); otherwise differing weight hashes refuse.
-    """
-
-    name: str
-    dim: int
-    weights_hash: str = ""
-    probe: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
-
-    def probe_cosine(self, other: "EncoderFingerprint") -> float | None:
-        if not self.probe or not other.probe or len(self.probe) != len(other.probe):
-            return None
-        a, b = np.asarray(self.probe, np.float64), np.asarray(other.probe, np.float64)
-        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-    def check_compatible(self, other: "EncoderFingerprint", where: str = "vault") -> None:
-        """Raise EncoderMismatchError unless `other` is the same encoder (same dim, same function)."""
-        if other.dim != self.dim:
-            raise EncoderMismatchError(
-                f"the {where} holds {self.dim}-d embeddings from '{self.name}', but the query encoder "
-                f"'{other.name}' gives {other.dim}-d ones; load the CLIP vision model the {where} was built with"
-            )
-        cos = self.probe_cosine(other)
-        if cos is not None:
-            if cos < PROBE_MIN_COSINE:
-                raise EncoderMismatchError(
-                    f"the {where} was built with encoder '{self.name}', the query uses '{other.name}': both give "
-                    f"{self.dim}-d embeddings but they disagree on a test image (cosine {cos:.3f}), so they are "
-                    "different models and similarities would be meaningless. Use the CLIP vision model the "
-                    f"{where} was built with, or rebuild it"
-                )
-            return
-        if self.weights_hash and other.weights_hash and self.weights_hash != other.weights_hash:
-            raise EncoderMismatchError(
-                f"the {where} was built with encoder '{self.name}' (weights {self.weights_hash[:12]}), "
-                f"the query uses '{other.name}' (weights {other.weights_hash[:12]}); same dim, different "
-                "model: similarities would be meaningless. Use the same CLIP vision model or rebuild the vault"
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "dim": self.dim, "weights_hash": self.weights_hash}
-        if self.probe is not None:
-            d["probe"] = [round(float(x), 5) for x in self.probe]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "EncoderFingerprint":
-        probe = d.get("probe")
-        return cls(name=str(d["name"]), dim=int(d["dim"]), weights_hash=str(d.get("weights_hash", "")),
-                   probe=tuple(float(x) for x in probe) if probe else None)
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    """What baked conditioning holds: model family and token/pooled dims."""
-
-    family: str
-    dim: int
-    pooled_dim: int
-
-    @classmethod
-    def for_family(cls, family: str) -> "TextSpec":
-        if family not in TEXT_FAMILIES:
-            raise VaultFormatError(f"unknown text family {family!r}; expected one of {sorted(TEXT_FAMILIES)}")
-        dim, pooled = TEXT_FAMILIES[family]
-        return cls(family, dim, pooled)
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TextSpec":
-        return cls(family=str(d["family"]), dim=int(d["dim"]), pooled_dim=int(d["pooled_dim"]))
-
 
 @dataclass(frozen=True)
 class SegmentInfo:
@@ -373,3 +286,9 @@ def check_index_spec(spec: str, dim: int | None = None) -> str:
     if why:
         raise VaultFormatError(f"index {spec[:60]!r} cannot be used ({why}); expected {INDEX_SPEC_HELP}")
     return spec
+
+
+def vault_name(path: str | os.PathLike[str]) -> str:
+    """A vault's name: its folder's name without the .vault suffix."""
+    name = Path(path).name
+    return name[: -len(VAULT_SUFFIX)] if name.endswith(VAULT_SUFFIX) else name

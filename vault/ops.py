@@ -11,13 +11,22 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import writer_lock
+from ..core.atomic import writer_lock
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import (
+    DimensionError,
+    EncoderMismatchError,
+    QueryError,
+    TextFamilyMismatchError,
+    VaultError,
+    VaultExistsError,
+)
+from ..core.families import TextSpec
 from .entries import AddReport
-from .errors import DimensionError, EncoderMismatchError, QueryError, VaultError
 from .filters import Filter, parse_filter
 from .index import RECALL_TARGET, VaultIndex, index_cache_folder
-from .manifest import EncoderFingerprint, Manifest, TextSpec
-from .store import ProgressFn, TextEncodeFn, Vault, VaultWriter, cleanup_orphans
+from .manifest import Manifest
+from .store import ProgressFn, TextEncodeFn, Vault, VaultWriter, cleanup_orphans, vault_exists
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,53 @@ def append(path: PathLike, embeddings: Any, prompts: Sequence[Any], metadata: Se
         if encoder is not None:
             w.encoder.check_compatible(encoder, where=f"vault '{Path(path).name}'")
         return _add_all(w, embeddings, prompts, metadata, thumbnails, content_hashes, encode_text, chunk, progress)
+
+
+ADD_MODES = ("append", "create", "overwrite")
+
+
+def check_add_mode(path: PathLike, mode: str) -> None:
+    """Refuse an unknown mode, or `create` over an existing vault, before any image is encoded."""
+    if mode not in ADD_MODES:
+        raise QueryError(f"mode must be one of {', '.join(ADD_MODES)}, got {mode!r}")
+    if mode == "create" and vault_exists(path):
+        raise VaultExistsError(f"vault '{Path(path).name}' already exists; use mode append (add to it) "
+                               "or overwrite (replace it)")
+
+
+def writer_for_adding(path: PathLike, mode: str, encoder: EncoderFingerprint, category: str,
+                      text: TextSpec | None) -> VaultWriter:
+    """The writer every way of adding images uses (extract, the Builder node), after the checks they share.
+
+    `append` opens the vault at `path` (creating it when there is none), `create` makes a new one,
+    `overwrite` replaces it. An existing vault must have been built with the same image encoder and
+    bake the same text family as `text` (None: a text-mode vault).
+    """
+    check_add_mode(path, mode)
+    if mode != "append" or not vault_exists(path):
+        return VaultWriter.create(path, encoder, category, text=text, overwrite=mode == "overwrite")
+    writer = VaultWriter.open(path)
+    try:
+        writer.encoder.check_compatible(encoder, where=f"vault '{Path(path).name}'")
+        if writer.text != text:
+            have = f"bakes {writer.text.family} conditioning" if writer.text else "is a text-mode vault (no baked conditioning)"
+            want = f"the text encoder gives {text.family} conditioning" if text else "no text encoder was given"
+            fix = (f"use a {writer.text.family} CLIP" if writer.text else "add without a CLIP (text mode)")
+            raise TextFamilyMismatchError(f"vault '{Path(path).name}' {have}, but {want}: {fix}, or add to another vault")
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
+def unseen(hashes: Sequence[bytes], known: set[bytes]) -> list[int]:
+    """Indices of the images worth adding: not among `known` (updated in place) nor repeats of an earlier one."""
+    fresh = []
+    for i, h in enumerate(hashes):
+        if h not in known:
+            known.add(h)
+            fresh.append(i)
+    return fresh
 
 
 def delete_where(path: PathLike, filter: "str | Mapping[str, Any] | Filter") -> int:

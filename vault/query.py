@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DimensionError, EmptyVaultError, EncoderMismatchError, QueryError
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import DimensionError, EmptyVaultError, EncoderMismatchError, QueryError
 from .filters import Filter, parse_filter
 from .index import VaultIndex
-from .manifest import EncoderFingerprint
 from .store import Vault
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,7 @@ def as_query_array(queries: Any, dim: int) -> np.ndarray:
 
 def get_index(vault: Vault, spec: str | None = None, **kwargs: Any) -> VaultIndex:
     """The vault's search index, built (or loaded from this machine's cache) on first use."""
-    with vault._lock:
-        index = vault._index
-    if index is None or (spec and index.requested != spec):
-        index = VaultIndex(vault, spec=spec, **kwargs)
-        with vault._lock:
-            vault._index = index
-    return index
+    return vault.search_index(spec, **kwargs)
 
 
 def search(vault: Vault, queries: Any, k: int = 5, filter: "str | Mapping[str, Any] | Filter | None" = None,
@@ -121,21 +115,50 @@ def search_arrays(vault: Vault, queries: Any, k: int = 5, filter: Any = None,
     return sims, ids
 
 
-def _search(vault: Vault, queries: Any, k: int, filter: Any, encoder: EncoderFingerprint | None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_answerable(vault: Vault, k: Any, filter: Any = None, encoder: EncoderFingerprint | None = None) -> Filter | None:
+    """The one rule for whether `vault` can answer a query, checked before any image is encoded.
+
+    The encoder must be the vault's, k a whole number from 1 to the vault's live entries, and the
+    filter must leave at least one entry (it may leave fewer than k: fewer matches come back).
+    Raises EncoderMismatchError, QueryError or EmptyVaultError; returns the parsed filter.
+    """
     if encoder is not None:
         vault.encoder.check_compatible(encoder, where=f"vault '{vault.name}'")
-    q = as_query_array(queries, vault.dim)
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise QueryError(f"k must be a whole number >= 1, got {k!r}")
     if len(vault) == 0:
         raise EmptyVaultError(f"vault '{vault.name}' has no entries; add some before querying it")
     if k > len(vault):
         raise QueryError(f"k={k} but vault '{vault.name}' holds only {len(vault)} entries; use k <= {len(vault)}")
     flt = parse_filter(filter)
-    allowed = vault.filter_mask(flt) if (flt or vault.manifest.deleted_count) else None
-    if allowed is not None and not allowed.any():
+    if flt and not vault.filter_mask(flt).any():
         raise EmptyVaultError(f"no entry of vault '{vault.name}' passes the filter '{flt}'")
+    return flt
+
+
+def check_query(vaults: Sequence[Vault], k: Any, filter: Any = None,
+                encoder: EncoderFingerprint | None = None) -> dict[str, str]:
+    """check_answerable for one vault (raises) or for auto-detect over several: the vaults that cannot
+    answer are returned with the reason (they are skipped); raises QueryError when none can."""
+    if len(vaults) == 1:
+        check_answerable(vaults[0], k, filter, encoder)
+        return {}
+    skipped: dict[str, str] = {}
+    for vault in vaults:
+        try:
+            check_answerable(vault, k, filter, encoder)
+        except (DimensionError, EncoderMismatchError, EmptyVaultError, QueryError) as e:
+            skipped[vault.name] = str(e)
+    if len(skipped) == len(vaults):
+        raise QueryError("no vault can answer this query: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+    return skipped
+
+
+def _search(vault: Vault, queries: Any, k: int, filter: Any, encoder: EncoderFingerprint | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    flt = check_answerable(vault, k, filter, encoder)
+    q = as_query_array(queries, vault.dim)
+    allowed = vault.filter_mask(flt) if (flt or vault.manifest.deleted_count) else None
     return get_index(vault).search_detailed(q, int(k), allowed)
 
 
@@ -161,8 +184,9 @@ def detect_category(vaults: Sequence[Vault], queries: Any, k: int = 5, filter: A
                     encoder: EncoderFingerprint | None = None) -> tuple[Detection, list[QueryResult]]:
     """Query every compatible vault; for each crop keep the vault whose top-k matches are closest.
 
-    A vault is skipped (with the reason recorded) when its encoder differs from `encoder` or from
-    the query dim, or when it is empty or the filter leaves nothing. Raises QueryError if none is left.
+    A vault is skipped (with the reason recorded) when it cannot answer (see check_answerable: another
+    encoder, fewer than k entries, nothing passes the filter) or the query dim is not its own. Raises
+    QueryError if none is left.
     """
     if not vaults:
         raise QueryError("auto-detect needs at least one vault")
@@ -174,9 +198,8 @@ def detect_category(vaults: Sequence[Vault], queries: Any, k: int = 5, filter: A
     skipped: dict[str, str] = {}
     B = None
     for vault in vaults:
-        try:
-            kk = min(k, len(vault))
-            results = search(vault, queries, kk, filter, encoder)
+        try:  # the same rule as for one vault (check_answerable): a vault that cannot answer is skipped
+            results = search(vault, queries, k, filter, encoder)
         except (DimensionError, EncoderMismatchError, EmptyVaultError, QueryError) as e:
             skipped[vault.name] = str(e)
             continue

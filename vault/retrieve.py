@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .conditioning import (
+from ..core.conditioning import (
     Conditioning,
     EncodingCache,
     baked_lookup,
@@ -20,8 +20,8 @@ from .conditioning import (
     retrieved_conditioning,
     text_lookup,
 )
-from .errors import VaultError
-from .manifest import EncoderFingerprint
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import VaultError
 from .query import QueryResult, detect_category, get_index, search
 from .store import Vault
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 from safetensors.numpy import save_file
 
-from .atomic import atomic_write, sha256_file
-from .errors import VaultCorruptError
+from ..core.atomic import atomic_write, sha256_file
+from ..core.errors import VaultCorruptError
 from .manifest import SegmentInfo
 
 SEGMENT_KIND = "luna-vault-segment"

@@ -19,23 +19,25 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import fsync_dir, sha256_file, writer_lock
-from .entries import AddReport, Skipped, clean_metadata, encode_metadata, normalise_embeddings
-from .errors import (
+from ..core.atomic import fsync_dir, sha256_file, writer_lock
+from ..core.encoder import EncoderFingerprint
+from ..core.errors import (
     DimensionError,
     VaultCorruptError,
     VaultError,
     VaultExistsError,
 )
+from ..core.families import TextSpec
+from .entries import AddReport, Skipped, clean_metadata, encode_metadata, normalise_embeddings
 from .filters import Filter, parse_filter
+from .index import VaultIndex
 from .manifest import (
     MANIFEST,
-    EncoderFingerprint,
     Manifest,
     SegmentInfo,
-    TextSpec,
     check_index_spec,
     read_manifest,
+    vault_name,
     write_manifest,
 )
 from .segment import Binding, Segment, SegmentData, concat_segments, read_deleted, write_deleted, write_segment
@@ -67,13 +69,24 @@ class Vault:
         self._entry_bases = np.array([s.entry_base for s in segments] + [manifest.entries], dtype=np.int64)
         self.n_entries = manifest.entries  # entries ever written, deleted ones included (ids 0..n_entries-1)
         self.n_prompts = manifest.prompts
-        self.name = self.path.name[: -len(".vault")] if self.path.name.endswith(".vault") else self.path.name
+        self.name = vault_name(self.path)
         self._live = manifest.live
         self._entry_base_list = [s.entry_base for s in segments]
         self._prompt_base_list = [s.prompt_base for s in segments]
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._index: Any = None
+        self._index: VaultIndex | None = None
         self._lock = threading.Lock()
+
+    def search_index(self, spec: str | None = None, **kwargs: Any) -> VaultIndex:
+        """This snapshot's search index: built (or loaded from this machine's cache) on first use, then kept
+        for every query of the snapshot; a different `spec` replaces it."""
+        with self._lock:
+            index = self._index
+        if index is None or (spec and index.requested != spec):
+            index = VaultIndex(self, spec=spec, **kwargs)
+            with self._lock:
+                self._index = index
+        return index
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -383,7 +396,7 @@ class VaultWriter:
         try:
             exists = (path / MANIFEST).exists()
             if exists and not overwrite:
-                raise VaultExistsError(f"a vault already exists at {path}; append to it, or pass overwrite to replace it")
+                raise VaultExistsError(f"a vault already exists at {path}; append to it, or replace it (--overwrite on the command line, mode overwrite in the Builder node)")
             # keep the generation counter moving so file names never repeat (even over a vault that no longer reads)
             generation = max((int(m.group(1)) for e in os.scandir(path) if (m := _GENERATION.match(e.name))), default=0)
             base = Manifest(encoder=encoder, category=category, text=text, index=index, generation=generation)

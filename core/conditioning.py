@@ -37,9 +37,9 @@ import torch
 from .errors import DimensionError, QueryError, TextFamilyMismatchError
 
 if TYPE_CHECKING:
-    from .manifest import TextSpec
-    from .query import Match, QueryResult
-    from .store import Vault
+    from ..vault.query import Match, QueryResult
+    from ..vault.store import Vault
+    from .families import TextSpec
 
 Conditioning = list  # list of [cond tensor [B, T, D], extras dict]
 CondPair = tuple[torch.Tensor, "torch.Tensor | None"]  # (cond [T, D], pooled [P] or None)
