@@ -47,3 +47,20 @@ def make_folder(root: Path, n: int, seed: int = 0, sub: str = "eyes") -> list[Pa
         p.with_suffix(".txt").write_text(f"{sub} prompt {i % 7}")
         paths.append(p)
     return paths
+
+
+def import_comfyui() -> None:
+    """Make ../shared/comfyui importable (on the CPU) for a test module, or skip the whole module."""
+    import sys
+
+    import pytest
+
+    if not (COMFYUI / "comfy_api").is_dir():
+        pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
+    if str(COMFYUI) not in sys.path:
+        sys.path.insert(0, str(COMFYUI))
+    try:
+        import comfy.cli_args
+    except ImportError as e:  # ComfyUI's requirements are not installed
+        pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
+    comfy.cli_args.args.cpu = True

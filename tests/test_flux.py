@@ -3,14 +3,13 @@ pooled CLIP-L, FluxGuidance's `guidance` kept; every blend mode against ComfyUI'
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import COMFYUI, clustered
+from helpers import clustered, import_comfyui
 from luna_vault.core.conditioning import (
     baked_lookup,
     blend,
@@ -21,19 +20,11 @@ from luna_vault.core.conditioning import (
 )
 from luna_vault.vault import EncoderFingerprint, TextFamilyMismatchError, TextSpec, Vault, build, search
 
-if not (COMFYUI / "comfy_api").is_dir():
-    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
-sys.path.insert(0, str(COMFYUI))
-try:
-    import comfy.cli_args
+import_comfyui()
+from comfy.text_encoders.flux import FluxTokenizer  # noqa: E402
+from comfy_extras.nodes_flux import FluxGuidance  # noqa: E402
 
-    comfy.cli_args.args.cpu = True
-    from comfy.text_encoders.flux import FluxTokenizer
-    from comfy_extras.nodes_flux import FluxGuidance
-
-    import nodes as comfy_nodes
-except ImportError as e:  # ComfyUI's requirements are not installed
-    pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
+import nodes as comfy_nodes  # noqa: E402
 
 PROMPTS = ["a green eye", "close-up of an amber iris with gold flecks, macro photograph, sharp focus",
            "an eye " + "with many very detailed and intricate patterns " * 40]

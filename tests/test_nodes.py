@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import COMFYUI, toy_encode
+from helpers import import_comfyui, toy_encode
 
-if not (COMFYUI / "comfy_api").is_dir():
-    pytest.skip("needs ComfyUI at ../shared/comfyui", allow_module_level=True)
-sys.path.insert(0, str(COMFYUI))
-try:
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import folder_paths
-    from comfy_api.latest import io
-except ImportError as e:  # ComfyUI's requirements are not installed
-    pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
+import_comfyui()
+import folder_paths  # noqa: E402
+from comfy_api.latest import io  # noqa: E402
 
 from luna_vault.core.conditioning import EncodingCache
 from luna_vault.nodes import NODES  # noqa: E402

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.errors import VaultCorruptError
+
 KNOWN_KEYS = ("source", "checkpoint", "loras", "seed", "quality", "category")
 
 
@@ -99,3 +101,18 @@ def normalise_embeddings(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros_like(x)
     out[ok] = x[ok] / norms[ok, None]
     return out, ok
+
+
+NORM_TOLERANCE = 1e-2  # fp16 storage rounds a unit vector's norm by < 1e-3
+
+
+def check_unit_block(vault_name: str, block: np.ndarray, first: int) -> None:
+    """VaultCorruptError unless every row of `block` (entries first, first+1, ...) is unit length, as written."""
+    norms = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))
+    if len(bad):
+        i = int(bad[0])
+        raise VaultCorruptError(
+            f"vault '{vault_name}': {len(bad)} stored embeddings are not unit length (entry {first + i} has norm "
+            f"{norms[i]:.4g}): a file was damaged or edited after it was written; run `luna-vault verify` and "
+            "restore the vault from a good copy")

@@ -47,6 +47,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..core.atomic import atomic_write, atomic_write_bytes
+from .entries import check_unit_block
 from .manifest import check_index_spec
 from .segment import prefetch
 
@@ -363,7 +364,7 @@ class VaultIndex:
             if first + len(block) <= start:
                 continue
             block = np.asarray(block[max(0, start - first):], dtype=np.float32)
-            _check_unit(self.vault, block, max(first, start))
+            check_unit_block(self.vault.name, block, max(first, start))
             index.add(block)
             done += len(block)
             if progress:
@@ -773,19 +774,6 @@ def _two_level_centroids(train: np.ndarray, nlist: int) -> np.ndarray:
     centroids, _ = two_level_clustering(train, int(math.sqrt(nlist)), nlist, clustering_niter=KMEANS_ITERATIONS,
                                         spherical=True)
     return np.ascontiguousarray(centroids, dtype=np.float32)
-
-
-def _check_unit(vault: "Vault", block: np.ndarray, first: int) -> None:
-    norms = np.linalg.norm(block, axis=1)
-    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-2))
-    if len(bad):
-        from ..core.errors import VaultCorruptError
-
-        i = int(bad[0])
-        raise VaultCorruptError(
-            f"vault '{vault.name}': {len(bad)} stored embeddings are not unit length (entry {first + i} has norm "
-            f"{norms[i]:.4g}): a file was damaged or edited after it was written; run `luna-vault verify` and restore "
-            "the vault from a good copy")
 
 
 def _check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> None:

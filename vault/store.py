@@ -28,7 +28,7 @@ from ..core.errors import (
     VaultExistsError,
 )
 from ..core.families import TextSpec
-from .entries import AddReport, Skipped, clean_metadata, encode_metadata, normalise_embeddings
+from .entries import AddReport, Skipped, check_unit_block, clean_metadata, encode_metadata, normalise_embeddings
 from .filters import Filter, parse_filter
 from .index import VaultIndex
 from .manifest import (
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 MAX_SEGMENT_ENTRIES = 1 << 18
 OPEN_ATTEMPTS = 5
 NORM_CHECK_MAX = 20_000  # vaults up to this size have every norm checked on open (larger: at index build)
-NORM_TOLERANCE = 1e-2  # fp16 storage rounds a unit vector's norm by < 1e-3
 MERGE_AT = 64  # a commit that leaves more segments merges the small ones at the end into one
 SMALL_SEGMENT = 16_384
 _GENERATION = re.compile(r"^(?:seg|del)-(\d{6})-")
@@ -139,14 +138,7 @@ class Vault:
         for first, block in self.iter_embedding_blocks():
             if first + len(block) <= start or first >= stop:
                 continue
-            norms = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1)
-            bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))
-            if len(bad):
-                i = int(bad[0])
-                raise VaultCorruptError(
-                    f"vault '{self.name}': {len(bad)} stored embeddings are not unit length (entry {first + i} has norm "
-                    f"{norms[i]:.4g}): a file was damaged or edited after it was written; run `luna-vault verify` and "
-                    "restore the vault from a good copy")
+            check_unit_block(self.name, block, first)
 
     # ---- basic properties ----------------------------------------------------------------------
     @property
