@@ -74,8 +74,10 @@ NULL_QUANTILE = 0.95
 FLOOR_MAX_SHARE = 0.05  # a floor that would send more of the tuning queries to exact search is dropped
 MAX_EXACT_SHARE = 0.01  # the guard may answer this share of tuning queries exactly beyond those below its floor
 TUNE_QUERIES = 256  # per tuning query set (three sets)
+REACH_RATE = 1e-4  # nprobe must cover the neighbourhoods of all but this share of queries (extrapolated)
+REACH_POOL = 64  # exact neighbours per tuning query that the reach is measured on
 TUNE_K = 5
-INDEX_STATE_VERSION = 3
+INDEX_STATE_VERSION = 4
 ProgressFn = Callable[[int, int], None]
 
 
@@ -131,6 +133,7 @@ class IndexState:
     nprobe: int = 16
     k_factor: int = 8
     guard: float | None = None  # queries whose best centroid score is below this are answered exactly
+    reach: int = 0  # nprobe at least this: how far neighbourhoods reach across lists (see VaultIndex._reach)
     recall: float | None = None  # recall@5 on the tuning queries (guarded queries count as exact)
     gap_share: float | None = None  # share of tuning queries whose similarity gap exceeds GAP_LIMIT
     exact_share: float | None = None  # share of tuning queries the guard answered exactly
@@ -167,6 +170,7 @@ class _QuerySet:
     truth_sims: np.ndarray  # [m, k] exact top-k similarities
     truth_ids: np.ndarray  # [m, k]
     exclude: np.ndarray | None = None  # [m] an id to drop from each row's answer (the query's own entry)
+    pool: tuple[np.ndarray, np.ndarray] | None = None  # exact neighbours, best first, beyond k (see _reach)
 
 
 class _Trial:
@@ -452,23 +456,32 @@ class VaultIndex:
                 short[r] = len(sel) < k
             return s, i, short
 
-        held_s, held_i, _ = first_k((pool_i != qids[:, None]) & (pool_i >= 0))
+        def kept(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The pool's rows with only `keep`, best first, padded with -inf / -1."""
+            order = np.argsort(~keep, axis=1, kind="stable")
+            s = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(pool_s, order, 1), -np.inf)
+            i = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(pool_i, order, 1), -1)
+            return s.astype(np.float32), i
+
+        held = (pool_i != qids[:, None]) & (pool_i >= 0)
+        held_s, held_i, _ = first_k(held)
         prompt_of = vault.all_prompt_ids()
         unseen = live & ~np.isin(prompt_of, prompt_of[qids])
-        sets = [_QuerySet("held-out", base, mask, held_s, held_i, exclude=qids)]
+        sets = [_QuerySet("held-out", base, mask, held_s, held_i, exclude=qids, pool=kept(held))]
         if unseen.sum() >= k:
-            un_s, un_i, short = first_k(unseen[np.maximum(pool_i, 0)] & (pool_i >= 0))
+            in_unseen = unseen[np.maximum(pool_i, 0)] & (pool_i >= 0)
+            un_s, un_i, short = first_k(in_unseen)
             if short.any():  # a prompt with many entries fills the pool: search those rows exactly
                 un_s[short], un_i[short] = exact_search(vault, base[short], k, unseen)
-            sets.append(_QuerySet("unseen prompt", base, unseen, un_s, un_i))
+            sets.append(_QuerySet("unseen prompt", base, unseen, un_s, un_i, pool=kept(in_unseen)))
         # between a stored vector and one of its 5 nearest neighbours: off every stored point, on the data
         near = held_i[np.arange(m), rng.integers(0, k, m)]
         t = rng.uniform(0.3, 0.7, m).astype(np.float32)[:, None]
         other = np.where((near >= 0)[:, None], vault.embeddings(np.maximum(near, 0)).astype(np.float32), base)
         pert = (1 - t) * base + t * other
         pert /= np.linalg.norm(pert, axis=1, keepdims=True)
-        pert_s, pert_i = exact_search(vault, pert, k, mask)
-        sets.append(_QuerySet("between", pert, mask, pert_s, pert_i))
+        wide_s, wide_i = exact_search(vault, pert, min(REACH_POOL, len(live_ids)), mask)
+        sets.append(_QuerySet("between", pert, mask, wide_s[:, :k], wide_i[:, :k], pool=(wide_s, wide_i)))
         return sets
 
     def _untrained(self) -> np.ndarray:
@@ -533,6 +546,8 @@ class VaultIndex:
 
         ivf = _ivf_of(faiss, index)
         nprobes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= ivf.nlist] if ivf is not None else [0]
+        reach = self._reach(index, sets, nprobes) if guarded else 0
+        nprobes = [p for p in nprobes if p >= reach] or nprobes[-1:]
         factors = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96)
         best: tuple[float, _Trial] | None = None
         fallback: tuple[float, _Trial] | None = None  # best recall within the latency budget
@@ -572,14 +587,81 @@ class VaultIndex:
             st.note = (f"recall@{TUNE_K} reaches {chosen.recall:.3f} at most within {self.latency_budget_ms:g} ms per "
                        f"query (target {self.recall_target:.2f}); chose the best setting within that budget")
             log.warning("index %s on %s: %s", self.spec, self.vault.path, st.note)
-        st.nprobe, st.k_factor = chosen.nprobe, chosen.k_factor
+        st.nprobe, st.k_factor, st.reach = chosen.nprobe, chosen.k_factor, reach
         st.guard = chosen.guard if guarded and math.isfinite(chosen.guard) else None
         st.recall, st.exact_share, st.gap_share = chosen.recall, chosen.exact_share, chosen.out_of_sample_misses()
         st.tune_ms, st.exact_ms = cost, exact_ms
         st.tuned_n, st.tune_queries = index.ntotal, len(chosen.top)
-        log.info("tuned %s in %.1f s: nprobe=%d k_factor=%d guard=%s recall@%d=%.3f exact share %.4f, misses %.4f "
-                 "before the guard, %.4f after (out of sample)", self.spec, time.perf_counter() - t0, st.nprobe,
-                 st.k_factor, st.guard, TUNE_K, st.recall, st.exact_share, chosen.missed.mean(), st.gap_share)
+        log.info("tuned %s in %.1f s: nprobe=%d (reach %d) k_factor=%d guard=%s recall@%d=%.3f exact share %.4f, "
+                 "misses %.4f before the guard, %.4f after (out of sample)", self.spec, time.perf_counter() - t0,
+                 st.nprobe, reach, st.k_factor, st.guard, TUNE_K, st.recall, st.exact_share, chosen.missed.mean(),
+                 st.gap_share)
+
+    def _reach(self, index: Any, sets: list[_QuerySet], nprobes: list[int]) -> int:
+        """The smallest nprobe that reaches the neighbourhoods of all but REACH_RATE of queries, extrapolated.
+
+        A few hundred tuning queries cannot show a one-in-ten-thousand miss, but every one of them shows
+        how far its neighbourhood reaches: for each query, the fewest best-scoring lists that hold enough
+        of its exact neighbours for the top-5 to come within TUNE_GAP of the exact one (whatever PQ and
+        re-ranking then do). The share of queries needing more than p lists falls as p doubles; it is
+        fitted on a log scale (per doubling) where it is measured, and extended to REACH_RATE. With
+        too few points to fit, one doubling beyond the widest reach seen.
+        """
+        import faiss
+
+        ivf = _ivf_of(faiss, index)
+        if ivf is None or len(nprobes) < 2:
+            return 0
+        list_of = np.full(self.vault.n_entries, -1, np.int64)
+        invlists = ivf.invlists
+        for lst in range(ivf.nlist):
+            n = invlists.list_size(lst)
+            if n:
+                ids = faiss.rev_swig_ptr(invlists.get_ids(lst), n)
+                list_of[ids[(ids >= 0) & (ids < len(list_of))]] = lst
+        centroids = self._coarse_centroids(index)
+        needed: list[np.ndarray] = []
+        for qs in sets:
+            if qs.pool is None:
+                continue
+            pool_s, pool_i = qs.pool
+            scores = qs.queries @ centroids.T  # [m, nlist]
+            rank = np.empty_like(scores, dtype=np.int64)
+            np.put_along_axis(rank, np.argsort(-scores, axis=1), np.arange(1, scores.shape[1] + 1)[None], axis=1)
+            lists = list_of[np.maximum(pool_i, 0)]
+            pool_rank = np.where((pool_i >= 0) & (lists >= 0), np.take_along_axis(rank, np.maximum(lists, 0), 1),
+                                 np.iinfo(np.int64).max)
+            exact_mean = np.mean(qs.truth_sims, axis=1)
+            need = np.full(len(qs.queries), np.iinfo(np.int64).max, np.int64)
+            for p in sorted(nprobes, reverse=True):  # the smallest p that suffices, for every query at once
+                inside = pool_rank <= p
+                enough = inside.sum(axis=1) >= TUNE_K
+                first = np.argsort(~inside, axis=1, kind="stable")[:, :TUNE_K]  # pool is best first
+                got = np.take_along_axis(pool_s, first, 1).mean(axis=1)
+                ok = enough & (exact_mean - got <= TUNE_GAP)
+                need = np.where(ok, p, need)
+            needed.append(need)
+        if not needed:
+            return 0
+        need = np.concatenate(needed)
+        ps = np.array(sorted(nprobes), np.float64)
+        survival = np.array([np.mean(need > p) for p in ps])
+        measured = survival * len(need) >= 3  # at least three queries needing more than p
+        if measured.sum() >= 2:
+            x, y = np.log2(ps[measured]), np.log(survival[measured])
+            slope, icpt = np.polyfit(x, y, 1)
+            if slope < 0:
+                target = 2 ** ((math.log(REACH_RATE) - icpt) / slope)
+                reach = next((int(p) for p in ps if p >= target), int(ps[-1]))
+            else:  # not falling: the widest setting
+                reach = int(ps[-1])
+        else:
+            finite = need < np.iinfo(np.int64).max
+            seen = int(need[finite].max()) if finite.all() else int(ps[-1])  # one doubling beyond the widest seen
+            reach = min(2 * seen, int(ps[-1]))
+        log.info("neighbourhood reach: share needing more than %s lists: %s -> nprobe >= %d",
+                 [int(p) for p in ps], [round(float(v), 4) for v in survival], reach)
+        return reach
 
     def _structureless_floor(self, index: Any, rng: np.random.Generator) -> float:
         """The guard's floor: how well the partition "represents" queries that belong to no cluster.
@@ -733,7 +815,7 @@ class VaultIndex:
         d: dict[str, Any] = {"spec": self.spec, "exact": self.exact, "gpu": self._gpu}
         if self.state is not None:
             st = self.state
-            d.update(nprobe=st.nprobe, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
+            d.update(nprobe=st.nprobe, reach=st.reach, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
                      miss_share=st.gap_share, exact_share=st.exact_share, tuned_ms=st.tune_ms, exact_ms=st.exact_ms,
                      target_met=st.target_met, note=st.note, tuned_on=st.tuned_n, tune_queries=st.tune_queries,
                      cache=str(self.folder))
