@@ -222,6 +222,26 @@ def test_gpu_index_gives_the_cpu_answers(tmp_path: Path) -> None:
     np.testing.assert_allclose(sims, want_s, atol=1e-3)
 
 
+@pytest.mark.skipif(not _gpu(), reason="faiss has no GPU here (install faiss-gpu on a CUDA machine)")
+@pytest.mark.parametrize("n", [3000, 30000], ids=["exact", "ivf"])
+def test_gpu_search_never_returns_filtered_or_deleted_entries(tmp_path: Path, n: int) -> None:
+    """On a GPU the index takes no selector: filtered-out and deleted entries must still never come back."""
+    path = tmp_path / "v.vault"
+    x = _build(path, n)
+    delete_where(path, "checkpoint=c, quality>=0.5")
+    v = Vault.open(path)
+    assert get_index(v).describe()["gpu"]
+    q = clustered(32, D, clusters=12, sample_seed=5)
+    allowed = v.filter_mask("checkpoint=a")
+    sims, ids = search_arrays(v, q, 5, filter="checkpoint=a")
+    assert allowed[ids[ids >= 0]].all()
+    want_s, _ = brute(x, q, 5, allowed)
+    np.testing.assert_allclose(sims, want_s, atol=0.05)  # approximate ids, but no filtered entry and no miss
+    live = v.live_mask()
+    _, ids = search_arrays(v, q, 5)
+    assert live[ids[ids >= 0]].all()
+
+
 def test_open_cached_reuses_until_the_manifest_changes(tmp_path: Path) -> None:
     from luna_vault.vault.cache import forget, open_cached
 
@@ -360,3 +380,43 @@ def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_miss
     # out of sample: the guard fitted on the even rows (nothing bad there: the floor) lets query 3 through;
     # fitted on the odd rows, it covers the even rows, which hold no miss
     assert trial.out_of_sample_misses() == pytest.approx(0.25)
+
+
+def test_nprobe_covers_the_neighbourhood_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuner never picks an nprobe below the reach of the tuning queries' neighbourhoods (extrapolated)."""
+    import luna_vault.vault.index as index_mod
+
+    path = tmp_path / "v.vault"
+    _build(path, 4000, index="IVF64,PQ8x4fs")
+    reach = {}
+    real = index_mod.VaultIndex._reach
+
+    def spy(self, index, sets, nprobes):  # noqa: ANN001, ANN202
+        reach["value"] = real(self, index, sets, nprobes)
+        reach["nprobes"] = nprobes
+        return reach["value"]
+
+    monkeypatch.setattr(index_mod.VaultIndex, "_reach", spy)
+    idx = get_index(Vault.open(path))
+    d = idx.describe()
+    assert d["reach"] == reach["value"] >= 1 and d["nprobe"] >= d["reach"]
+    assert reach["value"] in reach["nprobes"]
+
+
+def test_reach_is_extrapolated_per_doubling_to_one_in_ten_thousand() -> None:
+    from luna_vault.vault.index import reach_from_needs
+
+    ps = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    geometric = np.repeat([1, 2, 4, 8, 16], [512, 160, 64, 24, 8])  # a third needs > 1, then / ~3 per doubling
+    reach, survival = reach_from_needs(geometric, ps)
+    np.testing.assert_allclose(survival[:5], [256 / 768, 96 / 768, 32 / 768, 8 / 768, 0])
+    slope, icpt = np.polyfit(np.log2(ps[:4]), np.log(survival[:4]), 1)
+    target = 2 ** ((np.log(1e-4) - icpt) / slope)
+    assert 128 < target <= 256 and reach == 256  # far beyond the widest need seen (16)
+    assert reach_from_needs(np.ones(768, np.int64), ps)[0] == 2  # nothing to fit: one doubling beyond
+    rare = np.ones(768, np.int64)
+    rare[:2] = 4
+    assert reach_from_needs(rare, ps)[0] == 8
+    never = rare.copy()
+    never[0] = np.iinfo(np.int64).max  # a query no setting reaches
+    assert reach_from_needs(never, ps)[0] == 256

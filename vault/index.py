@@ -644,23 +644,9 @@ class VaultIndex:
         if not needed:
             return 0
         need = np.concatenate(needed)
-        ps = np.array(sorted(nprobes), np.float64)
-        survival = np.array([np.mean(need > p) for p in ps])
-        measured = survival * len(need) >= 3  # at least three queries needing more than p
-        if measured.sum() >= 2:
-            x, y = np.log2(ps[measured]), np.log(survival[measured])
-            slope, icpt = np.polyfit(x, y, 1)
-            if slope < 0:
-                target = 2 ** ((math.log(REACH_RATE) - icpt) / slope)
-                reach = next((int(p) for p in ps if p >= target), int(ps[-1]))
-            else:  # not falling: the widest setting
-                reach = int(ps[-1])
-        else:
-            finite = need < np.iinfo(np.int64).max
-            seen = int(need[finite].max()) if finite.all() else int(ps[-1])  # one doubling beyond the widest seen
-            reach = min(2 * seen, int(ps[-1]))
+        reach, survival = reach_from_needs(need, nprobes)
         log.info("neighbourhood reach: share needing more than %s lists: %s -> nprobe >= %d",
-                 [int(p) for p in ps], [round(float(v), 4) for v in survival], reach)
+                 sorted(nprobes), [round(float(v), 4) for v in survival], reach)
         return reach
 
     def _structureless_floor(self, index: Any, rng: np.random.Generator) -> float:
@@ -869,6 +855,25 @@ def _check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> No
             f"vault '{vault.name}': entry {int(ids[r, c])} matches with similarity {float(sims[r, c]):.4g} > 1, so its "
             "stored embedding is not unit length: a file changed after it was written; run `luna-vault verify` and "
             "restore the vault from a good copy")
+
+
+def reach_from_needs(need: np.ndarray, nprobes: list[int], rate: float = REACH_RATE) -> tuple[int, np.ndarray]:
+    """The smallest of `nprobes` that all but `rate` of queries are expected to need at most, from each
+    tuning query's need (np.iinfo(int64).max: more than any). Returns it and the measured survival
+    (share needing more than each nprobe). The survival is fitted per doubling on a log scale where
+    at least three queries need more; with fewer than two such points, one doubling beyond the most seen."""
+    ps = np.array(sorted(nprobes), np.float64)
+    survival = np.array([np.mean(need > p) for p in ps])
+    measured = survival * len(need) >= 3
+    if measured.sum() >= 2:
+        slope, icpt = np.polyfit(np.log2(ps[measured]), np.log(survival[measured]), 1)
+        if slope >= 0:  # not falling: the widest setting
+            return int(ps[-1]), survival
+        target = 2 ** ((math.log(rate) - icpt) / slope)
+        return next((int(p) for p in ps if p >= target), int(ps[-1])), survival
+    finite = need < np.iinfo(np.int64).max
+    seen = int(need[finite].max()) if finite.all() and len(need) else int(ps[-1])
+    return min(2 * seen, int(ps[-1])), survival
 
 
 def _ivf_of(faiss: Any, index: Any) -> Any:
