@@ -5,9 +5,14 @@ projector/) never imports ComfyUI, so importing the package outside ComfyUI stay
 """
 
 
+WEB_DIRECTORY = "./web"  # the "Luna Vaults" sidebar tab
+
+
 async def comfy_entrypoint():  # noqa: ANN201 - ComfyUI's V3 entry point
     from .nodes import LunaExtension
     from .nodes.common import register_model_folders
+    from .nodes.routes import register_routes
 
     register_model_folders()  # before the node schemas list models/vaults
+    register_routes()  # the vault browser's HTTP routes, on ComfyUI's server
     return LunaExtension()

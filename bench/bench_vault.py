@@ -289,7 +289,7 @@ def bench_size(n: int, d: int, kind: str, n_queries: int, work: Path, cache: str
     st = index.state
     row = {
         "n": n, "dim": d, "data": kind, "queries": len(q), "index": index.spec,
-        "nprobe": getattr(st, "nprobe", None), "k_factor": getattr(st, "k_factor", None),
+        "nprobe": getattr(st, "nprobe", None), "reach": getattr(st, "reach", None), "k_factor": getattr(st, "k_factor", None),
         "guard": getattr(st, "guard", None), "tuned_recall": getattr(st, "recall", None),
         "tuned_miss_share": getattr(st, "gap_share", None), "tuned_exact_share": getattr(st, "exact_share", None),
         "target_met": getattr(st, "target_met", True), "note": getattr(st, "note", ""),

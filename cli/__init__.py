@@ -73,6 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--compact", dest="compact_", action="store_true", help="rewrite without deleted entries (ids change)")
     sp.add_argument("--recall", type=float, default=0.97, help="recall@5 target for tuning (default 0.97)")
 
+    sp = verb("pack", "write a vault as one shareable package file (vault files + a card with checksums)")
+    sp.add_argument("vault")
+    sp.add_argument("-o", "--out", required=True, help="package file to write, e.g. eyes.lvault")
+    sp.add_argument("--author", default="", help="who made the vault (on its card)")
+    sp.add_argument("--licence", default="", help="the licence you share it under, e.g. CC-BY-4.0")
+    sp.add_argument("--description", default="", help="one paragraph for the card")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing package file")
+
+    sp = verb("install", "check a vault package in full, then install its vault (nothing is written if a check fails)")
+    sp.add_argument("package", help="a .lvault file")
+    sp.add_argument("--to", default="models/vaults", help="folder of vaults (default: models/vaults)")
+    sp.add_argument("--name", help="install under this name (default: the name on its card)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a vault of the same name")
+    sp.add_argument("--card-only", action="store_true", help="only check the package's structure and show its card")
+
+    sp = verb("card", "write a vault's card: card.json, README.md and a contact sheet")
+    sp.add_argument("vault")
+    sp.add_argument("-o", "--out", help="folder for the card files (default: the vault folder)")
+    sp.add_argument("--author", default="")
+    sp.add_argument("--licence", default="")
+    sp.add_argument("--description", default="")
+
     sp = verb("extract", "embed a folder of generated images into a vault (resumable, shardable)")
     sp.add_argument("folder", help="images (png/jpg/webp) with .txt/.json sidecars or prompts embedded by ComfyUI/A1111")
     sp.add_argument("--vault", help="output vault (created if missing, appended otherwise)")

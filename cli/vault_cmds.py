@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
@@ -184,7 +185,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def _tuning_lines(st: Any) -> list[str]:
     """How the index was tuned, measured on queries the partition never saw (see vault/index.py)."""
-    lines = [f"tuning    nprobe {st.nprobe}, k_factor {st.k_factor}: recall@5 {st.recall:.3f} on {st.tune_queries} held-out "
+    lines = [f"tuning    nprobe {st.nprobe} (reach {st.reach}), k_factor {st.k_factor}: recall@5 {st.recall:.3f} on {st.tune_queries} held-out "
              f"queries, {st.gap_share:.2%} missed (similarity gap > 0.05), {st.exact_share:.2%} answered exactly "
              f"by the guard, ~{st.tune_ms:.2f} ms per query (exact search {st.exact_ms:.1f} ms)"]
     if not st.target_met:
@@ -242,4 +243,44 @@ def cmd_rebuild(a: argparse.Namespace) -> int:
     d = idx.describe()
     d["seconds"] = round(time.perf_counter() - t, 3)
     emit(d, a.json, f"{a.vault}: index {d['spec']}" + ("" if idx.exact else f", nprobe {d['nprobe']}, k_factor {d['k_factor']}, recall@5 {d['recall_at_5']:.3f}") + f" ({d['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_pack(a: argparse.Namespace) -> int:
+    from ..vault.package import pack
+
+    t = time.perf_counter()
+    with progress_bar("packing", "B", not a.json) as cb:
+        card = pack(a.vault, a.out, author=a.author, licence=a.licence, description=a.description,
+                    overwrite=a.overwrite, progress=cb)
+    seconds = time.perf_counter() - t
+    size = Path(a.out).stat().st_size
+    emit({"package": a.out, "bytes": size, "seconds": round(seconds, 3), "card": card}, a.json,
+         f"{a.out}: {card['entries']:,} entries, {size / 1e6:.1f} MB in {seconds:.1f} s ({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)")
+    return 0
+
+
+def cmd_install(a: argparse.Namespace) -> int:
+    from ..vault.package import describe_package, install
+
+    if a.card_only:
+        card = describe_package(a.package)
+        emit(card, a.json, json.dumps(card, indent=1, ensure_ascii=False))
+        return 0
+    t = time.perf_counter()
+    with progress_bar("checking and installing", "B", not a.json) as cb:
+        path = install(a.package, a.to, name=a.name, overwrite=a.overwrite, progress=cb)
+    seconds = time.perf_counter() - t
+    v = Vault.open(path)
+    emit({"vault": str(path), "entries": len(v), "seconds": round(seconds, 3)}, a.json,
+         f"installed {path}: {len(v):,} entries, encoder {v.encoder.name}, {v.info()['mode']} mode "
+         f"({seconds:.1f} s; every check passed)")
+    return 0
+
+
+def cmd_card(a: argparse.Namespace) -> int:
+    from ..vault.package import write_card
+
+    folder = write_card(a.vault, a.out, author=a.author, licence=a.licence, description=a.description)
+    emit({"folder": str(folder)}, a.json, f"card written to {folder} (card.json, README.md, contact_sheet.webp)")
     return 0

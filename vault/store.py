@@ -317,10 +317,13 @@ class Vault:
             "updated": m.updated,
         }
 
-    def verify(self, progress: ProgressFn | None = None) -> list[str]:
-        """Full check: checksums, dims, counts, prompt ids, metadata JSON. Returns problems (empty = good)."""
+    def verify(self, progress: ProgressFn | None = None, checksums: bool = True) -> list[str]:
+        """Full check: checksums (unless already checked), dims, counts, prompt ids, metadata JSON.
+        Returns problems (empty = good)."""
         problems: list[str] = []
         files = list(self.manifest.segments) + ([self.manifest.deleted] if self.manifest.deleted else [])
+        if not checksums:
+            files = []
         total = sum(f.bytes for f in files)
         done = 0
         for f in files:
@@ -369,6 +372,7 @@ class VaultWriter:
         self._n_prompts = 0 if replace_existing else base.prompts
         self._n_entries = 0 if replace_existing else base.entries
         self._deleted: set[int] | None = None
+        self._deleted_changed = False
         self._index_spec: str | None = None
         self._closed = False
         self.report = AddReport()
@@ -582,7 +586,19 @@ class VaultWriter:
                 self._deleted = set(read_deleted(self.path, self.base.deleted, self.base.vault_id).tolist())
         before = len(self._deleted)
         self._deleted.update(int(i) for i in ids)
+        self._deleted_changed = self._deleted_changed or len(self._deleted) != before
         return len(self._deleted) - before
+
+    def restore_ids(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Undo deletions not yet compacted away: the entries match again. Returns how many came back."""
+        self._check_open()
+        if self._deleted is None:
+            self.delete_ids([])  # loads the current deletion list
+        assert self._deleted is not None
+        before = len(self._deleted)
+        self._deleted.difference_update(int(i) for i in np.asarray(ids, dtype=np.int64))
+        self._deleted_changed = self._deleted_changed or len(self._deleted) != before
+        return before - len(self._deleted)
 
     def set_index(self, spec: str) -> None:
         """Record which index this vault should use on every machine ("auto", "Flat" or a FAISS factory string)."""
@@ -596,10 +612,10 @@ class VaultWriter:
             segments = (() if self.replace_existing else self.base.segments) + tuple(self._new)
             segments = self._merge_small_tail(segments)
             deleted, deleted_count = (None, 0) if self.replace_existing else (self.base.deleted, self.base.deleted_count)
-            if self._deleted is not None and len(self._deleted) != deleted_count:
-                deleted = write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64),
-                                        self.base.vault_id)
+            if self._deleted is not None and (self._deleted_changed or len(self._deleted) != deleted_count):
                 deleted_count = len(self._deleted)
+                deleted = (write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64),
+                                         self.base.vault_id) if deleted_count else None)
             manifest = self.base.evolve(segments=segments, deleted=deleted, deleted_count=deleted_count,
                                         index=self._index_spec or self.base.index)
             fsync_dir(self.path)

@@ -1,0 +1,423 @@
+"""Vault packages: one file to share a vault (`pack`), checked in full before it appears (`install`).
+
+A package NAME.lvault is a zip whose members are all stored (not compressed: safetensors barely
+compress, and a stored member cannot be a decompression bomb):
+
+    card.json               what the vault is (counts, encoder, text family, checkpoints and LoRAs used,
+                            author, licence) and the size and SHA-256 of every vault file
+    README.md               the card for people, with the contact sheet
+    contact_sheet.webp      previews of some entries
+    vault/manifest.json     the vault itself: its manifest and the files it lists, nothing else
+    vault/seg-*.safetensors
+    vault/del-*.safetensors
+
+A package is untrusted input. `install` reads only those names (no paths, no links, no duplicates,
+no compressed or encrypted members, nothing unlisted), checks every size against the card and the
+manifest before reading, hashes each file as it is written into a temporary folder beside the
+target, opens and verifies the vault there (checksums, unit norms, prompt ids, metadata, every
+stored preview's header), and only then renames the folder into place. A failure at any point
+leaves nothing behind. No search index travels: each machine builds its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..core.atomic import atomic_write, atomic_write_bytes, check_name, fsync_dir, writer_lock
+from ..core.errors import VaultError, VaultExistsError
+from .manifest import DELETED_NAME, MANIFEST, MAX_MANIFEST_BYTES, SEGMENT_NAME, VAULT_SUFFIX, read_manifest
+from .store import Vault
+from .thumbnails import MAX_THUMBNAIL_PIXELS, THUMBNAIL_SIZE, decode_thumbnail
+
+PACKAGE_SUFFIX = ".lvault"
+PACKAGE_FORMAT = "luna-vault-package"
+PACKAGE_VERSION = 1
+CARD, README, SHEET, VAULT_DIR = "card.json", "README.md", "contact_sheet.webp", "vault/"
+MAX_CARD_BYTES = 1 << 20
+MAX_README_BYTES = 1 << 20
+MAX_SHEET_BYTES = 4 << 20
+MAX_MEMBERS = 2 * 1000 + 8  # the manifest allows 1,000 segments, plus one deletion list and the card files
+MAX_PACKAGE_BYTES = 1 << 40
+SHEET_COLUMNS, SHEET_ROWS = 8, 6
+TOP = 20  # checkpoints / LoRAs listed on a card
+CHUNK = 1 << 22
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+ProgressFn = Callable[[int, int], None]
+
+
+class PackageError(VaultError):
+    """A package is malformed, damaged or unsafe; nothing was installed."""
+
+
+# ---- the card ------------------------------------------------------------------------------------
+def _counts(vault: Vault, keys: tuple[str, ...]) -> dict[str, int]:
+    """How many live entries name each value of the first of `keys` they have (lists count each item)."""
+    live = vault.live_mask()
+    c: Counter[str] = Counter()
+    for i, meta in enumerate(vault.iter_metadata()):
+        if not live[i]:
+            continue
+        for key in keys:
+            value = meta.get(key)
+            if value is None:
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                c[str(v.get("name", v) if isinstance(v, dict) else v)[:200]] += 1  # LoRAs: {"name", "strength"}
+            break
+    return dict(c.most_common(TOP))
+
+
+def contact_sheet_webp(vault: Vault, columns: int = SHEET_COLUMNS, rows: int = SHEET_ROWS) -> bytes | None:
+    """Previews of up to columns x rows live entries, spread over the vault, as one WebP (None: no previews)."""
+    if not vault.has_thumbnails or not len(vault):
+        return None
+    from .preview import entry_thumbnails
+
+    live = np.flatnonzero(vault.live_mask())
+    ids = live[np.linspace(0, len(live) - 1, min(len(live), columns * rows)).astype(np.int64)]
+    cells = entry_thumbnails(vault, ids, THUMBNAIL_SIZE)
+    n, s = len(cells), THUMBNAIL_SIZE
+    cols = min(columns, n)
+    grid = np.full((((n + cols - 1) // cols) * (s + 2) + 2, cols * (s + 2) + 2, 3), 24 / 255, np.float32)
+    for k, cell in enumerate(cells):
+        r, c = divmod(k, cols)
+        grid[2 + r * (s + 2): 2 + r * (s + 2) + s, 2 + c * (s + 2): 2 + c * (s + 2) + s] = cell
+    buf = io.BytesIO()
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(buf, format="WEBP", quality=85)
+    return buf.getvalue()
+
+
+def make_card(vault: Vault, files: list[dict[str, Any]] | None = None, *, author: str = "", licence: str = "",
+              description: str = "") -> dict[str, Any]:
+    """What a vault is, for someone deciding whether to use it; `files` (name, bytes, sha256) when packing."""
+    m = vault.manifest
+    return {
+        "format": PACKAGE_FORMAT, "version": PACKAGE_VERSION, "name": vault.name, "category": m.category,
+        "entries": len(vault), "prompts": vault.n_prompts, "mode": "baked" if m.text else "text",
+        "encoder": {"name": m.encoder.name, "dim": m.encoder.dim, "weights_hash": m.encoder.weights_hash},
+        "text": None if m.text is None else {"family": m.text.family, "dim": m.text.dim, "pooled_dim": m.text.pooled_dim},
+        "checkpoints": _counts(vault, ("checkpoint", "ckpt_name", "model")),
+        "loras": _counts(vault, ("loras", "lora")),
+        "thumbnails": vault.has_thumbnails, "author": author, "licence": licence, "description": description,
+        "created": time.strftime("%Y-%m-%d"), "vault_id": m.vault_id, "files": files or [],
+    }
+
+
+def card_readme(card: dict[str, Any], sheet: bool) -> str:
+    """The card as Markdown."""
+    def table(title: str, counts: dict[str, int]) -> list[str]:
+        if not counts:
+            return []
+        return [f"| {title} | entries |", "|---|---|", *(f"| {k.replace('|', '/')} | {v} |" for k, v in counts.items()), ""]
+
+    text = card["text"]
+    lines = [
+        f"# {card['name']}", "", card["description"] or f"A Luna vault of {card['category']}.", "",
+        f"- **{card['entries']:,} entries**, {card['prompts']:,} prompts, category `{card['category']}`",
+        f"- image encoder: `{card['encoder']['name']}` ({card['encoder']['dim']}-d); query it with the same CLIP vision model",
+        f"- mode: {card['mode']}" + (f" ({text['family']} conditioning baked)" if text else " (prompts only: any model family)"),
+        f"- author: {card['author'] or 'not given'}; licence: {card['licence'] or 'not given'}; packed {card['created']}",
+        "",
+    ]
+    if sheet:
+        lines += [f"![some of its entries]({SHEET})", ""]
+    lines += table("checkpoint", card["checkpoints"]) + table("LoRA", card["loras"])
+    if card["files"]:
+        lines += ["Files (SHA-256):", "", *(f"- `{f['name']}` {f['bytes']:,} bytes `{f['sha256']}`" for f in card["files"]), ""]
+    return "\n".join(lines)
+
+
+def write_card(vault_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, author: str = "",
+               licence: str = "", description: str = "") -> Path:
+    """card.json, README.md and contact_sheet.webp of a vault, into `out` (default: the vault folder)."""
+    vault = Vault.open(vault_path)
+    folder = Path(out) if out is not None else vault.path
+    folder.mkdir(parents=True, exist_ok=True)
+    card = make_card(vault, author=author, licence=licence, description=description)
+    sheet = contact_sheet_webp(vault)
+    if sheet:
+        atomic_write_bytes(folder / SHEET, sheet)
+    atomic_write_bytes(folder / README, card_readme(card, sheet is not None).encode())
+    atomic_write_bytes(folder / CARD, json.dumps(card, indent=1, ensure_ascii=False).encode())
+    return folder
+
+
+# ---- pack ------------------------------------------------------------------------------------------
+def pack(vault_path: str | os.PathLike[str], out: str | os.PathLike[str], *, author: str = "", licence: str = "",
+         description: str = "", overwrite: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Write the vault as one package file; returns its card. The vault's writers wait while it is read."""
+    src = Path(vault_path)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise VaultExistsError(f"{out} already exists; choose another name or pass --overwrite")
+    with writer_lock(src):
+        vault = Vault.open(src)
+        m = vault.manifest
+        if m.deleted_count:
+            raise VaultError(f"vault '{vault.name}' has {m.deleted_count} deleted entries, whose data is still in its "
+                             f"files; run `luna-vault rebuild {src} --compact` first so a package never carries them")
+        listed = list(m.segments)
+        manifest_bytes = (src / MANIFEST).read_bytes()
+        total = sum(s.bytes for s in listed) + len(manifest_bytes)
+        files = [{"name": VAULT_DIR + MANIFEST, "bytes": len(manifest_bytes),
+                  "sha256": hashlib.sha256(manifest_bytes).hexdigest()}]
+        files += [{"name": VAULT_DIR + s.file, "bytes": s.bytes, "sha256": s.sha256} for s in listed]
+        card = make_card(vault, files, author=author, licence=licence, description=description)
+        sheet = contact_sheet_webp(vault)
+
+        def write(tmp: Path) -> None:
+            done = 0
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                z.writestr(CARD, json.dumps(card, indent=1, ensure_ascii=False))
+                z.writestr(README, card_readme(card, sheet is not None))
+                if sheet:
+                    z.writestr(SHEET, sheet)
+                z.writestr(VAULT_DIR + MANIFEST, manifest_bytes)
+                for s in listed:  # the manifest's checksums were verified when the segment was written
+                    info = zipfile.ZipInfo(VAULT_DIR + s.file, date_time=time.localtime()[:6])
+                    with open(src / s.file, "rb") as f, z.open(info, "w", force_zip64=True) as dst:
+                        while block := f.read(CHUNK):
+                            dst.write(block)
+                            done += len(block)
+                            if progress:
+                                progress(done, total)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, write)
+    return card
+
+
+# ---- install ---------------------------------------------------------------------------------------
+def _allowed(name: str) -> bool:
+    if name in (CARD, README, SHEET, VAULT_DIR + MANIFEST):
+        return True
+    if not name.startswith(VAULT_DIR):
+        return False
+    rest = name[len(VAULT_DIR):]
+    return bool(SEGMENT_NAME.match(rest) or DELETED_NAME.match(rest))
+
+
+def _members(z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The package's members by name, after the checks that need no reading."""
+    infos = z.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise PackageError(f"{len(infos)} files in the package; a vault package has at most {MAX_MEMBERS}")
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if not _allowed(name):
+            raise PackageError(f"unexpected file {name!r} in the package: a vault package holds only {CARD}, {README}, "
+                               f"{SHEET} and the vault's own files under {VAULT_DIR} (no folders, paths or other files)")
+        if name in members:
+            raise PackageError(f"{name!r} appears twice in the package")
+        if info.flag_bits & 0x1:
+            raise PackageError(f"{name!r} is encrypted; packages are never encrypted")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise PackageError(f"{name!r} is compressed; `luna-vault pack` stores every file as it is")
+        if (info.external_attr >> 16) & 0o170000 not in (0, 0o100000):
+            raise PackageError(f"{name!r} is not a plain file (a link or a device)")
+        members[name] = info
+    for need in (CARD, VAULT_DIR + MANIFEST):
+        if need not in members:
+            raise PackageError(f"the package has no {need}; it was not made by `luna-vault pack`")
+    if sum(i.file_size for i in infos) > MAX_PACKAGE_BYTES:
+        raise PackageError("the package declares more than 1 TiB of files")
+    return members
+
+
+def _read_small(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise PackageError(f"{info.filename} is {info.file_size} bytes, over the {limit}-byte limit")
+    with z.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) != info.file_size:
+        raise PackageError(f"{info.filename} is not the size the package declares")
+    return data
+
+
+def read_card(z: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict[str, Any]:
+    """The card, checked: its file list names exactly the package's vault files, with sizes and checksums."""
+    try:
+        card = json.loads(_read_small(z, members[CARD], MAX_CARD_BYTES))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PackageError(f"{CARD} is not valid JSON ({type(e).__name__})") from e
+    if not isinstance(card, dict) or card.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"{CARD} is not a Luna vault package card")
+    if card.get("version") != PACKAGE_VERSION:
+        raise PackageError(f"package version {card.get('version')!r}; this luna-vault reads version {PACKAGE_VERSION}: "
+                           "update luna-vault")
+    files = card.get("files")
+    if not isinstance(files, list) or not files:
+        raise PackageError(f"{CARD} lists no files")
+    listed: dict[str, dict[str, Any]] = {}
+    for f in files:
+        ok = (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("bytes"), int)
+              and not isinstance(f.get("bytes"), bool) and 0 <= f["bytes"] <= MAX_PACKAGE_BYTES
+              and isinstance(f.get("sha256"), str) and _SHA256.match(f["sha256"]))
+        if not ok:
+            raise PackageError(f"{CARD}: a file entry is malformed: {str(f)[:200]}")
+        if f["name"] in listed:
+            raise PackageError(f"{CARD} lists {f['name']!r} twice")
+        listed[f["name"]] = f
+    vault_members = {n for n in members if n.startswith(VAULT_DIR)}
+    if set(listed) != vault_members:
+        extra, missing = sorted(vault_members - set(listed)), sorted(set(listed) - vault_members)
+        raise PackageError("the card and the package disagree: " + "; ".join(
+            ([f"not on the card: {', '.join(extra[:5])}"] if extra else [])
+            + ([f"missing from the package: {', '.join(missing[:5])}"] if missing else [])))
+    for name, f in listed.items():
+        if members[name].file_size != f["bytes"]:
+            raise PackageError(f"{name} is {members[name].file_size} bytes in the package, the card says {f['bytes']}")
+    card["_files"] = listed
+    return card
+
+
+def _copy_checked(z: zipfile.ZipFile, info: zipfile.ZipInfo, dst: Path, sha256: str, done: list[int],
+                  total: int, progress: ProgressFn | None) -> None:
+    h = hashlib.sha256()
+    n = 0
+    with z.open(info) as src, open(dst, "wb") as out:
+        while block := src.read(CHUNK):
+            n += len(block)
+            if n > info.file_size:
+                raise PackageError(f"{info.filename} is longer than declared")
+            h.update(block)
+            out.write(block)
+            done[0] += len(block)
+            if progress:
+                progress(done[0], total)
+        out.flush()
+        os.fsync(out.fileno())
+    if n != info.file_size:
+        raise PackageError(f"{info.filename} is shorter than declared ({n} of {info.file_size} bytes)")
+    if h.hexdigest() != sha256:
+        raise PackageError(f"{info.filename}: checksum differs from the card (damaged or altered)")
+
+
+def check_thumbnails(vault: Vault) -> None:
+    """Every stored preview's header is a small image (read without decoding pixels)."""
+    for s in vault.segments:
+        if s.thumb_blob is None:
+            continue
+        for i in range(s.n):
+            data = vault.thumbnail(s.entry_base + i)
+            if not data:
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data)) as img:
+                        w, h = img.size
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise PackageError(f"entry {s.entry_base + i}: its preview claims a huge size ({e})") from e
+            except (OSError, SyntaxError, ValueError) as e:
+                raise PackageError(f"entry {s.entry_base + i}: its preview is not a readable image ({e})") from e
+            if w * h > MAX_THUMBNAIL_PIXELS:
+                raise PackageError(f"entry {s.entry_base + i}: its preview claims {w}x{h} pixels, more than a preview may")
+
+
+def install(package: str | os.PathLike[str], to: str | os.PathLike[str], *, name: str | None = None,
+            overwrite: bool = False, progress: ProgressFn | None = None) -> Path:
+    """Check a package in full and install its vault as TO/NAME.vault (NAME: the card's, unless given)."""
+    package, to = Path(package), Path(to)
+    try:
+        z = zipfile.ZipFile(package)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise PackageError(f"{package} is not a readable package ({e})") from e
+    with z:
+        members = _members(z)
+        card = read_card(z, members)
+        target_name = check_name(name if name is not None else str(card.get("name", "")), "vault name")
+        target = to / f"{target_name}{VAULT_SUFFIX}"
+        if target.exists() and not overwrite:
+            raise VaultExistsError(f"{target} already exists; install under another --name, or pass --overwrite")
+        to.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target_name}.installing-", dir=to))
+        try:
+            listed = card.pop("_files")
+            manifest = members[VAULT_DIR + MANIFEST]
+            manifest_bytes = _read_small(z, manifest, MAX_MANIFEST_BYTES)
+            if hashlib.sha256(manifest_bytes).hexdigest() != listed[manifest.filename]["sha256"]:
+                raise PackageError(f"{manifest.filename}: checksum differs from the card (damaged or altered)")
+            (tmp / MANIFEST).write_bytes(manifest_bytes)
+            try:
+                m = read_manifest(tmp)
+            except VaultError as e:
+                raise PackageError(f"the packaged manifest is not valid: {e}") from e
+            files = {s.file: s for s in m.segments} | ({m.deleted.file: m.deleted} if m.deleted else {})
+            packaged = {n[len(VAULT_DIR):] for n in listed if n != VAULT_DIR + MANIFEST}
+            if set(files) != packaged:
+                raise PackageError("the packaged manifest lists other files than the package holds")
+            total = sum(members[VAULT_DIR + f].file_size for f in files)
+            done = [0]
+            for f, info in files.items():
+                member = members[VAULT_DIR + f]
+                if member.file_size != info.bytes or listed[member.filename]["sha256"] != info.sha256:
+                    raise PackageError(f"{f}: the card and the packaged manifest disagree on its size or checksum")
+                _copy_checked(z, member, tmp / f, info.sha256, done, total, progress)
+            try:
+                vault = Vault.open(tmp)
+                vault.check_norms()
+                problems = vault.verify(checksums=False)  # the checksums were checked as the files were written
+            except VaultError as e:
+                raise PackageError(f"the packaged vault does not open: {e}") from e
+            if problems:
+                raise PackageError("the packaged vault is damaged: " + "; ".join(problems[:5]))
+            check_thumbnails(vault)
+            if len(vault) != card.get("entries"):
+                raise PackageError(f"the card says {card.get('entries')} entries, the vault holds {len(vault)}")
+            del vault
+            for extra, limit in ((README, MAX_README_BYTES), (SHEET, MAX_SHEET_BYTES)):
+                if extra in members:
+                    data = _read_small(z, members[extra], limit)
+                    if extra == SHEET:
+                        try:
+                            decode_thumbnail(data)
+                        except ValueError as e:
+                            raise PackageError(f"{SHEET}: {e}") from e
+                    (tmp / extra).write_bytes(data)
+            (tmp / CARD).write_text(json.dumps(card, indent=1, ensure_ascii=False))
+            fsync_dir(tmp)
+            if target.exists():  # overwrite: the old vault goes only once the new one is complete
+                old = Path(tempfile.mkdtemp(prefix=f".{target_name}.replaced-", dir=to))
+                os.replace(target, old / "vault")
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            fsync_dir(to)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def describe_package(package: str | os.PathLike[str]) -> dict[str, Any]:
+    """The card of a package, after the structural checks (no file is extracted)."""
+    try:
+        with zipfile.ZipFile(package) as z:
+            card = read_card(z, _members(z))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise PackageError(f"{package} is not a readable package ({e})") from e
+    card.pop("_files")
+    return card
+
+
+__all__ = ["PACKAGE_SUFFIX", "PackageError", "card_readme", "contact_sheet_webp", "describe_package", "install",
+           "make_card", "pack", "write_card"]
