@@ -3,10 +3,10 @@
 `python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows]`
 Starts a headless ComfyUI (../shared/comfyui) serving its installed front end with this pack, opens
 it in headless Chromium (Debian's `chromium` package) over the DevTools protocol, loads each
-workflows/*.json with `app.loadGraphData`, and saves a PNG per workflow (plus a JPEG thumbnail beside
+example_workflows/*.json with `app.loadGraphData`, and saves a PNG per workflow (plus a JPEG thumbnail beside
 each file in example_workflows/, which ComfyUI's template browser shows). It prints, per workflow,
 the node types the UI does not know: only the third-party nodes a workflow is marked as needing
-may appear there.
+may appear there; and whether nodes overlap, or cover a group's title, as the UI lays them out.
 """
 
 from __future__ import annotations
@@ -41,6 +41,30 @@ SETTINGS = {  # no dialogs over the canvas: the workflows name models and packs 
     "LiteGraph.Canvas.MinFontSizeForLOD": 0,  # always draw widgets and text, even zoomed out to fit
     "Comfy.Minimap.Visible": False,
 }
+
+
+# Overlaps as the web UI lays the graph out (its own node sizes, title bars included): two nodes on top
+# of each other, a node over a group's title bar, or two groups over each other.
+OVERLAPS_JS = """(() => {
+  const T = LiteGraph.NODE_TITLE_HEIGHT;
+  const nodes = window.app.graph._nodes.map(n => ({t: n.title || n.type, x: n.pos[0], y: n.pos[1] - T,
+                                                  w: n.size[0], h: n.size[1] + T}));
+  const hit = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+  const out = [];
+  for (let i = 0; i < nodes.length; i++)
+    for (let j = i + 1; j < nodes.length; j++)
+      if (hit(nodes[i], nodes[j])) out.push(`nodes '${nodes[i].t}' and '${nodes[j].t}' overlap`);
+  const groups = (window.app.graph._groups || []).map(g => {
+    const [x, y, w, h] = g._bounding || [...g.pos, ...g.size];
+    return {t: g.title, x, y, w, h, bar: {x, y, w, h: g.titleHeight || T}};
+  });
+  for (const g of groups)
+    for (const n of nodes) if (hit(g.bar, n)) out.push(`node '${n.t}' covers the title of group '${g.t}'`);
+  for (let i = 0; i < groups.length; i++)
+    for (let j = i + 1; j < groups.length; j++)
+      if (hit(groups[i], groups[j])) out.push(`groups '${groups[i].t}' and '${groups[j].t}' overlap`);
+  return out;
+})()"""
 
 
 class DevTools:
@@ -84,7 +108,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size: tuple[int, int]) -> dict[str, list[str]]:
+async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size: tuple[int, int],
+                overlaps: dict[str, list[str]]) -> dict[str, list[str]]:
     port = free_port()
     profile = tempfile.mkdtemp(prefix="luna-chromium-")
     proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -119,6 +144,7 @@ async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size:
                     await asyncio.sleep(1.5)
                     await cdp.eval("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
                     await asyncio.sleep(1.5)
+                    overlaps[wf.stem] = await cdp.eval(OVERLAPS_JS) or []
                     unknown[wf.stem] = await cdp.eval(
                         "[...new Set(window.app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
                         ".map(n => n.type))]") or []
@@ -129,7 +155,8 @@ async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size:
                     thumb.thumbnail((800, 800))
                     thumb.save(REPO / "example_workflows" / f"{wf.stem}.jpg", quality=85)
                     print(f"{wf.stem}: {out / (wf.stem + '.png')}"
-                          + (f" (not installed here: {', '.join(unknown[wf.stem])})" if unknown[wf.stem] else ""))
+                          + (f" (not installed here: {', '.join(unknown[wf.stem])})" if unknown[wf.stem] else "")
+                          + "".join(f"\n  layout: {o}" for o in overlaps[wf.stem]))
     finally:
         proc.terminate()
         try:
@@ -148,7 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workflows = sorted((REPO / "workflows").glob("*.json"))
+    workflows = sorted((REPO / "example_workflows").glob("*.json"))
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(Path(tmp), frontend=True)
@@ -157,13 +184,17 @@ def main() -> None:
         try:
             for key, value in SETTINGS.items():
                 server.post(f"/settings/{key}", value)
-            unknown = asyncio.run(shoot(server.url, args.chromium, workflows, out, size))  # type: ignore[arg-type]
+            overlaps: dict[str, list[str]] = {}
+            unknown = asyncio.run(shoot(server.url, args.chromium, workflows, out, size, overlaps))  # type: ignore[arg-type]
         finally:
             server.stop()
     needs = {wf.stem: json.loads(wf.read_text())["extra"]["luna_vault"]["needs"] for wf in workflows}
     bad = {k: v for k, v in unknown.items() if v and not needs[k]}
     if bad:
         raise SystemExit(f"unknown node types in workflows that should need no other pack: {bad}")
+    crowded = {k: v for k, v in overlaps.items() if v}
+    if crowded:
+        raise SystemExit(f"fix the layout in workflows/build.py: {crowded}")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 `python workflows/build.py [--object-info FILE]`: the node schemas come from a running headless
 ComfyUI with this pack (started here with ../shared/comfyui unless a saved /object_info is given),
 plus the schemas of the third-party nodes two workflows use, transcribed from their source (pack and
-commit in THIRD_PARTY). Output: workflows/<name>.json (UI), workflows/api/<name>.json (API), and a
-copy of each UI file in example_workflows/ (where ComfyUI's template browser looks).
+commit in THIRD_PARTY). Output: example_workflows/<name>.json (UI format, where ComfyUI's template
+browser looks; shipped once: ComfyUI lists every JSON directly in workflows/ as a template too) and
+workflows/api/<name>.json (API format).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,7 @@ THIRD_PARTY: dict[str, dict[str, Any]] = {
         "output": ["MODEL"], "output_name": ["MODEL"]},
 }
 NOTE = "MarkdownNote"  # a front-end-only node: not in /object_info, not in the API graph
+TITLE, BADGE, GROUP_TITLE, GAP = 30, 22, 34, 12  # px the web UI draws above a node / above a group's first row
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -136,12 +137,67 @@ class Workflow:
         return n
 
     def group(self, title: str, nodes: list[Node], color: str = "#3f789e") -> None:
-        boxes = [(n.pos[0], n.pos[1], *self._size(n)) for n in nodes]
-        x0, y0 = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 60
+        """A titled box around `nodes`; its bounds are computed once the layout has settled (see _settle)."""
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "members": nodes, "color": color,
+                            "font_size": 24, "flags": {}})
+
+    def _settle(self) -> None:
+        """Move nodes until nothing overlaps as the web UI draws it: each node's title bar (TITLE px) and
+        source badge (BADGE px) sit above its position, a group's title bar above its first row. Nodes are
+        pushed down their column; a group whose title bar another node reaches into moves down below it."""
+        for _ in range(100):
+            self._settle_columns()
+            if not self._clear_group_titles():
+                return
+        raise RuntimeError(f"{self.name}: the layout does not settle; space the nodes out in build.py")
+
+    def _settle_columns(self) -> None:
+        columns: dict[int, list[Node]] = {}
+        for n in self.nodes:
+            columns.setdefault(n.pos[0], []).append(n)
+        for column in columns.values():
+            column.sort(key=lambda n: n.pos[1])
+            for above, n in zip(column, column[1:]):
+                lowest = above.pos[1] + self._size(above)[1] + TITLE + BADGE + GAP
+                if n.pos[1] < lowest:
+                    n.pos = (n.pos[0], lowest)
+
+    def _clear_group_titles(self) -> bool:
+        """Move one group or node so that no node lies in a group it is not a member of (title bar or box);
+        False when none does."""
+        for g in self.groups:
+            x0, y0, w, h = self._group_json(g)["bounding"]
+            members = {id(n) for n in g["members"]}
+            top_member = min(n.pos[1] for n in g["members"])
+            for n in self.nodes:
+                nw, nh = self._size(n)
+                top, bottom = n.pos[1] - TITLE - BADGE, n.pos[1] + nh
+                if id(n) in members or not (n.pos[0] < x0 + w and x0 < n.pos[0] + nw and top < y0 + h and y0 < bottom):
+                    continue
+                if n.pos[1] < top_member:  # a node above the group: the group moves below it
+                    shift = bottom + GAP - y0
+                    for m in g["members"]:
+                        m.pos = (m.pos[0], m.pos[1] + shift)
+                else:  # a node of another group inside this one: it moves below this group's box
+                    n.pos = (n.pos[0], y0 + h + TITLE + BADGE + GAP)
+                return True
+        boxes = [self._group_json(g)["bounding"] for g in self.groups]
+        for i, (ax, ay, aw, ah) in enumerate(boxes):
+            for j, (bx, by, bw, bh) in enumerate(boxes):
+                if i != j and ay <= by and ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                    shift = ay + ah + GAP - by  # the lower group moves below the upper one
+                    for m in self.groups[j]["members"]:
+                        m.pos = (m.pos[0], m.pos[1] + shift)
+                    return True
+        return False
+
+    def _group_json(self, g: dict[str, Any]) -> dict[str, Any]:
+        boxes = [(n.pos[0], n.pos[1], *self._size(n)) for n in g["members"]]
+        x0 = min(b[0] for b in boxes) - 20
+        y0 = min(b[1] for b in boxes) - TITLE - BADGE - GROUP_TITLE - GAP  # the group's title clear of every node's
         x1, y1 = max(b[0] + b[2] for b in boxes) + 20, max(b[1] + b[3] for b in boxes) + 20
-        x1 = max(x1, x0 + 14 * len(title))  # room for the title
-        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
-                            "color": color, "font_size": 24, "flags": {}})
+        x1 = max(x1, x0 + 14 * len(g["title"]))  # room for the title
+        return {**{k: v for k, v in g.items() if k != "members"}, "bounding": [x0, y0, x1 - x0, y1 - y0]}
 
     def _spec(self, n: Node) -> dict[str, Any]:
         if n.type == NOTE:
@@ -158,6 +214,7 @@ class Workflow:
 
     # ---- UI format -----------------------------------------------------------------------------
     def ui(self) -> dict[str, Any]:
+        self._settle()
         links: list[list[Any]] = []
         out_links: dict[tuple[int, int], list[int]] = {}
         in_link: dict[tuple[int, str], int] = {}
@@ -195,7 +252,7 @@ class Workflow:
                 node["color"], node["bgcolor"] = n.color, "#653"
             nodes.append(node)
         return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-                "groups": self.groups, "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [60, 80]},
+                "groups": [self._group_json(g) for g in self.groups], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [60, 80]},
                                                                "luna_vault": {"needs": self.needs}},
                 "version": 0.4}
 
@@ -457,8 +514,56 @@ def wf_query_preview(info: dict[str, Any]) -> Workflow:
     return w
 
 
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
+
+
+def wf_flux_detailer(info: dict[str, Any]) -> Workflow:
+    """Flux as its users build it: UNet + dual CLIP (flux) + VAE files, FluxGuidance, a guider and
+    SamplerCustomAdvanced; the vault is queried in text mode with the Flux CLIP."""
+    w = Workflow("luna_flux_detailer_vault", info)
+    img, cx, cy, cs, crop = crop_inputs(w)
+    unet = w.add("UNETLoader", (0, 640), unet_name=FLUX_UNET, weight_dtype="default")
+    clip = w.add("DualCLIPLoader", (0, 770), clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5, type="flux", device="default")
+    vae = w.add("VAELoader", (0, 930), vae_name=FLUX_VAE)
+    cv = w.add("CLIPVisionLoader", (0, 1040), clip_name=CLIP_VISION)
+    pos = w.add("CLIPTextEncode", (360, 640), title="Prompt (Flux CLIP)", text="extreme close-up of an eye, detailed iris",
+                clip=(clip, 0))
+    guide = w.add("FluxGuidance", (360, 880), conditioning=(pos, 0), guidance=3.5)
+    q = w.add("LunaVaultQuery", (760, 640), image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
+              blend_mode="average", temperature=0.05, conditioning=(guide, 0), clip=(clip, 0), filter="")
+    prev = w.add("PreviewImage", (1140, 640), title="Matched images", images=(q, 3))
+    x = 1140
+    up = w.add("ImageScale", (x, 170), title="Crop to 1024 px", image=(crop, 0), upscale_method="lanczos", width=1024,
+               height=1024, crop="disabled")
+    enc = w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=(vae, 0))
+    guider = w.add("BasicGuider", (x + 360, 170), model=(unet, 0), conditioning=(q, 0))
+    noise = w.add("RandomNoise", (x + 360, 300), noise_seed=42)
+    sampler = w.add("KSamplerSelect", (x + 360, 420), sampler_name="euler")
+    sigmas = w.add("BasicScheduler", (x + 360, 530), model=(unet, 0), scheduler="simple", steps=20, denoise=0.4)
+    ks = w.add("SamplerCustomAdvanced", (x + 720, 170), noise=(noise, 0), guider=(guider, 0), sampler=(sampler, 0),
+               sigmas=(sigmas, 0), latent_image=(enc, 0))
+    dec = w.add("VAEDecode", (x + 1080, 170), samples=(ks, 0), vae=(vae, 0))
+    down = w.add("ImageScale", (x + 1080, 290), title="Back to crop size", image=(dec, 0), upscale_method="lanczos",
+                 width=(cs, 0), height=(cs, 0), crop="disabled")
+    paste = w.add("ImageCompositeMasked", (x + 1440, 170), title="Paste back", destination=(img, 0), source=(down, 0),
+                  x=(cx, 0), y=(cy, 0), resize_source=False)
+    save = w.add("SaveImage", (x + 1800, 170), images=(paste, 0), filename_prefix="luna_flux_detailed")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault (Flux CLIP, text mode)",
+                    [unet, clip, vae, cv, pos, guide, q, prev],
+                    [up, enc, guider, noise, sampler, sigmas, ks, dec, down, paste, save])
+    w.note("## Flux crop detailer with a Luna vault\n\nFiles: `models/diffusion_models/flux1-dev.safetensors`, "
+           "`models/text_encoders/clip_l.safetensors` + `t5xxl_fp16.safetensors`, `models/vae/ae.safetensors`, and the "
+           "CLIP vision model your vault was built with. *Luna Vault Query* encodes the matched prompts with the Flux "
+           "CLIP (T5 + CLIP-L: text mode works with any vault) and blends them into your prompt; FluxGuidance's value "
+           "is kept. Flux dev takes no negative: a BasicGuider drives the detail pass (denoise 0.4).", (0, -260), (760, 200))
+    return w
+
+
 WORKFLOWS = [wf_crop_detailer_vault, wf_detailer_segs, wf_build_from_generation, wf_build_from_folder,
-             wf_vision_translator, wf_ipadapter, wf_query_preview]
+             wf_vision_translator, wf_ipadapter, wf_query_preview, wf_flux_detailer]
 
 
 def object_info_from_comfyui() -> dict[str, Any]:
@@ -489,9 +594,8 @@ def main() -> None:
     for make in WORKFLOWS:
         w = make(info)
         ui = json.dumps(w.ui(), indent=1) + "\n"
-        (HERE / f"{w.name}.json").write_text(ui)
+        (examples / f"{w.name}.json").write_text(ui)
         (HERE / "api" / f"{w.name}.json").write_text(json.dumps(w.api(), indent=1) + "\n")
-        shutil.copyfile(HERE / f"{w.name}.json", examples / f"{w.name}.json")
         print(f"{w.name}: {len(w.nodes)} nodes" + (f"; needs {', '.join(w.needs)}" if w.needs else ""))
 
 
