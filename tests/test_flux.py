@@ -4,12 +4,13 @@ pooled CLIP-L, FluxGuidance's `guidance` kept; every blend mode against ComfyUI'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import clustered, import_comfyui
+from helpers import COMFYUI, clustered, import_comfyui
 from luna_vault.core.conditioning import (
     baked_lookup,
     blend,
@@ -129,3 +130,82 @@ def test_baked_flux_vault_size_and_family_checks(tmp_path: Path) -> None:
     with pytest.raises(TextFamilyMismatchError, match=r"stores sdxl conditioning.*\[\*, 4096\] \+ pooled 768 \(Flux / T5\)"):
         check_baked_family(TextSpec.for_family("sdxl"), user_flux(), "eyes-sdxl")
     assert np.isfinite(v.baked(2)[0].astype(np.float32)).all()
+
+
+def shallow_flux_clip(t5_layers: int = 2, seed: int = 0) -> Any:
+    """ComfyUI's own Flux text encoder (FluxClipModel: CLIP-L + T5-XXL at full width: d_model 4096, d_ff 10240,
+    64 heads, gated GELU, relative position buckets; FluxTokenizer), with random weights and T5 cut to
+    `t5_layers` of its 24 layers. The real one (4.9B parameters, ~19 GB of fp32 weights) does not fit
+    beside the test suite in this machine's 24 GB; every code path but the depth is the same."""
+    import json
+
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.text_encoders.flux as flux
+    import comfy.text_encoders.sd3_clip
+    import comfy.text_encoders.t5
+
+    config = json.loads((COMFYUI / "comfy" / "text_encoders" / "t5_config_xxl.json").read_text())
+    config["num_layers"] = t5_layers
+
+    class ShallowT5(comfy.text_encoders.sd3_clip.T5XXLModel):
+        def __init__(self, device: str = "cpu", dtype: Any = None, model_options: dict = {}) -> None:  # noqa: B006
+            comfy.sd1_clip.SDClipModel.__init__(  # T5XXLModel's own arguments, with the config as a dict
+                self, device=device, layer="last", layer_idx=None, textmodel_json_config=config, dtype=dtype,
+                special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                enable_attention_masks=False, return_attention_masks=False,
+                model_options={**model_options, "model_name": "t5xxl"})
+
+    class ShallowFlux(flux.FluxClipModel):
+        def __init__(self, device: str = "cpu", dtype: Any = None, model_options: dict = {}) -> None:  # noqa: B006
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(device=device, dtype=dtype, return_projected_pooled=False,
+                                                     model_options=model_options)
+            self.t5xxl = ShallowT5(device=device, dtype=dtype, model_options=model_options)
+            self.dtypes = {dtype}
+
+    class Target:
+        params: dict = {}
+        clip = ShallowFlux
+        tokenizer = flux.FluxTokenizer
+
+    clip = comfy.sd.CLIP(Target())
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: (torch.ones_like(v) if "norm" in k and v.ndim == 1 else torch.randn(v.shape, generator=g) * 0.02)
+          for k, v in clip.cond_stage_model.state_dict().items()}
+    clip.cond_stage_model.load_state_dict(sd)
+    return clip
+
+
+@pytest.mark.slow
+def test_comfyui_flux_text_encoder_through_the_vault(tmp_path: Path) -> None:
+    """The vault's text mode with ComfyUI's own Flux text encoder: what CLIPTextEncode gives, T5 sequences of
+    different lengths averaged, blended into FluxGuidance conditioning with every key kept."""
+    import time
+
+    from luna_vault.extraction.comfy_adapters import ComfyClipTextEncoder
+    from luna_vault.vault import retrieve
+
+    clip = shallow_flux_clip()
+    enc = ComfyClipTextEncoder(clip)
+    assert enc.family == "flux"
+    long_prompt = ", ".join(["a very detailed amber iris with gold flecks"] * 30)  # > 256 T5 tokens
+    t = time.perf_counter()
+    cond, pooled = enc.encode(PROMPTS[0])
+    seconds = time.perf_counter() - t
+    core = comfy_nodes.CLIPTextEncode().encode(clip, PROMPTS[0])[0]
+    assert cond.shape == (256, 4096) and pooled.shape == (768,)
+    assert torch.equal(cond, core[0][0][0]) and torch.equal(pooled, core[0][1]["pooled_output"][0])
+    assert enc.encode(long_prompt)[0].shape == (t5_length(long_prompt), 4096)
+    assert t5_length(long_prompt) > 256
+
+    prompts = [PROMPTS[0], long_prompt, PROMPTS[1]]
+    x = clustered(3, 32, seed=3)
+    build(tmp_path / "f.vault", x, prompts, encoder=EncoderFingerprint("e", 32, "h"), category="eyes")
+    user = FluxGuidance.execute(comfy_nodes.CLIPTextEncode().encode(clip, "extreme close-up of an eye")[0], 3.5).args[0]
+    for mode in ("average", "concat", "combine", "replace"):
+        r = retrieve([Vault.open(tmp_path / "f.vault")], x[:1], k=3, text_encoder=enc, user=user, mode=mode,
+                     strength=0.3, cache=None)
+        assert all(c[1]["guidance"] == 3.5 for c in r.blended), mode
+        assert r.retrieved[0][0].shape[-1] == 4096 and torch.isfinite(r.retrieved[0][0]).all()
+    print(f"shallow Flux text encoder (2 of 24 T5 layers): {seconds:.2f} s per prompt on this CPU")

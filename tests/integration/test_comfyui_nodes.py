@@ -156,7 +156,7 @@ def test_cli_and_node_embed_the_same_image_identically(server: ComfyServer, tmp_
 
     from luna_vault.vault import Vault
 
-    [part] = (server.base / "output" / "luna_pairs" / "cmp").glob("*.safetensors")
+    [part] = (server.base / "output" / "luna_embeddings" / "cmp").glob("*.safetensors")
     node_emb = load_file(str(part))["embeddings"][0]
     v = Vault.open(server.base / "models" / "vaults" / "cli.vault")
     stored = v.embeddings([i for i in range(len(v)) if v.metadata(i)["source"].endswith("crop2.png")])[0]
@@ -214,13 +214,13 @@ def test_vision_translator_hybrid_with_a_small_trained_projector(server: ComfySe
     from luna_vault.vault import EncoderFingerprint, Vault
 
     fp = Vault.open(server.base / "models" / "vaults" / "hybrid.vault").encoder
-    make_synthetic_vault(tmp_path / "pairs.vault", TARGETS["clip_l"], 768, n_prompts=40, per_prompt=2, encoder=fp,
+    make_synthetic_vault(tmp_path / "pairs.vault", TARGETS["sd15"], 768, n_prompts=40, per_prompt=2, encoder=fp,
                          family="sd15")
     projectors = server.base / "models" / "luna_projectors"
     summary = train(tmp_path / "pairs.vault", projectors / "eyes-l.safetensors", TrainConfig(epochs=2, batch_size=16),
                     resume=False, progress=False, model_overrides={"hidden": 64, "linear": 32})
     assert summary["best_epoch"] >= 1
-    make_synthetic_vault(tmp_path / "other.vault", TARGETS["clip_l"], 1024, n_prompts=20, per_prompt=2, family="sd15",
+    make_synthetic_vault(tmp_path / "other.vault", TARGETS["sd15"], 1024, n_prompts=20, per_prompt=2, family="sd15",
                          encoder=EncoderFingerprint("vit-h", 1024, "h"))
     train(tmp_path / "other.vault", projectors / "vit-h.safetensors", TrainConfig(epochs=1, batch_size=16), resume=False,
           progress=False, model_overrides={"hidden": 64, "linear": 32})
