@@ -79,10 +79,13 @@ class LunaVaultQuery(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filter: str | None = None) -> bool | str:
-        # only the filter: ComfyUI checks vault (against the vaults there now) and k (1..100) from the schema,
-        # and flags each problem on its own input
-        return _check_filter(filter)
+    def validate_inputs(cls, vault: str) -> bool | str:
+        # ComfyUI flags a message on every input this function takes: only `vault` here (its combo is not
+        # checked for V3 nodes). k's range is checked from the schema; the filter before any crop is encoded.
+        if vault == AUTO:
+            return True
+        return True if vault in vault_names() else (
+            f"vault '{vault}' not found in models/vaults (have: {', '.join(vault_names()) or 'none'}); refresh the page")
 
     @classmethod
     def fingerprint_inputs(cls, vault: str, **kwargs: Any) -> str:
@@ -94,6 +97,9 @@ class LunaVaultQuery(io.ComfyNode):
                 temperature: float, conditioning: Any = None, clip: Any = None, filter: str = "") -> io.NodeOutput:
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
+        check = _check_filter(filter)
+        if check is not True:
+            raise ValueError(check)
         vaults = _open_vaults(vault)
         encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         check_query(vaults, k, filter or None, encoder.fingerprint)  # before encoding: the same rule search applies

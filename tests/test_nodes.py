@@ -138,10 +138,11 @@ def test_query_execute_matches_the_core_library(comfy_dirs: Path) -> None:
 def test_query_validation_and_mode_errors(comfy_dirs: Path) -> None:
     cv = StubClipVision()
     images, _ = _stub_vault(comfy_dirs, cv)
-    # one flag per problem: only the filter is validated here (ComfyUI checks the vault combo and k's range itself)
-    assert list(inspect.signature(LunaVaultQuery.validate_inputs).parameters) == ["filter"]
-    assert "needs a number" in LunaVaultQuery.validate_inputs(filter="quality>>x")
-    assert LunaVaultQuery.validate_inputs(filter="seed>=2") is True
+    # one flag per problem: validation reads only `vault` (ComfyUI flags its message on every input it reads)
+    assert list(inspect.signature(LunaVaultQuery.validate_inputs).parameters) == ["vault"]
+    assert "not found" in LunaVaultQuery.validate_inputs(vault="nope")
+    assert LunaVaultQuery.validate_inputs(vault="eyes") is True
+    assert LunaVaultQuery.validate_inputs(vault="auto-detect") is True
     with pytest.raises(Exception, match="no baked conditioning.*connect a CLIP"):
         LunaVaultQuery.execute(image=images[:1], clip_vision=cv, vault="eyes", k=2, strength=0.3, blend_mode="average",
                                temperature=0.05)
@@ -162,6 +163,11 @@ def test_query_validation_and_mode_errors(comfy_dirs: Path) -> None:
         LunaVaultQuery.execute(image=images[:3], clip_vision=counted, vault="eyes", k=99, strength=0.3,
                                blend_mode="average", temperature=0.05, clip=StubClip())
     assert 3 not in calls
+    calls.clear()
+    with pytest.raises(ValueError, match="needs a number"):  # a bad filter: refused before any crop is encoded
+        LunaVaultQuery.execute(image=images[:3], clip_vision=counted, vault="eyes", k=2, strength=0.3,
+                               blend_mode="average", temperature=0.05, clip=StubClip(), filter="quality>>x")
+    assert not calls
     with pytest.raises(ValueError, match="no vault named 'nope'"):
         LunaVaultQuery.execute(image=images[:1], clip_vision=cv, vault="nope", k=2, strength=0.3, blend_mode="average",
                                temperature=0.05, clip=StubClip())

@@ -14,7 +14,8 @@ from typing import Any
 FRONTEND_ONLY = {"MarkdownNote", "Note", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # combos whose options are the user's files (checked by ComfyUI when the graph runs, not here)
-FILE_COMBOS = {"ckpt_name", "clip_name", "image", "vault", "projector", "lora_name", "model_name", "vae_name"}
+FILE_COMBOS = {"ckpt_name", "clip_name", "clip_name1", "clip_name2", "unet_name", "image", "vault", "projector", "lora_name",
+               "model_name", "vae_name"}
 
 
 def specs(info: dict[str, Any]) -> list[tuple[str, list[Any], bool]]:

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import warnings
@@ -56,6 +57,7 @@ MAX_PACKAGE_BYTES = 1 << 40
 SHEET_COLUMNS, SHEET_ROWS = 8, 6
 TOP = 20  # checkpoints / LoRAs listed on a card
 CHUNK = 1 << 22
+PREVIEW_FORMATS = ("WEBP", "PNG", "JPEG")  # what a stored preview may be (the writer makes WebP)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 ProgressFn = Callable[[int, int], None]
@@ -310,8 +312,28 @@ def _copy_checked(z: zipfile.ZipFile, info: zipfile.ZipInfo, dst: Path, sha256: 
         raise PackageError(f"{info.filename}: checksum differs from the card (damaged or altered)")
 
 
+def preview_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP or PNG header, read with struct (a few bytes, no decoder); None for other
+    layouts, which are then opened with Pillow (header only). Only a bounds check: previews are decoded by
+    Pillow when shown, within the same limit (thumbnails.decode_thumbnail)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            w, h = struct.unpack("<HH", data[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+        if kind == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    return None
+
+
 def check_thumbnails(vault: Vault) -> None:
-    """Every stored preview's header is a small image (read without decoding pixels)."""
+    """Every stored preview's header is a small image of a preview format (no pixel is decoded)."""
     for s in vault.segments:
         if s.thumb_blob is None:
             continue
@@ -319,17 +341,21 @@ def check_thumbnails(vault: Vault) -> None:
             data = vault.thumbnail(s.entry_base + i)
             if not data:
                 continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(io.BytesIO(data)) as img:
-                        w, h = img.size
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise PackageError(f"entry {s.entry_base + i}: its preview claims a huge size ({e})") from e
-            except (OSError, SyntaxError, ValueError) as e:
-                raise PackageError(f"entry {s.entry_base + i}: its preview is not a readable image ({e})") from e
+            size = preview_size(data)
+            if size is None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error", Image.DecompressionBombWarning)
+                        with Image.open(io.BytesIO(data), formats=PREVIEW_FORMATS) as img:  # header only
+                            size = img.size
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                    raise PackageError(f"entry {s.entry_base + i}: its preview claims a huge size ({e})") from e
+                except (OSError, SyntaxError, ValueError) as e:
+                    raise PackageError(f"entry {s.entry_base + i}: its preview is not a readable image ({e})") from e
+            w, h = size
             if w * h > MAX_THUMBNAIL_PIXELS:
-                raise PackageError(f"entry {s.entry_base + i}: its preview claims {w}x{h} pixels, more than a preview may")
+                raise PackageError(f"entry {s.entry_base + i}: its preview claims {w}x{h} pixels, more than a preview may "
+                                   f"({MAX_THUMBNAIL_PIXELS:,})")
 
 
 def install(package: str | os.PathLike[str], to: str | os.PathLike[str], *, name: str | None = None,
@@ -373,8 +399,7 @@ def install(package: str | os.PathLike[str], to: str | os.PathLike[str], *, name
                 _copy_checked(z, member, tmp / f, info.sha256, done, total, progress)
             try:
                 vault = Vault.open(tmp)
-                vault.check_norms()
-                problems = vault.verify(checksums=False)  # the checksums were checked as the files were written
+                problems = vault.verify(checksums=False)  # norms, prompt ids, metadata; checksums were checked above
             except VaultError as e:
                 raise PackageError(f"the packaged vault does not open: {e}") from e
             if problems:

@@ -171,8 +171,13 @@ def test_bad_inputs_fail_readably_and_the_server_keeps_serving(server: ComfyServ
     assert "1024-d" in err["exception_message"] and "768-d" in err["exception_message"]
     code, body = server.post("/prompt", {"prompt": _query("no-such-vault", "crop0.png")})
     assert code == 400 and "no-such-vault" in json.dumps(body)
-    code, body = server.post("/prompt", {"prompt": _query("eyes", "crop0.png", k=0)})
-    assert code == 400 and "k must be at least 1" in json.dumps(body)
+    errors = body["node_errors"]["q"]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["vault"]  # one flag, on the input at fault
+    code, body = server.post("/prompt", {"prompt": _query("bigdim", "crop0.png", k=0)})
+    assert code == 400 and "smaller than min of 1" in json.dumps(body)
+    assert [e["extra_info"]["input_name"] for e in body["node_errors"]["q"]["errors"]] == ["k"], body
+    code, body = server.post("/prompt", {"prompt": _query("bigdim", "crop0.png", k=101)})
+    assert code == 400 and "bigger than max of 100" in json.dumps(body)
     entry = server.run(_query("eyes", "crop0.png"))  # still serving
     assert entry["status"]["status_str"] == "success", execution_error(entry)
     assert entry["outputs"]["prompts"]["text"][0] == "crop prompt 0"

@@ -81,7 +81,7 @@ def test_workflow_validates_against_object_info(path: Path, object_info: dict[st
     if skipped:
         assert json.loads(path.read_text())["extra"]["luna_vault"]["needs"], "marked as needing its packs"
     # our converter gives the API twin that ships beside it (widgets of uninstalled nodes aside)
-    twin = json.loads((path.parent / "api" / path.name).read_text())
+    twin = json.loads((REPO / "workflows" / "api" / path.name).read_text())
     for nid, node in twin.items():
         want = {k: v for k, v in node["inputs"].items() if nid not in unconverted or isinstance(v, list)}
         assert api[nid] == {"class_type": node["class_type"], "inputs": want}, nid
@@ -90,7 +90,7 @@ def test_workflow_validates_against_object_info(path: Path, object_info: dict[st
 
 
 def _runnable(name: str, object_info: dict[str, Any]) -> dict[str, Any]:
-    api, _ = convert(json.loads((REPO / "workflows" / f"{name}.json").read_text()), object_info)
+    api, _ = convert(json.loads((REPO / "example_workflows" / f"{name}.json").read_text()), object_info)
     api = copy.deepcopy(api)
     for node in api.values():  # the user's model files -> this server's random ones
         if node["class_type"] == "CLIPVisionLoader":
@@ -118,7 +118,7 @@ def test_runnable_workflows_end_to_end(server: ComfyServer, object_info: dict[st
 
 
 def test_the_validator_catches_broken_graphs(object_info: dict[str, Any]) -> None:
-    ui = json.loads((REPO / "workflows" / "luna_crop_detailer_vault.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / "luna_crop_detailer_vault.json").read_text())
     api, _ = convert(ui, object_info)
     ks = next(n for n, v in api.items() if v["class_type"] == "KSampler")
     q = next(n for n, v in api.items() if v["class_type"] == "LunaVaultQuery")
