@@ -5,7 +5,8 @@ save screenshots and time the first page.
 serving its front end with this pack and two vaults (one of `--entries` entries, previews of
 generated eye crops), opens the tab, searches, asks for "more like this", deletes an entry (and
 checks the vault on disk), undoes it, installs a package through the file picker, and prints the
-first page's time as Chromium measures it (fetch + render) and the server's text-search time.
+times Chromium measures (opening the tab; a vault's first page and the next one, fetch + render)
+and the server's text-search time.
 tests/integration/test_browser_ui.py runs it small where Chromium is installed.
 """
 
@@ -99,7 +100,17 @@ async def drive(url: str, chromium: str, vaults: Path, package: Path, out: Path 
                 await cdp.eval("window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.luna-vaults')")
                 await cdp.wait_for("document.querySelectorAll('.luna-grid .luna-cell').length > 0")
                 t1 = await cdp.eval("performance.now()")
-                result["first_page_ms"] = round(t1 - t0, 1)
+                result["tab_open_ms"] = round(t1 - t0, 1)  # ComfyUI opens its sidebar, our tab lists vaults, first page
+                # a vault's first page on its own: fetch + render of 60 cells (median of 5), then the next page
+                opens, nexts = [], []
+                for _ in range(5):
+                    opens.append(await cdp.eval("(async () => { const t = performance.now(); "
+                                                "await window.lunaVaults.open('eyes'); return performance.now() - t; })()"))
+                    nexts.append(await cdp.eval("(async () => { const t = performance.now(); "
+                                                "await window.lunaVaults.page(60); return performance.now() - t; })()"))
+                result["first_page_ms"] = round(sorted(opens)[2], 1)
+                result["next_page_ms"] = round(sorted(nexts)[2], 1)
+                await cdp.eval("window.lunaVaults.page(0)")
                 result["cells"] = await cdp.eval("document.querySelectorAll('.luna-grid .luna-cell').length")
                 await cdp.wait_for("[...document.querySelectorAll('.luna-cell img')].slice(0, 8).every(i => i.complete)")
                 result["status"] = await cdp.eval("document.querySelector('[data-luna=status]').textContent")
