@@ -144,38 +144,30 @@ def register_routes(routes: web.RouteTableDef | None = None) -> None:
             return web.json_response({"error": str(e)}, status=_status(e))
         return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
-    @routes.post(PREFIX + "/{name}/delete")
-    async def delete(request: web.Request) -> web.Response:
+    async def change(request: web.Request, work: Callable[[str, dict[str, Any]], dict[str, Any]]) -> web.Response:
         name = request.match_info["name"]
         try:
             data = await _body(request)
         except QueryError as e:
             return web.json_response({"error": str(e)}, status=400)
-        return await _run(lambda: browse.delete(_vault(name).path, _ids(data), _seen(data)))
+        return await _run(lambda: work(name, data))
+
+    @routes.post(PREFIX + "/{name}/delete")
+    async def delete(request: web.Request) -> web.Response:
+        return await change(request, lambda name, data: browse.delete(_vault(name).path, _ids(data), _seen(data)))
 
     @routes.post(PREFIX + "/{name}/restore")
     async def restore(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        try:
-            data = await _body(request)
-        except QueryError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        return await _run(lambda: browse.restore(_vault(name).path, _ids(data), _seen(data)))
+        return await change(request, lambda name, data: browse.restore(_vault(name).path, _ids(data), _seen(data)))
 
     @routes.post(PREFIX + "/{name}/export")
     async def export(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        try:
-            data = await _body(request)
-        except QueryError as e:
-            return web.json_response({"error": str(e)}, status=400)
-
-        def work() -> dict[str, Any]:
+        def work(name: str, data: dict[str, Any]) -> dict[str, Any]:
             target = new_vault_path(str(data.get("name", "")))
             if target.exists():
                 raise VaultExistsError(f"a vault named '{data.get('name')}' already exists; choose another name")
             return browse.export(_vault(name).path, _ids(data), target)
-        return await _run(work)
+        return await change(request, work)
 
     @routes.post(PREFIX + "/install")
     async def install_package(request: web.Request) -> web.Response:

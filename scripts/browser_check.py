@@ -17,21 +17,19 @@ import asyncio
 import base64
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from screenshot_workflows import SETTINGS, DevTools, free_port  # noqa: E402
+from screenshot_workflows import SETTINGS, DevTools, chromium_page, open_comfyui  # noqa: E402
 
 from comfy_server import ComfyServer  # noqa: E402
 
@@ -63,11 +61,6 @@ def make_vaults(vaults: Path, entries: int, work: Path) -> Path:
 
 
 async def drive(url: str, chromium: str, vaults: Path, package: Path, out: Path | None) -> dict[str, Any]:
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="luna-chromium-")
-    proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=1600,1000",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result: dict[str, Any] = {}
 
     async def shot(cdp: DevTools, name: str) -> None:
@@ -75,90 +68,64 @@ async def drive(url: str, chromium: str, vaults: Path, package: Path, out: Path 
             png = await cdp.call("Page.captureScreenshot", format="png")
             (out / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
 
-    try:
-        async with aiohttp.ClientSession() as http:
-            targets: list[dict[str, Any]] = []
-            for _ in range(120):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/json") as r:
-                        targets = [t for t in await r.json() if t.get("type") == "page"]
-                    if targets:
-                        break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.25)
-            if not targets:
-                raise RuntimeError("Chromium did not open its DevTools port")
-            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = DevTools(ws)
-                await cdp.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
-                               mobile=False)
-                await cdp.call("Page.navigate", url=url)
-                await cdp.wait_for("!!(window.app && window.app.extensionManager && window.app.graph)")
-                await asyncio.sleep(2.0)
-                t0 = await cdp.eval("performance.now()")
-                await cdp.eval("window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.luna-vaults')")
-                await cdp.wait_for("document.querySelectorAll('.luna-grid .luna-cell').length > 0")
-                t1 = await cdp.eval("performance.now()")
-                result["tab_open_ms"] = round(t1 - t0, 1)  # ComfyUI opens its sidebar, our tab lists vaults, first page
-                # a vault's first page on its own: fetch + render of 60 cells (median of 5), then the next page
-                opens, nexts = [], []
-                for _ in range(5):
-                    opens.append(await cdp.eval("(async () => { const t = performance.now(); "
-                                                "await window.lunaVaults.open('eyes'); return performance.now() - t; })()"))
-                    nexts.append(await cdp.eval("(async () => { const t = performance.now(); "
-                                                "await window.lunaVaults.page(60); return performance.now() - t; })()"))
-                result["first_page_ms"] = round(sorted(opens)[2], 1)
-                result["next_page_ms"] = round(sorted(nexts)[2], 1)
-                await cdp.eval("window.lunaVaults.page(0)")
-                result["cells"] = await cdp.eval("document.querySelectorAll('.luna-grid .luna-cell').length")
-                await cdp.wait_for("[...document.querySelectorAll('.luna-cell img')].slice(0, 8).every(i => i.complete)")
-                result["status"] = await cdp.eval("document.querySelector('[data-luna=status]').textContent")
-                await shot(cdp, "browser_grid")
+    async with chromium_page(chromium, (1600, 1000)) as cdp:
+        await open_comfyui(cdp, url)
+        t0 = await cdp.eval("performance.now()")
+        await cdp.eval("window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.luna-vaults')")
+        await cdp.wait_for("document.querySelectorAll('.luna-grid .luna-cell').length > 0")
+        t1 = await cdp.eval("performance.now()")
+        result["tab_open_ms"] = round(t1 - t0, 1)  # ComfyUI opens its sidebar, our tab lists vaults, first page
+        # a vault's first page on its own: fetch + render of 60 cells (median of 5), then the next page
+        opens, nexts = [], []
+        for _ in range(5):
+            opens.append(await cdp.eval("(async () => { const t = performance.now(); "
+                                        "await window.lunaVaults.open('eyes'); return performance.now() - t; })()"))
+            nexts.append(await cdp.eval("(async () => { const t = performance.now(); "
+                                        "await window.lunaVaults.page(60); return performance.now() - t; })()"))
+        result["first_page_ms"] = round(sorted(opens)[2], 1)
+        result["next_page_ms"] = round(sorted(nexts)[2], 1)
+        await cdp.eval("window.lunaVaults.page(0)")
+        result["cells"] = await cdp.eval("document.querySelectorAll('.luna-grid .luna-cell').length")
+        await cdp.wait_for("[...document.querySelectorAll('.luna-cell img')].slice(0, 8).every(i => i.complete)")
+        result["status"] = await cdp.eval("document.querySelector('[data-luna=status]').textContent")
+        await shot(cdp, "browser_grid")
 
-                # search by prompt text
-                await cdp.eval("(() => { const b = window.lunaVaults; b.text.value = 'amber'; return b.search(); })()")
-                await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.includes('of ')")
-                result["search_status"] = await cdp.eval("document.querySelector('[data-luna=status]').textContent")
-                result["search_prompts_ok"] = await cdp.eval(
-                    "[...document.querySelectorAll('.luna-cell')].every(c => c.title.toLowerCase().includes('amber'))")
-                await shot(cdp, "browser_search")
+        # search by prompt text
+        await cdp.eval("(() => { const b = window.lunaVaults; b.text.value = 'amber'; return b.search(); })()")
+        await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.includes('of ')")
+        result["search_status"] = await cdp.eval("document.querySelector('[data-luna=status]').textContent")
+        result["search_prompts_ok"] = await cdp.eval(
+            "[...document.querySelectorAll('.luna-cell')].every(c => c.title.toLowerCase().includes('amber'))")
+        await shot(cdp, "browser_search")
 
-                # select the first entry, ask for more like it
-                first = await cdp.eval("Number(document.querySelector('.luna-cell').dataset.id)")
-                await cdp.eval("document.querySelector('.luna-cell').click()")
-                await cdp.eval("document.querySelector('[data-luna=similar]').click()")
-                await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('more like')")
-                result["similar_cells"] = await cdp.eval("document.querySelectorAll('.luna-cell .sim').length")
-                await shot(cdp, "browser_more_like_this")
+        # select the first entry, ask for more like it
+        first = await cdp.eval("Number(document.querySelector('.luna-cell').dataset.id)")
+        await cdp.eval("document.querySelector('.luna-cell').click()")
+        await cdp.eval("document.querySelector('[data-luna=similar]').click()")
+        await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('more like')")
+        result["similar_cells"] = await cdp.eval("document.querySelectorAll('.luna-cell .sim').length")
+        await shot(cdp, "browser_more_like_this")
 
-                # delete the selected entry, check the vault on disk, undo
-                await cdp.eval("document.querySelector('[data-luna=delete]').click()")
-                await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('deleted')")
-                from luna_vault.vault import Vault
+        # delete the selected entry, check the vault on disk, undo
+        await cdp.eval("document.querySelector('[data-luna=delete]').click()")
+        await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('deleted')")
+        from luna_vault.vault import Vault
 
-                v = Vault.open(vaults / "eyes.vault")
-                result["deleted_on_disk"] = bool(not v.live_mask()[first])
-                await shot(cdp, "browser_deleted")
-                await cdp.eval("document.querySelector('[data-luna=undo]').click()")
-                await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('restored')")
-                result["restored_on_disk"] = bool(Vault.open(vaults / "eyes.vault").live_mask()[first])
+        v = Vault.open(vaults / "eyes.vault")
+        result["deleted_on_disk"] = bool(not v.live_mask()[first])
+        await shot(cdp, "browser_deleted")
+        await cdp.eval("document.querySelector('[data-luna=undo]').click()")
+        await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('restored')")
+        result["restored_on_disk"] = bool(Vault.open(vaults / "eyes.vault").live_mask()[first])
 
-                # install a package through the file picker
-                doc = await cdp.call("DOM.getDocument")
-                node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="[data-luna=package]")
-                await cdp.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(package)])
-                await cdp.eval("document.querySelector('[data-luna=package]').dispatchEvent(new Event('change'))")
-                await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('installed')")
-                result["installed_on_disk"] = (vaults / "rings.vault" / "manifest.json").is_file()
-                await shot(cdp, "browser_installed")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+        # install a package through the file picker
+        doc = await cdp.call("DOM.getDocument")
+        node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="[data-luna=package]")
+        await cdp.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(package)])
+        await cdp.eval("document.querySelector('[data-luna=package]').dispatchEvent(new Event('change'))")
+        await cdp.wait_for("document.querySelector('[data-luna=status]').textContent.startsWith('installed')")
+        result["installed_on_disk"] = (vaults / "rings.vault" / "manifest.json").is_file()
+        await shot(cdp, "browser_installed")
     return result
 
 

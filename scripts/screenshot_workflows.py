@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import shutil
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 from PIL import Image
@@ -108,15 +109,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size: tuple[int, int],
-                overlaps: dict[str, list[str]]) -> dict[str, list[str]]:
+@contextlib.asynccontextmanager
+async def chromium_page(chromium: str, size: tuple[int, int]) -> AsyncIterator[DevTools]:
+    """Headless Chromium with one page, driven over the DevTools protocol; closed on exit."""
     port = free_port()
     profile = tempfile.mkdtemp(prefix="luna-chromium-")
     proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                              f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
                              f"--window-size={size[0]},{size[1]}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    unknown: dict[str, list[str]] = {}
     try:
         async with aiohttp.ClientSession() as http:
             targets: list[dict[str, Any]] = []
@@ -133,30 +134,9 @@ async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size:
                 raise RuntimeError("Chromium did not open its DevTools port")
             async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 cdp = DevTools(ws)
-                await cdp.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
-                               mobile=False)
-                await cdp.call("Page.navigate", url=url)
-                await cdp.wait_for("!!(window.app && window.app.graph && window.LiteGraph)")
-                await asyncio.sleep(2.0)
-                for wf in workflows:
-                    data = wf.read_text()
-                    await cdp.eval(f"window.app.loadGraphData({data}, true, true, {json.dumps(wf.stem)})")
-                    await asyncio.sleep(1.5)
-                    await cdp.eval("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-                    await asyncio.sleep(1.5)
-                    overlaps[wf.stem] = await cdp.eval(OVERLAPS_JS) or []
-                    unknown[wf.stem] = await cdp.eval(
-                        "[...new Set(window.app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
-                        ".map(n => n.type))]") or []
-                    shot = await cdp.call("Page.captureScreenshot", format="png")
-                    png = base64.b64decode(shot["data"])
-                    (out / f"{wf.stem}.png").write_bytes(png)
-                    thumb = Image.open(io.BytesIO(png)).convert("RGB")
-                    thumb.thumbnail((800, 800))
-                    thumb.save(REPO / "example_workflows" / f"{wf.stem}.jpg", quality=85)
-                    print(f"{wf.stem}: {out / (wf.stem + '.png')}"
-                          + (f" (not installed here: {', '.join(unknown[wf.stem])})" if unknown[wf.stem] else "")
-                          + "".join(f"\n  layout: {o}" for o in overlaps[wf.stem]))
+                await cdp.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1],
+                               deviceScaleFactor=1, mobile=False)
+                yield cdp
     finally:
         proc.terminate()
         try:
@@ -164,6 +144,39 @@ async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+async def open_comfyui(cdp: DevTools, url: str) -> None:
+    """Load ComfyUI's web UI and wait until its app and graph exist."""
+    await cdp.call("Page.navigate", url=url)
+    await cdp.wait_for("!!(window.app && window.app.graph && window.LiteGraph && window.app.extensionManager)")
+    await asyncio.sleep(2.0)
+
+
+async def shoot(url: str, chromium: str, workflows: list[Path], out: Path, size: tuple[int, int],
+                overlaps: dict[str, list[str]]) -> dict[str, list[str]]:
+    unknown: dict[str, list[str]] = {}
+    async with chromium_page(chromium, size) as cdp:
+        await open_comfyui(cdp, url)
+        for wf in workflows:
+            data = wf.read_text()
+            await cdp.eval(f"window.app.loadGraphData({data}, true, true, {json.dumps(wf.stem)})")
+            await asyncio.sleep(1.5)
+            await cdp.eval("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+            await asyncio.sleep(1.5)
+            overlaps[wf.stem] = await cdp.eval(OVERLAPS_JS) or []
+            unknown[wf.stem] = await cdp.eval(
+                "[...new Set(window.app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
+                ".map(n => n.type))]") or []
+            shot = await cdp.call("Page.captureScreenshot", format="png")
+            png = base64.b64decode(shot["data"])
+            (out / f"{wf.stem}.png").write_bytes(png)
+            thumb = Image.open(io.BytesIO(png)).convert("RGB")
+            thumb.thumbnail((800, 800))
+            thumb.save(REPO / "example_workflows" / f"{wf.stem}.jpg", quality=85)
+            print(f"{wf.stem}: {out / (wf.stem + '.png')}"
+                  + (f" (not installed here: {', '.join(unknown[wf.stem])})" if unknown[wf.stem] else "")
+                  + "".join(f"\n  layout: {o}" for o in overlaps[wf.stem]))
     return unknown
 
 

@@ -149,24 +149,23 @@ def _writer(path: Path, seen: int) -> VaultWriter:
     return w
 
 
-def delete(path: str | os.PathLike[str], ids: Sequence[int], seen: int) -> dict[str, Any]:
-    """Delete entries, if the vault is still at version `seen`. Undo with restore() until a compaction."""
+def _change(path: str | os.PathLike[str], ids: Sequence[int], seen: int, action: str) -> dict[str, Any]:
     path = Path(path)
     arr = _check_ids(Vault.open(path), ids)
     with _writer(path, seen) as w:
-        n = w.delete_ids(arr)
+        n = w.delete_ids(arr) if action == "deleted" else w.restore_ids(arr)
     v = Vault.open(path)
-    return {"deleted": n, "entries": len(v), "generation": generation(v)}
+    return {action: n, "entries": len(v), "generation": generation(v)}
+
+
+def delete(path: str | os.PathLike[str], ids: Sequence[int], seen: int) -> dict[str, Any]:
+    """Delete entries, if the vault is still at version `seen`. Undo with restore() until a compaction."""
+    return _change(path, ids, seen, "deleted")
 
 
 def restore(path: str | os.PathLike[str], ids: Sequence[int], seen: int) -> dict[str, Any]:
-    """Bring deleted entries back (possible until the vault is compacted)."""
-    path = Path(path)
-    arr = _check_ids(Vault.open(path), ids)
-    with _writer(path, seen) as w:
-        n = w.restore_ids(arr)
-    v = Vault.open(path)
-    return {"restored": n, "entries": len(v), "generation": generation(v)}
+    """Bring deleted entries back (possible until the vault is compacted), if the vault is still at `seen`."""
+    return _change(path, ids, seen, "restored")
 
 
 def export(path: str | os.PathLike[str], ids: Sequence[int], out: str | os.PathLike[str]) -> dict[str, Any]:

@@ -364,13 +364,19 @@ def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], p
     enc = w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=(ckpt, 2))
     ks = w.add("KSampler", (x + 360, 170), model=model, positive=positive, negative=(negative, 0), latent_image=(enc, 0),
                seed=42, steps=25, cfg=6.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=denoise)
-    dec = w.add("VAEDecode", (x + 720, 170), samples=(ks, 0), vae=(ckpt, 2))
-    down = w.add("ImageScale", (x + 720, 290), title="Back to crop size", image=(dec, 0), upscale_method="lanczos",
+    return [up, enc, ks, *paste_back(w, x + 720, (ks, 0), (ckpt, 2), img, cx, cy, cs, "luna_detailed")]
+
+
+def paste_back(w: Workflow, x: int, samples: tuple[Node, int], vae: tuple[Node, int], img: Node, cx: Node, cy: Node,
+               cs: Node, prefix: str) -> list[Node]:
+    """Decode the detailed crop, scale it back to the crop's size, paste it into the image, save."""
+    dec = w.add("VAEDecode", (x, 170), samples=samples, vae=vae)
+    down = w.add("ImageScale", (x, 290), title="Back to crop size", image=(dec, 0), upscale_method="lanczos",
                  width=(cs, 0), height=(cs, 0), crop="disabled")
-    paste = w.add("ImageCompositeMasked", (x + 1080, 170), title="Paste back", destination=(img, 0), source=(down, 0),
+    paste = w.add("ImageCompositeMasked", (x + 360, 170), title="Paste back", destination=(img, 0), source=(down, 0),
                   x=(cx, 0), y=(cy, 0), resize_source=False)
-    save = w.add("SaveImage", (x + 1440, 170), images=(paste, 0), filename_prefix="luna_detailed")
-    return [up, enc, ks, dec, down, paste, save]
+    save = w.add("SaveImage", (x + 720, 170), images=(paste, 0), filename_prefix=prefix)
+    return [dec, down, paste, save]
 
 
 def detailer_groups(w: Workflow, region: list[Node], lookup_title: str, lookup: list[Node], rest: list[Node]) -> None:
@@ -545,15 +551,9 @@ def wf_flux_detailer(info: dict[str, Any]) -> Workflow:
     sigmas = w.add("BasicScheduler", (x + 360, 530), model=(unet, 0), scheduler="simple", steps=20, denoise=0.4)
     ks = w.add("SamplerCustomAdvanced", (x + 720, 170), noise=(noise, 0), guider=(guider, 0), sampler=(sampler, 0),
                sigmas=(sigmas, 0), latent_image=(enc, 0))
-    dec = w.add("VAEDecode", (x + 1080, 170), samples=(ks, 0), vae=(vae, 0))
-    down = w.add("ImageScale", (x + 1080, 290), title="Back to crop size", image=(dec, 0), upscale_method="lanczos",
-                 width=(cs, 0), height=(cs, 0), crop="disabled")
-    paste = w.add("ImageCompositeMasked", (x + 1440, 170), title="Paste back", destination=(img, 0), source=(down, 0),
-                  x=(cx, 0), y=(cy, 0), resize_source=False)
-    save = w.add("SaveImage", (x + 1800, 170), images=(paste, 0), filename_prefix="luna_flux_detailed")
+    tail = paste_back(w, x + 1080, (ks, 0), (vae, 0), img, cx, cy, cs, "luna_flux_detailed")
     detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault (Flux CLIP, text mode)",
-                    [unet, clip, vae, cv, pos, guide, q, prev],
-                    [up, enc, guider, noise, sampler, sigmas, ks, dec, down, paste, save])
+                    [unet, clip, vae, cv, pos, guide, q, prev], [up, enc, guider, noise, sampler, sigmas, ks, *tail])
     w.note("## Flux crop detailer with a Luna vault\n\nFiles: `models/diffusion_models/flux1-dev.safetensors`, "
            "`models/text_encoders/clip_l.safetensors` + `t5xxl_fp16.safetensors`, `models/vae/ae.safetensors`, and the "
            "CLIP vision model your vault was built with. *Luna Vault Query* encodes the matched prompts with the Flux "
