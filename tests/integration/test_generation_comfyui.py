@@ -126,11 +126,14 @@ def test_a_server_killed_mid_run_loses_nothing(servers: list[ComfyServer], tmp_p
 
 def test_ctrl_c_and_resume_through_the_cli(servers: list[ComfyServer], tmp_path: Path) -> None:
     a = servers[0]
-    campaign = _campaign(tmp_path, eyes=120, hands=60)  # ~30 s of work: a busy machine cannot finish it before the ^C
+    campaign = _campaign(tmp_path, eyes=60, hands=30)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "luna_vault.cli", "generate", str(campaign), "--workflow", str(TEMPLATE),
            "--server", a.url.split("://")[1], "--out", str(out), "--depth", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that runs the suite in the background ignores SIGINT, and children inherit that: give the CLI the
+    # default handler back, as a terminal would
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("*.png"))) < 8:
         time.sleep(0.05)
@@ -138,7 +141,7 @@ def test_ctrl_c_and_resume_through_the_cli(servers: list[ComfyServer], tmp_path:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     first = len(list(out.rglob("*.png")))
-    assert 8 <= first < 180, first
+    assert 8 <= first < 90, first
     # the plan reads the measured rate from the ledger
     res = subprocess.run([sys.executable, "-m", "luna_vault.cli", "plan", str(campaign), "--out", str(out), "--json"],
                          capture_output=True, text=True, timeout=120)
