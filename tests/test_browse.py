@@ -62,7 +62,9 @@ def test_more_like_this_uses_the_stored_embedding(vault: Path) -> None:
 
 def test_delete_and_restore_check_the_version_the_client_saw(vault: Path) -> None:
     seen = page(Vault.open(vault), 0, 10)["generation"]
+    assert page(Vault.open(vault), 0, 5, text="green")["entries"][0]["id"] == 0  # builds the prompt index
     out = delete(vault, [0, 1, 2], seen)
+    assert page(Vault.open(vault), 0, 5, text="green")["entries"][0]["id"] == 3  # a new snapshot, a new index
     assert out["deleted"] == 3 and out["entries"] == 297
     v = Vault.open(vault)
     assert entry(v, 1)["deleted"] and page(v, 0, 5)["entries"][0]["id"] == 3

@@ -189,6 +189,19 @@ def test_a_bomb_thumbnail_is_refused(tmp_path: Path) -> None:
     _nothing_installed(to)
 
 
+def test_bytes_damaged_inside_the_zip_are_refused(package: Path, tmp_path: Path) -> None:
+    """A flipped byte in a stored member: zipfile's CRC check or our SHA-256, either way one clear error."""
+    raw = bytearray(package.read_bytes())
+    with zipfile.ZipFile(package) as z:
+        seg = next(i for i in z.infolist() if i.filename.startswith("vault/seg-"))
+    raw[seg.header_offset + 30 + len(seg.filename) + 200] ^= 0xFF  # inside the member's data
+    bad = tmp_path / "flipped.lvault"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(PackageError, match="damaged|checksum"):
+        install(bad, tmp_path / "vaults")
+    _nothing_installed(tmp_path / "vaults")
+
+
 def test_not_a_package(tmp_path: Path) -> None:
     junk = tmp_path / "junk.lvault"
     junk.write_bytes(b"PK\x03\x04 not really a zip")

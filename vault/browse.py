@@ -65,12 +65,12 @@ class _PromptIndex:
         return np.sort(np.concatenate([self.entries_sorted[a:b] for a, b in zip(lo, hi)]))
 
 
-_prompt_indexes: OrderedDict[int, _PromptIndex] = OrderedDict()
+_prompt_indexes: OrderedDict[tuple[str, str, int], _PromptIndex] = OrderedDict()
 _lock = threading.Lock()
 
 
 def _prompt_index(vault: Vault) -> _PromptIndex:
-    key = id(vault)
+    key = (str(vault.path), vault.manifest.vault_id, generation(vault))  # one snapshot (every commit moves it on)
     with _lock:
         hit = _prompt_indexes.get(key)
     if hit is None:

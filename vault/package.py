@@ -361,7 +361,13 @@ def check_thumbnails(vault: Vault) -> None:
 def install(package: str | os.PathLike[str], to: str | os.PathLike[str], *, name: str | None = None,
             overwrite: bool = False, progress: ProgressFn | None = None) -> Path:
     """Check a package in full and install its vault as TO/NAME.vault (NAME: the card's, unless given)."""
-    package, to = Path(package), Path(to)
+    try:
+        return _install(Path(package), Path(to), name, overwrite, progress)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:  # e.g. a CRC that does not match its bytes
+        raise PackageError(f"{package} is damaged: {e}") from e
+
+
+def _install(package: Path, to: Path, name: str | None, overwrite: bool, progress: ProgressFn | None) -> Path:
     try:
         z = zipfile.ZipFile(package)
     except (zipfile.BadZipFile, OSError) as e:
