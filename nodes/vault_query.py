@@ -10,7 +10,6 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..core.conditioning import BLEND_MODES
-from ..core.errors import QueryError
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 from ..vault.cache import open_cached
 from ..vault.filters import parse_filter
@@ -18,14 +17,6 @@ from ..vault.preview import contact_sheet, entry_thumbnails, matched_thumbnails
 from ..vault.query import check_query
 from ..vault.retrieve import retrieve
 from .common import AUTO, CATEGORY, as_image_batch, loaded_file, vault_names, vault_path, vault_stamp
-
-
-def _check_filter(filter: str | None) -> bool | str:
-    try:
-        parse_filter(filter or "")
-    except QueryError as e:
-        return str(e)
-    return True
 
 
 def _open_vaults(vault: str) -> list[Any]:
@@ -97,9 +88,7 @@ class LunaVaultQuery(io.ComfyNode):
                 temperature: float, conditioning: Any = None, clip: Any = None, filter: str = "") -> io.NodeOutput:
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
-        check = _check_filter(filter)
-        if check is not True:
-            raise ValueError(check)
+        parse_filter(filter or "")  # QueryError (a ValueError) before any crop is encoded
         vaults = _open_vaults(vault)
         encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         check_query(vaults, k, filter or None, encoder.fingerprint)  # before encoding: the same rule search applies

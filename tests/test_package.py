@@ -184,7 +184,7 @@ def test_a_bomb_thumbnail_is_refused(tmp_path: Path) -> None:
     src = _build(tmp_path / "bomb.vault", thumbs=[bomb] + [_thumb(i) for i in range(1, 40)])
     pack(src, tmp_path / "bomb.lvault")
     to = tmp_path / "vaults"
-    with pytest.raises(PackageError, match="entry 0: its preview claims 50000x50000 pixels"):
+    with pytest.raises(PackageError, match="entry 0: stored preview claims 50000x50000 pixels"):
         install(tmp_path / "bomb.lvault", to)
     _nothing_installed(to)
 
@@ -237,7 +237,7 @@ def test_preview_sizes_from_headers_agree_with_pillow() -> None:
 
     from PIL import Image
 
-    from luna_vault.vault.package import preview_size
+    from luna_vault.vault.thumbnails import preview_size
 
     rng = np.random.default_rng(1)
     for w, h in [(96, 64), (17, 96), (1, 1)]:

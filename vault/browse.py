@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import QueryError, VaultError
-from .ops import iter_live
+from .ops import _copy_from
 from .query import get_index, search_arrays
 from .store import Vault, VaultWriter
 
@@ -178,15 +178,6 @@ def export(path: str | os.PathLike[str], ids: Sequence[int], out: str | os.PathL
     keep = np.zeros(src.n_entries, bool)
     keep[arr] = True
     with VaultWriter.create(out, src.encoder, src.category, text=src.text) as w:
-        for b in iter_live(src):
-            sel = keep[b["ids"]]
-            if not sel.any():
-                continue
-            pick = np.flatnonzero(sel)
-            pid_of = dict(zip(b["prompts"], (int(p) for p in b["prompt_ids"])))
-            encode = (lambda prompt, _m=pid_of: src.baked(_m[prompt])) if w.text is not None else None  # noqa: E731
-            w.add(b["embeddings"][pick], [b["prompts"][i] for i in pick], [b["metadata"][i] for i in pick],
-                  [b["thumbnails"][i] for i in pick] if b["thumbnails"] is not None else None,
-                  [b["content_hashes"][i] for i in pick] if b["content_hashes"] is not None else None, encode)
+        _copy_from(w, src, keep=keep)
     v = Vault.open(out)
     return {"vault": v.name, "entries": len(v), "generation": generation(v)}

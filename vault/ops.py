@@ -154,17 +154,30 @@ def iter_live(vault: Vault, batch: int = 65536) -> Iterator[dict[str, Any]]:
         }
 
 
-def _copy_from(writer: VaultWriter, source: Vault, progress: ProgressFn | None, offset: int, total: int) -> AddReport:
+def _pick(seq: Any, rows: np.ndarray | None) -> Any:
+    """The whole batch column, or its `rows` when a selection was asked for."""
+    return seq if seq is None or rows is None else [seq[i] for i in rows]
+
+
+def _copy_from(writer: VaultWriter, source: Vault, progress: ProgressFn | None = None, offset: int = 0,
+               total: int = 0, keep: np.ndarray | None = None) -> AddReport:
+    """Add the source's live entries (only those `keep` marks, a mask over entry ids, when given) to `writer`,
+    their baked conditioning read from the source."""
     report = AddReport()
     done = offset
     for b in iter_live(source):
+        done += len(b["ids"])
+        rows = None if keep is None else np.flatnonzero(keep[b["ids"]])
+        if rows is not None and not len(rows):
+            continue
         prompt_to_pid = dict(zip(b["prompts"], (int(p) for p in b["prompt_ids"])))
         encode = None
         if writer.text is not None:
             encode = lambda prompt, _m=prompt_to_pid: source.baked(_m[prompt])  # noqa: E731
-        report = report.merge(writer.add(b["embeddings"], b["prompts"], b["metadata"], b["thumbnails"],
-                                         b["content_hashes"], encode))
-        done += len(b["ids"])
+
+        emb = b["embeddings"] if rows is None else b["embeddings"][rows]
+        report = report.merge(writer.add(emb, *(_pick(b[k], rows) for k in ("prompts", "metadata", "thumbnails",
+                                                                          "content_hashes")), encode))
         if progress:
             progress(done, total)
     return report

@@ -27,10 +27,8 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import time
-import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -43,7 +41,7 @@ from ..core.atomic import atomic_write, atomic_write_bytes, check_name, fsync_di
 from ..core.errors import VaultError, VaultExistsError
 from .manifest import DELETED_NAME, MANIFEST, MAX_MANIFEST_BYTES, SEGMENT_NAME, VAULT_SUFFIX, read_manifest
 from .store import Vault
-from .thumbnails import MAX_THUMBNAIL_PIXELS, THUMBNAIL_SIZE, decode_thumbnail
+from .thumbnails import THUMBNAIL_SIZE, decode_thumbnail, thumbnail_size
 
 PACKAGE_SUFFIX = ".lvault"
 PACKAGE_FORMAT = "luna-vault-package"
@@ -312,26 +310,6 @@ def _copy_checked(z: zipfile.ZipFile, info: zipfile.ZipInfo, dst: Path, sha256: 
         raise PackageError(f"{info.filename}: checksum differs from the card (damaged or altered)")
 
 
-def preview_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a WebP or PNG header, read with struct (a few bytes, no decoder); None for other
-    layouts, which are then opened with Pillow (header only). Only a bounds check: previews are decoded by
-    Pillow when shown, within the same limit (thumbnails.decode_thumbnail)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        kind = data[12:16]
-        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if kind == b"VP8L" and data[20] == 0x2F:
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if kind == b"VP8X":
-            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return w, h
-    return None
-
-
 def check_thumbnails(vault: Vault) -> None:
     """Every stored preview's header is a small image of a preview format (no pixel is decoded)."""
     for s in vault.segments:
@@ -341,21 +319,10 @@ def check_thumbnails(vault: Vault) -> None:
             data = vault.thumbnail(s.entry_base + i)
             if not data:
                 continue
-            size = preview_size(data)
-            if size is None:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("error", Image.DecompressionBombWarning)
-                        with Image.open(io.BytesIO(data), formats=PREVIEW_FORMATS) as img:  # header only
-                            size = img.size
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                    raise PackageError(f"entry {s.entry_base + i}: its preview claims a huge size ({e})") from e
-                except (OSError, SyntaxError, ValueError) as e:
-                    raise PackageError(f"entry {s.entry_base + i}: its preview is not a readable image ({e})") from e
-            w, h = size
-            if w * h > MAX_THUMBNAIL_PIXELS:
-                raise PackageError(f"entry {s.entry_base + i}: its preview claims {w}x{h} pixels, more than a preview may "
-                                   f"({MAX_THUMBNAIL_PIXELS:,})")
+            try:
+                thumbnail_size(data, PREVIEW_FORMATS)
+            except ValueError as e:
+                raise PackageError(f"entry {s.entry_base + i}: {e}") from e
 
 
 def install(package: str | os.PathLike[str], to: str | os.PathLike[str], *, name: str | None = None,
