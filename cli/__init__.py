@@ -161,6 +161,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--retry-failed", action="store_true", help="try the jobs that failed in earlier runs again")
     sp.add_argument("--limit", type=int, help="only the first N jobs (a trial run)")
 
+    sp = verb("ab", "A/B-test the detail pass: arms x references x seeds on ComfyUI, scored, with an HTML report")
+    sp.add_argument("config", help="A/B config YAML (template, references with regions, seeds, arms)")
+    sp.add_argument("--out", help="output folder (default: ab_runs/NAME beside the config); the run resumes there")
+    sp.add_argument("--server", action="append", default=[], help="host:port of a ComfyUI server (replaces the config's)")
+    sp.add_argument("--depth", type=int, default=2, help="prompts kept queued per server")
+    sp.add_argument("--retries", type=int, default=1, help="retries of a failed prompt before it is reported")
+    sp.add_argument("--retry-failed", action="store_true", help="try the outputs that failed in earlier runs again")
+    sp.add_argument("--give-up-after", type=float, default=120.0, help="seconds with every server down before stopping")
+    sp.add_argument("--write-defaults", action="store_true",
+                    help="store the best vault arm's strength, k, temperature and blend mode in the vault's manifest")
+
     sp = verb("demo", "build and query a vault from generated crops with a random encoder (no downloads)")
     sp.add_argument("--n", type=int, default=2000, help="generated entries (default 2000)")
     sp.add_argument("--queries", type=int, default=200, help="unseen query crops (default 200)")
@@ -188,6 +199,10 @@ def _handler(verb: str) -> Callable[[argparse.Namespace], int]:
         from . import generate_cmds
 
         return getattr(generate_cmds, f"cmd_{verb}")
+    if verb == "ab":
+        from .ab_cmd import cmd_ab
+
+        return cmd_ab
     if verb in ("train", "eval"):
         from . import projector_cmds
 

@@ -93,6 +93,18 @@ class ComfyClient:
             raise ServerDown(f"{self.name}: /view {image.filename} answered {code}")
         return body
 
+    async def upload(self, name: str, data: bytes, subfolder: str) -> str:
+        """Put an image in the server's input folder (overwriting); returns the name LoadImage takes."""
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=name, content_type="application/octet-stream")
+        form.add_field("subfolder", subfolder)
+        form.add_field("type", "input")
+        form.add_field("overwrite", "true")
+        code, body = await self._request("POST", "/upload/image", data=form)
+        if code != 200 or not isinstance(body, dict) or "name" not in body:
+            raise ServerDown(f"{self.name}: /upload/image answered {code}")
+        return f"{body.get('subfolder') or subfolder}/{body['name']}"
+
     async def delete(self, prompt_ids: list[str]) -> None:
         """Best effort: drop our queued prompts (on Ctrl-C)."""
         if prompt_ids:
@@ -108,7 +120,8 @@ def outcome(entry: dict[str, Any]) -> tuple[str, Any]:
     if status.get("status_str") == "error":
         for kind, data in status.get("messages", []):
             if kind == "execution_error":
-                return "error", f"{data.get('node_type')}: {data.get('exception_message', '').strip()}"
+                return "error", (f"node {data.get('node_id')} ({data.get('node_type')}): "
+                                 f"{data.get('exception_message', '').strip()}")
         return "error", "execution failed"
     if not status.get("completed"):
         return "running", None
@@ -118,6 +131,14 @@ def outcome(entry: dict[str, Any]) -> tuple[str, Any]:
             images.append(Image(im["filename"], im.get("subfolder", ""), im.get("type", "output")))
     saved = [im for im in images if im.type == "output"]
     return "done", saved or images
+
+
+def execution_seconds(entry: dict[str, Any]) -> float | None:
+    """How long ComfyUI spent executing a finished prompt (execution_start to success), from /history."""
+    times = {kind: data.get("timestamp") for kind, data in (entry.get("status") or {}).get("messages", [])
+             if isinstance(data, dict)}
+    start, end = times.get("execution_start"), times.get("execution_success")
+    return (end - start) / 1000.0 if isinstance(start, (int, float)) and isinstance(end, (int, float)) else None
 
 
 def _node_order(node_id: str) -> tuple[int, str]:

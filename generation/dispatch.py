@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +28,7 @@ import aiohttp
 
 from ..core.atomic import atomic_write_bytes
 from .campaign import Job
-from .client import ComfyClient, PromptRejected, ServerDown, outcome
+from .client import ComfyClient, PromptRejected, ServerDown, execution_seconds, outcome
 from .workflow import WorkflowError, WorkflowTemplate
 
 LEDGER = "ledger.sqlite"
@@ -135,9 +135,15 @@ class Report:
 
 
 class Dispatcher:
-    def __init__(self, jobs: list[Job], template: WorkflowTemplate, servers: list[str], out: str | Path, depth: int = 2,
-                 retries: int = 2, poll: float = 0.2, give_up_after: float = 120.0, progress: bool = True,
-                 on_job_done: Callable[[Job, str], None] | None = None) -> None:
+    """Runs jobs (anything with job_id, category, batch, to_json) through a template (anything with fill(job),
+    name, hash; `sidecar(job)` adds the job's own fields to each image's .json). `prepare(client)` runs on
+    each server before its first job and whenever it comes back, e.g. to upload input images."""
+
+    def __init__(self, jobs: list[Any], template: WorkflowTemplate | Any, servers: list[str], out: str | Path,
+                 depth: int = 2, retries: int = 2, poll: float = 0.2, give_up_after: float = 120.0, progress: bool = True,
+                 on_job_done: Callable[[Any, str], None] | None = None,
+                 prepare: Callable[[ComfyClient], Awaitable[None]] | None = None, unit: str = "img",
+                 desc: str = "generate") -> None:
         if not servers:
             raise DispatchError("no --server given")
         if depth < 1:
@@ -146,7 +152,8 @@ class Dispatcher:
         self.order = [j.job_id for j in jobs]
         self.template, self.server_names, self.out = template, servers, Path(out)
         self.depth, self.retries, self.poll, self.give_up_after = depth, retries, poll, give_up_after
-        self.progress, self.on_job_done = progress, on_job_done
+        self.progress, self.on_job_done, self.prepare = progress, on_job_done, prepare
+        self.unit, self.desc = unit, desc
         if jobs:
             template.fill(jobs[0])  # a template that needs values the campaign lacks fails before anything starts
 
@@ -202,6 +209,7 @@ class Dispatcher:
         return bool(self.pending) or any(s.inflight for s in self.servers)
 
     async def _serve(self, s: ServerState) -> None:
+        prepared = False
         while self._busy():
             if not s.up:  # its jobs went back to pending when it went down
                 if not self.pending:
@@ -218,10 +226,14 @@ class Dispatcher:
                                             f"({', '.join(self.server_names)}); run again to resume")
                 continue
             try:
+                if not prepared and self.prepare is not None:
+                    await self.prepare(s.client)
+                prepared = True
                 await self._fill(s)
                 await self._follow(s)
             except ServerDown as e:
                 self._server_down(s, str(e))
+                prepared = False  # it may have restarted without our inputs
                 continue
             await asyncio.sleep(self.poll)
 
@@ -273,10 +285,10 @@ class Dispatcher:
             except ServerDown:
                 s.inflight[pid] = (job, time.time())  # follow it again once the server is back
                 raise
-            self._write(job, s, blobs, pid)
+            self._write(job, s, blobs, pid, execution_seconds(entry))
 
     # ---- outcomes ----------------------------------------------------------------------------------
-    def _write(self, job: Job, s: ServerState, blobs: list[bytes], prompt_id: str) -> None:
+    def _write(self, job: Any, s: ServerState, blobs: list[bytes], prompt_id: str, seconds: float | None = None) -> None:
         if self.ledger.state(job.job_id) == "done":
             return  # finished elsewhere meanwhile
         folder = self.out / job.category
@@ -285,15 +297,13 @@ class Dispatcher:
         for k, blob in enumerate(blobs):
             ext = _image_ext(blob)
             stem = f"{job.job_id}_{k}"
-            side = {"prompt": job.prompt, "negative": job.negative, "seed": job.seed, "batch_index": k,
-                    "checkpoint": job.checkpoint, "loras": [{"name": n, "strength": w} for n, w in job.loras],
-                    "campaign": job.campaign, "category": job.category, "width": job.width, "height": job.height,
-                    "steps": job.steps, "cfg": job.cfg, "sampler": job.sampler, "scheduler": job.scheduler,
-                    "server": s.client.name, "workflow": self.template.name, "workflow_hash": self.template.hash,
-                    "job_id": job.job_id, "comfy_prompt_id": prompt_id, "timestamp": now}
+            side = {**self._sidecar(job), "batch_index": k, "server": s.client.name, "workflow": self.template.name,
+                    "workflow_hash": self.template.hash, "job_id": job.job_id, "comfy_prompt_id": prompt_id,
+                    "comfy_seconds": seconds, "timestamp": now}
             atomic_write_bytes(folder / f"{stem}{ext}", blob)
             atomic_write_bytes(folder / f"{stem}.json", (json.dumps(side, indent=1) + "\n").encode())
-            atomic_write_bytes(folder / f"{stem}.txt", job.prompt.encode())
+            if isinstance(getattr(job, "prompt", None), str):
+                atomic_write_bytes(folder / f"{stem}.txt", job.prompt.encode())
         self.ledger.set(job.job_id, "done", server=s.client.name)
         s.images += len(blobs)
         if self.bar is not None:
@@ -304,7 +314,15 @@ class Dispatcher:
         if self.on_job_done is not None:
             self.on_job_done(job, s.client.name)
 
-    def _failed(self, job: Job, s: ServerState, error: str) -> None:
+    def _sidecar(self, job: Any) -> dict[str, Any]:
+        if hasattr(self.template, "sidecar"):
+            return dict(self.template.sidecar(job))
+        return {"prompt": job.prompt, "negative": job.negative, "seed": job.seed, "checkpoint": job.checkpoint,
+                "loras": [{"name": n, "strength": w} for n, w in job.loras], "campaign": job.campaign,
+                "category": job.category, "width": job.width, "height": job.height, "steps": job.steps, "cfg": job.cfg,
+                "sampler": job.sampler, "scheduler": job.scheduler}
+
+    def _failed(self, job: Any, s: ServerState, error: str) -> None:
         s.errors += 1
         self.ledger.set(job.job_id, "running", error=error, attempt=True)
         if self.ledger.attempts(job.job_id) > self.retries:
@@ -330,7 +348,7 @@ class Dispatcher:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=done, unit="img", desc="generate", file=sys.stderr, dynamic_ncols=True,
+        return tqdm(total=total, initial=done, unit=self.unit, desc=self.desc, file=sys.stderr, dynamic_ncols=True,
                     disable=not sys.stderr.isatty())
 
     def _log(self, msg: str) -> None:

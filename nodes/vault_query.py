@@ -58,6 +58,10 @@ class LunaVaultQuery(io.ComfyNode):
                                       "Without it the vault's baked conditioning is used."),
                 io.String.Input("filter", default="", optional=True,
                                 tooltip="Metadata filter, e.g. checkpoint=ponyXL, quality>=0.7, lora~detail"),
+                io.Boolean.Input("use_tuned", default=False, optional=True,
+                                 tooltip="Use the vault's tuned k, strength, temperature and blend mode (stored by "
+                                         "`luna-vault ab --write-defaults`) instead of this node's; needs a named vault. "
+                                         "The report says which settings ran."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
@@ -85,11 +89,19 @@ class LunaVaultQuery(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, clip_vision: Any, vault: str, k: int, strength: float, blend_mode: str,
-                temperature: float, conditioning: Any = None, clip: Any = None, filter: str = "") -> io.NodeOutput:
+                temperature: float, conditioning: Any = None, clip: Any = None, filter: str = "",
+                use_tuned: bool = False) -> io.NodeOutput:
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
         parse_filter(filter or "")  # QueryError (a ValueError) before any crop is encoded
         vaults = _open_vaults(vault)
+        settings = {"from": "node", "k": k, "strength": strength, "temperature": temperature, "blend_mode": blend_mode}
+        if use_tuned:
+            tuned = _tuned(vault, vaults)
+            k, strength, temperature, blend_mode = tuned.k, tuned.strength, tuned.temperature, tuned.blend_mode
+            settings = {"from": f"vault '{vault}' tuned {tuned.tuned_at[:10]} on {tuned.checkpoint or '?'} "
+                                f"({tuned.metric} {tuned.improvement:+.3f} over {tuned.samples} pairs, run {tuned.run})",
+                        "k": k, "strength": strength, "temperature": temperature, "blend_mode": blend_mode}
         encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         check_query(vaults, k, filter or None, encoder.fingerprint)  # before encoding: the same rule search applies
         result = retrieve(
@@ -99,17 +111,32 @@ class LunaVaultQuery(io.ComfyNode):
         )
         by_name = {v.name: v for v in vaults}
         sheets = [contact_sheet(image[b], r, by_name) for b, r in enumerate(result.results)]
-        report = json.dumps(result.report(), ensure_ascii=False)
+        report = json.dumps({**result.report(), "settings": settings}, ensure_ascii=False)
         summary = "\n".join(
             f"crop {b}: {r.vault}  " + ", ".join(f"{m.similarity:.3f} #{m.id}" for m in r.matches)
             for b, r in enumerate(result.results)
         )
+        if use_tuned:
+            summary = (f"tuned settings: k {k}, strength {strength:g}, temperature {temperature:g}, {blend_mode} "
+                       f"({settings['from']})\n{summary}")
         preview = ui.PreviewImage(as_image_batch(sheets), cls=cls)
         return io.NodeOutput(
             result.blended, result.retrieved, "\n".join(result.best_prompts),
             torch.from_numpy(matched_thumbnails(result.results, by_name)), report,
             ui={**preview.as_dict(), "text": [summary]},
         )
+
+
+def _tuned(vault: str, vaults: list[Any]) -> Any:
+    """The named vault's tuned settings, or a message saying how to get them."""
+    if vault == AUTO:
+        raise ValueError("use_tuned needs a named vault: tuned settings belong to one vault (pick it in 'vault', or "
+                         "switch use_tuned off)")
+    tuned = vaults[0].manifest.tuned
+    if tuned is None:
+        raise ValueError(f"vault '{vault}' has no tuned settings: run `luna-vault ab CONFIG.yaml --write-defaults` with "
+                         "it, or switch use_tuned off to use this node's values")
+    return tuned
 
 
 class LunaVaultInfo(io.ComfyNode):
@@ -142,7 +169,8 @@ class LunaVaultInfo(io.ComfyNode):
         v = open_cached(vault_path(vault))
         info = v.info()
         text = (f"{v.name}: {len(v)} entries, {v.n_prompts} prompts, {info['mode']} mode, encoder {v.encoder.name} "
-                f"({v.dim}-d), {info['bytes']['total'] / 1e6:.1f} MB")
+                f"({v.dim}-d), {info['bytes']['total'] / 1e6:.1f} MB"
+                + (f"\ntuned: {v.manifest.tuned.describe()}" if v.manifest.tuned else ""))
         out: dict[str, Any] = {"text": [text]}
         if previews and len(v) and v.has_thumbnails:
             ids = np.flatnonzero(v.live_mask())[:previews]

@@ -176,6 +176,39 @@ def test_query_validation_and_mode_errors(comfy_dirs: Path) -> None:
                                temperature=0.05, clip=StubClip())
 
 
+def test_query_uses_the_vaults_tuned_settings_when_asked(comfy_dirs: Path) -> None:
+    from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
+    from luna_vault.vault.manifest import TunedDefaults
+    from luna_vault.vault.store import VaultWriter
+
+    cv = StubClipVision()
+    images, _ = _stub_vault(comfy_dirs, cv)
+    args = dict(image=images[[1, 3]], clip_vision=cv, k=5, strength=0.3, blend_mode="average", temperature=0.05,
+                conditioning=StubClip().encode_from_tokens_scheduled("an eye"), clip=StubClip())
+    with pytest.raises(ValueError, match="vault 'eyes' has no tuned settings: run `luna-vault ab"):
+        LunaVaultQuery.execute(vault="eyes", use_tuned=True, **args)
+    tuned = TunedDefaults(strength=0.6, k=2, temperature=0.2, blend_mode="concat", checkpoint="sd15.ckpt",
+                          tuned_at="2026-11-26T10:00:00+00:00", metric="clip_similarity", improvement=0.04, samples=12,
+                          run="eyes-ab")
+    with VaultWriter.open(comfy_dirs / "eyes.vault") as w:
+        w.set_tuned(tuned)
+    out = LunaVaultQuery.execute(vault="eyes", use_tuned=True, **args)
+    enc = ComfyClipVisionEncoder(cv)
+    want = retrieve([Vault.open(comfy_dirs / "eyes.vault")], enc.encode(images[[1, 3]]), k=2, encoder=enc.fingerprint,
+                    text_encoder=ToyText(), user=args["conditioning"], mode="concat", strength=0.6, temperature=0.2,
+                    cache=EncodingCache())
+    torch.testing.assert_close(out.args[0][0][0], want.blended[0][0])
+    report = json.loads(out.args[4])
+    assert report["settings"]["k"] == 2 and report["settings"]["blend_mode"] == "concat"
+    assert report["settings"]["from"].startswith("vault 'eyes' tuned 2026-11-26 on sd15.ckpt (clip_similarity +0.040")
+    assert len(report["crops"][0]["matches"]) == 2
+    assert out.ui["text"][0].startswith("tuned settings: k 2, strength 0.6, temperature 0.2, concat")
+    plain = json.loads(LunaVaultQuery.execute(vault="eyes", **args).args[4])  # off by default: the node's own values
+    assert plain["settings"] == {"from": "node", "k": 5, "strength": 0.3, "temperature": 0.05, "blend_mode": "average"}
+    with pytest.raises(ValueError, match="use_tuned needs a named vault"):
+        LunaVaultQuery.execute(vault="auto-detect", use_tuned=True, **args)
+
+
 def test_query_baked_mode_and_auto_detect(comfy_dirs: Path) -> None:
     cv = StubClipVision()
     images, _ = _stub_vault(comfy_dirs, cv, baked=True)

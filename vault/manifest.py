@@ -45,6 +45,48 @@ class SegmentInfo:
 
 
 @dataclass(frozen=True)
+class TunedDefaults:
+    """The Query settings an A/B run found best for this vault (`luna-vault ab --write-defaults`), with what
+    they were tuned on: a Vault Query node set to use them takes strength, k, temperature and blend mode."""
+
+    strength: float
+    k: int
+    temperature: float
+    blend_mode: str
+    checkpoint: str  # the checkpoint the detail pass sampled with
+    tuned_at: str  # ISO date-time (UTC)
+    metric: str  # the score the arm was chosen on
+    improvement: float  # its mean paired difference to the baseline arm
+    samples: int  # paired samples behind it
+    run: str  # the A/B config's name
+
+    def describe(self) -> str:
+        return (f"strength {self.strength:g}, k {self.k}, temperature {self.temperature:g}, {self.blend_mode} "
+                f"(tuned {self.tuned_at[:10]} on {self.checkpoint}, {self.metric} {self.improvement:+.3f} "
+                f"over {self.samples} pairs)")
+
+
+def tuned_from_json(d: Any) -> TunedDefaults:
+    """TunedDefaults from JSON, every field range-checked (a shared vault is untrusted input)."""
+    if not isinstance(d, dict):
+        raise TypeError("'tuned' is not an object")
+    from ..core.conditioning import BLEND_MODES
+
+    strength, temperature, improvement = d["strength"], d["temperature"], d["improvement"]
+    for name, v, lo, hi in (("strength", strength, 0.0, 1.0), ("temperature", temperature, 0.0, 10.0),
+                            ("improvement", improvement, -1e6, 1e6)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"tuned {name} is {v!r}, not a number in {lo:g}..{hi:g}")
+    if d["blend_mode"] not in BLEND_MODES:
+        raise ValueError(f"tuned blend_mode {d['blend_mode']!r} is not one of {', '.join(BLEND_MODES)}")
+    return TunedDefaults(strength=float(strength), k=_int(d["k"], "tuned k", 1, 100), temperature=float(temperature),
+                         blend_mode=d["blend_mode"], checkpoint=_text(d["checkpoint"], "tuned checkpoint", allow_empty=True),
+                         tuned_at=_text(d["tuned_at"], "tuned_at"), metric=_text(d["metric"], "tuned metric"),
+                         improvement=float(improvement), samples=_int(d["samples"], "tuned samples", 0, 10**9),
+                         run=_text(d["run"], "tuned run", allow_empty=True))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs before touching the data files."""
 
@@ -59,6 +101,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     vault_id: str = field(default_factory=lambda: os.urandom(8).hex())  # what every segment is bound to
+    tuned: TunedDefaults | None = None  # the Query settings an A/B run chose (luna-vault ab --write-defaults)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -210,6 +253,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
         created=float(d["created"]),
         updated=float(d["updated"]),
         vault_id=vault_id if isinstance(vault_id, str) else os.urandom(8).hex(),
+        tuned=tuned_from_json(d["tuned"]) if d.get("tuned") is not None else None,
         format_version=int(d.get("format_version", FORMAT_VERSION)),
     )
 

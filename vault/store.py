@@ -14,6 +14,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -35,8 +36,10 @@ from .manifest import (
     MANIFEST,
     Manifest,
     SegmentInfo,
+    TunedDefaults,
     check_index_spec,
     read_manifest,
+    tuned_from_json,
     vault_name,
     write_manifest,
 )
@@ -312,6 +315,7 @@ class Vault:
             "thumbnails": self.has_thumbnails,
             "bytes": {"total": self.disk_bytes(), "thumbnails": thumbs, "baked": baked},
             "index": m.index,
+            "tuned": asdict(m.tuned) if m.tuned else None,
             "generation": m.generation,
             "created": m.created,
             "updated": m.updated,
@@ -374,6 +378,7 @@ class VaultWriter:
         self._deleted: set[int] | None = None
         self._deleted_changed = False
         self._index_spec: str | None = None
+        self._tuned: TunedDefaults | None = None
         self._closed = False
         self.report = AddReport()
 
@@ -605,6 +610,11 @@ class VaultWriter:
         self._check_open()
         self._index_spec = check_index_spec(spec, self.encoder.dim)
 
+    def set_tuned(self, tuned: TunedDefaults) -> None:
+        """Record the Query settings an A/B run chose for this vault (published with the next commit)."""
+        self._check_open()
+        self._tuned = tuned_from_json(asdict(tuned))  # the same checks a reader applies
+
     def commit(self) -> Manifest:
         """Publish everything added/deleted in one atomic manifest replacement; release the lock."""
         self._check_open()
@@ -617,7 +627,8 @@ class VaultWriter:
                 deleted = (write_deleted(self.path, self._segment_name("del"), np.fromiter(self._deleted, np.int64),
                                          self.base.vault_id) if deleted_count else None)
             manifest = self.base.evolve(segments=segments, deleted=deleted, deleted_count=deleted_count,
-                                        index=self._index_spec or self.base.index)
+                                        index=self._index_spec or self.base.index,
+                                        tuned=self._tuned or self.base.tuned)
             fsync_dir(self.path)
             write_manifest(self.path, manifest)
             self._cleanup_orphans(keep=manifest)

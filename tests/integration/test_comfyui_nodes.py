@@ -81,7 +81,7 @@ def test_object_info_lists_every_luna_node(server: ComfyServer) -> None:
     q = luna["LunaVaultQuery"]
     assert q["display_name"] == "Luna Vault Query" and q["category"] == "Luna" and q["output_node"] is True
     assert list(q["input"]["required"]) == ["image", "clip_vision", "vault", "k", "strength", "blend_mode", "temperature"]
-    assert list(q["input"]["optional"]) == ["conditioning", "clip", "filter"]
+    assert list(q["input"]["optional"]) == ["conditioning", "clip", "filter", "use_tuned"]
     assert q["output"] == ["CONDITIONING", "CONDITIONING", "STRING", "IMAGE", "STRING"]
     assert q["output_name"] == ["blended", "retrieved", "prompts", "matches", "report"]
     vault_options = q["input"]["required"]["vault"][1]["options"] if isinstance(q["input"]["required"]["vault"][0], str) \

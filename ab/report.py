@@ -1,0 +1,194 @@
+"""The A/B report: one self-contained HTML page (images and plots inline), plus CSV and JSON.
+
+Per reference a row of the reference region and each arm's output; per category, each score's paired
+difference to the baseline against the vault strength with its bootstrap 95% interval; a table of means,
+differences and win rates. Few samples are said plainly at the top.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..core.atomic import atomic_write_bytes
+from . import scores as sc
+from .arms import AbTemplate, checkpoint_of
+from .config import HIGHER_IS_BETTER, SCORES, AbConfig
+from .stats import FEW, summarise
+
+if TYPE_CHECKING:
+    from .run import AbRun, Scorer
+
+LABELS = {"clip_similarity": "CLIP similarity", "ciede2000": "CIEDE2000 (mean ΔE)", "hue_distance": "hue distance",
+          "vault_agreement": "vault agreement", "ssim": "SSIM to first pass"}
+SHORT = {"clip_similarity": "CLIP", "ciede2000": "ΔE", "hue_distance": "hue", "vault_agreement": "agree", "ssim": "SSIM"}
+THUMB = 160
+
+
+def _data_uri(arr: np.ndarray) -> str:
+    im = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
+    scale = THUMB / max(im.size)  # small crops are enlarged too: they are what people look at
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def _plot(summary: dict[str, Any], arms: list[str], strengths: dict[str, float], scores: list[str], baseline: str) -> str:
+    """One SVG figure: per score, each arm's paired difference to the baseline against its vault strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(2.8 * len(scores), 2.8), squeeze=False)
+    for ax, s in zip(axes[0], scores):
+        for arm in arms:
+            p = summary[arm][s]
+            if arm == baseline or p.get("diff") is None:
+                continue
+            x = strengths.get(arm, 0.0)
+            lo, hi = p["ci"] if p.get("ci") else (p["diff"], p["diff"])
+            ax.errorbar([x], [p["diff"]], yerr=[[p["diff"] - lo], [hi - p["diff"]]], fmt="o", capsize=3)
+            ax.annotate(arm, (x, p["diff"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        better = HIGHER_IS_BETTER[s]
+        ax.set_title(LABELS[s] + ("" if better is None else (" ↑" if better else " ↓")), fontsize=9)
+        ax.set_xlabel("vault strength", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel(f"arm − {baseline} (95% CI)", fontsize=8)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 width="100%"', svg, count=1)  # fits the page
+
+
+def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "Scorer") -> dict[str, str]:
+    out = run.out
+    arms = [a.name for a in config.arms]
+    present = [s for s in SCORES if any(r.get(s) is not None for r in run.rows)]
+    summary = summarise(run.rows, arms, config.baseline, present)
+    strengths = {}
+    for a in arms:
+        value = template.sidecar_settings(a).get("strength")
+        strengths[a] = float(value) if isinstance(value, (int, float)) else 0.0
+    pairs = min((summary["all"][a][present[0]]["pairs"] for a in arms if a != config.baseline), default=0) if present else 0
+    warnings = []
+    if pairs < FEW:
+        warnings.append(f"Only {pairs} paired sample(s) per arm (references × seeds): intervals are wide or missing and "
+                        f"win rates coarse. Add references or seeds (at least {FEW} pairs) before trusting a difference.")
+    if run.missing:
+        warnings.append(f"{run.missing} of {len(run.rows) + run.missing} outputs are missing (failed or not run yet); "
+                        "scores use the pairs that exist.")
+    meta = {"name": config.name, "template": str(config.template), "template_hash": template.hash,
+            "checkpoint": checkpoint_of(template.template), "baseline": config.baseline, "seeds": config.seeds,
+            "references": [r.name for r in config.references], "arms": {a: template.sidecar_settings(a) for a in arms},
+            "vault": str(config.vault) if config.vault else None, "clip_vision": str(config.clip_vision) if config.clip_vision else None,
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": run.timings,
+            "warnings": warnings, "notes": run.notes, "failed": run.failed}
+    files = {"json": str(out / "ab_summary.json"), "csv": str(out / "ab_scores.csv"), "html": str(out / "ab_report.html")}
+    atomic_write_bytes(Path(files["json"]), json.dumps({"meta": meta, "summary": summary, "rows": run.rows},
+                                                       indent=1, default=float).encode())
+    buf = io.StringIO()
+    cols = ["job_id", "arm", "reference", "category", "seed", "strength", "k", "temperature", "blend_mode", *SCORES,
+            "comfy_seconds", "note", "image"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(run.rows)
+    atomic_write_bytes(Path(files["csv"]), buf.getvalue().encode())
+    atomic_write_bytes(Path(files["html"]), _html(config, template, run, scorer, summary, present, strengths, meta).encode())
+    return files
+
+
+def _html(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "Scorer", summary: dict[str, Any],
+          present: list[str], strengths: dict[str, float], meta: dict[str, Any]) -> str:
+    arms = [a.name for a in config.arms]
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {e(config.name)}</title><style>"
+             "body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}"
+             "table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "th{background:#f3f3f3}td.l,th.l{text-align:left}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;"
+             "margin:8px 0}.fail{background:#fde2e2;border:1px solid #d88;padding:8px 12px;margin:8px 0}"
+             ".good{color:#17692f;font-weight:600}.bad{color:#a11;font-weight:600}figure{display:inline-block;margin:4px;"
+             "text-align:center;font-size:11px}figure img{display:block;border:1px solid #bbb}</style></head><body>",
+             f"<h1>Is the vault helping? — {e(config.name)}</h1>",
+             f"<p>Template <code>{e(config.template.name)}</code> ({e(template.hash)}), checkpoint "
+             f"<code>{e(str(meta['checkpoint']))}</code>, {len(config.references)} reference(s) × {len(config.seeds)} seed(s) "
+             f"× {len(arms)} arms; baseline <b>{e(config.baseline)}</b>. Written {e(meta['written'])}.</p>"]
+    for wmsg in meta["warnings"]:
+        parts.append(f"<div class='warn'>{e(wmsg)}</div>")
+    for note in run.notes:
+        parts.append(f"<div class='warn'>{e(note)}</div>")
+    for f in run.failed:
+        parts.append(f"<div class='fail'>arm <b>{e(f['arm'])}</b>, reference {e(f['reference'])}, seed {f['seed']}: "
+                     f"{e(str(f['error']))}</div>")
+    parts.append("<h2>How to read this</h2><p>Each score compares an output's detailed region with the reference region. "
+                 "↑ = higher is better, ↓ = lower is better. <i>Δ</i> is the arm minus the baseline on the same reference and "
+                 "seed, with a bootstrap 95% interval; an interval that excludes 0 is a difference the samples support. "
+                 "<i>wins</i> is the share of pairs where the arm did better. SSIM to the first pass has no better side: "
+                 "close to 1 means the pass barely changed the region (an image prompt that pins the layout).</p>")
+    parts.append(f"<h2>Outputs (seed {config.seeds[0]}): the detailed region of each arm beside its reference</h2>")
+    first = config.seeds[0]
+    by_key = {(r["arm"], r["reference"], r["seed"]): r for r in run.rows}
+    for ref in config.references:
+        figs = [f"<figure><img src='{_data_uri(scorer.refs[ref.name]['crop'])}'>reference {e(ref.name)}</figure>"]
+        for arm in arms:
+            row = by_key.get((arm, ref.name, first))
+            if row is None:
+                figs.append(f"<figure><div style='width:{THUMB}px;height:{THUMB // 2}px;border:1px dashed #bbb'></div>"
+                            f"{e(arm)}: missing</figure>")
+                continue
+            img, _ = sc.output_region(sc.load_rgb(run.out / row["image"]), ref.size, ref.region)
+            cap = "<br>".join(f"{SHORT[s]} {row[s]:.3f}" for s in present if row.get(s) is not None)
+            figs.append(f"<figure><img src='{_data_uri(img)}'><b>{e(arm)}</b><br>{cap}</figure>")
+        parts.append(f"<div>{''.join(figs)}</div>")
+    for cat, by_arm in summary.items():
+        if cat != "all" or len(summary) == 1:
+            parts.append(f"<h2>{'All references' if cat == 'all' else 'Category ' + e(cat)}</h2>")
+        else:
+            parts.append("<h2>All references</h2>")
+        if present:
+            parts.append(_plot(by_arm, arms, strengths, present, config.baseline))
+        head = "".join(f"<th>{e(LABELS[s])}</th>" for s in present)
+        parts.append(f"<table><tr><th class='l'>arm</th><th>strength</th>{head}</tr>")
+        for arm in arms:
+            cells = []
+            for s in present:
+                p = by_arm[arm][s]
+                txt = _fmt(p.get("mean"))
+                if p.get("diff") is not None:
+                    ci = p.get("ci")
+                    better = HIGHER_IS_BETTER[s]
+                    cls = ""
+                    if ci and better is not None and (ci[0] > 0 or ci[1] < 0):
+                        cls = "good" if (ci[0] > 0) == better else "bad"
+                    txt += (f"<br><span class='{cls}'>Δ {p['diff']:+.3g}</span>"
+                            + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else " (1 pair)")
+                            + (f"<br>wins {p['win_rate']:.0%} of {p['pairs']}" if p.get("win_rate") is not None else ""))
+                cells.append(f"<td>{txt}</td>")
+            parts.append(f"<tr><td class='l'>{e(arm)}{' (baseline)' if arm == config.baseline else ''}</td>"
+                         f"<td>{_fmt(strengths.get(arm), 2)}</td>{''.join(cells)}</tr>")
+        parts.append("</table>")
+    t = run.timings
+    parts.append(f"<h2>Time</h2><p>ComfyUI executing: {t.get('comfy_s', 0):.1f} s over {len(run.rows)} outputs; "
+                 f"this run: dispatch {t.get('dispatch_s', 0):.1f} s, scoring {t.get('scoring_s', 0):.1f} s "
+                 f"(mostly while the servers sampled), setup {t.get('setup_s', 0):.1f} s.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,194 @@
+"""`luna-vault ab`: dispatch every arm x reference x seed (resumable), score the outputs, write the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.atomic import atomic_write_bytes
+from ..generation.client import ComfyClient
+from ..generation.dispatch import Dispatcher
+from . import scores as sc
+from .arms import AbJob, AbTemplate, arm_settings
+from .config import SCORES, AbConfig, AbConfigError
+
+SCORE_CACHE = "scores.json"
+
+
+@dataclass
+class AbRun:
+    out: Path
+    rows: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    missing: int  # jobs with no output (failed, or not run yet)
+    timings: dict[str, float]
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Scorer:
+    """Scores outputs against their references; the CLIP model and the vault are loaded once, up front, so a
+    mismatch (a vault built with another encoder) fails before anything is queued."""
+
+    def __init__(self, config: AbConfig, template: AbTemplate) -> None:
+        self.config, self.template = config, template
+        self.notes: list[str] = []
+        self.encoder: Any = None
+        self.vault: Any = None
+        self._lock = threading.Lock()
+        if config.clip_vision is not None:
+            from ..extraction.comfy_loader import load_clip_vision
+
+            self.encoder = load_clip_vision(config.clip_vision, config.comfyui)
+        else:
+            self.notes.append("no clip_vision in the config: CLIP similarity and vault agreement are not scored")
+        if config.vault is not None:
+            from ..vault.query import check_answerable
+            from ..vault.store import Vault
+
+            self.vault = Vault.open(config.vault)
+            if self.encoder is not None:
+                check_answerable(self.vault, config.agreement_k, None, self.encoder.fingerprint)
+        elif self.encoder is not None:
+            self.notes.append("no vault in the config: vault agreement is not scored")
+        self.refs: dict[str, dict[str, Any]] = {}
+        for r in config.references:
+            crop = sc.region_of(sc.load_rgb(r.image), r.region)
+            self.refs[r.name] = {"crop": crop, **self._model_view(crop)}
+
+    def _model_view(self, crop: np.ndarray) -> dict[str, Any]:
+        if self.encoder is None:
+            return {}
+        import torch
+
+        with self._lock:
+            emb = self.encoder.encode(torch.from_numpy(crop[None].copy()))[0].numpy()
+            view: dict[str, Any] = {"embedding": emb}
+            if self.vault is not None:
+                res = self.vault.search(emb[None], k=self.config.agreement_k, encoder=self.encoder.fingerprint)[0]
+                view["prompts"] = [m.prompt_id for m in res.matches]
+        return view
+
+    def score(self, job: AbJob, image: Path) -> dict[str, Any]:
+        ref = self.template.refs[job.reference]
+        want = self.refs[job.reference]
+        out, note = sc.output_region(sc.load_rgb(image), ref.size, ref.region)
+        row: dict[str, Any] = {**sc.pixel_scores(want["crop"], out), "note": note}
+        view = self._model_view(out)
+        if "embedding" in view:
+            row["clip_similarity"] = sc.cosine(want["embedding"], view["embedding"])
+        if "prompts" in view:
+            row["vault_agreement"] = sc.agreement(want["prompts"], view["prompts"], self.config.agreement_k)
+        return row
+
+
+def output_file(out: Path, job: AbJob) -> Path | None:
+    folder = out / job.arm
+    found = [p for p in folder.glob(f"{job.job_id}_0.*") if p.suffix in (".png", ".jpg", ".webp")] if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def _stamp(p: Path) -> str:
+    st = p.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, depth: int = 2, retries: int = 1,
+           progress: bool = True, retry_failed: bool = False, give_up_after: float = 120.0, report: bool = True) -> AbRun:
+    """Run (or resume) an A/B comparison; returns the scored rows and writes the report into `out`."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    graph = config.template_graph()
+    template = AbTemplate(config, graph)  # every arm's edits checked here, before anything is queued
+    jobs = template.jobs()
+    servers = servers or config.servers
+    if not servers:
+        raise AbConfigError(f"{config.path}: no servers: add servers: [host:port] or pass --server")
+    scorer = Scorer(config, template)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_path = out / SCORE_CACHE
+    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    timings = {"setup_s": time.perf_counter() - t0, "scoring_s": 0.0}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ab-score")
+    pending: dict[str, Future[dict[str, Any]]] = {}
+    t_lock = threading.Lock()
+
+    def score_timed(job: AbJob, image: Path) -> dict[str, Any]:
+        t = time.perf_counter()
+        try:
+            return scorer.score(job, image)
+        finally:
+            with t_lock:
+                timings["scoring_s"] += time.perf_counter() - t
+
+    def on_done(job: AbJob, server: str) -> None:  # score while the servers sample the next ones
+        image = output_file(out, job)
+        if image is not None:
+            pending[job.job_id] = pool.submit(score_timed, job, image)
+
+    async def upload(client: ComfyClient) -> None:
+        for ref in config.references:
+            sub, name = template.uploads[ref.name].split("/", 1)
+            await client.upload(name, ref.image.read_bytes(), sub)
+
+    t1 = time.perf_counter()
+    dispatched = Dispatcher(jobs, template, servers, out, depth=depth, retries=retries, progress=progress,
+                            on_job_done=on_done, prepare=upload, give_up_after=give_up_after, unit="output",
+                            desc=f"ab {config.name}")
+    try:
+        result = dispatched.run(retry_failed)
+    finally:
+        pool.shutdown(wait=True)
+    timings["dispatch_s"] = time.perf_counter() - t1
+    rows = []
+    t2 = time.perf_counter()
+    for job in jobs:
+        image = output_file(out, job)
+        if image is None:
+            continue
+        if job.job_id in pending:
+            scored = pending[job.job_id].result()
+        elif cache.get(job.job_id, {}).get("stamp") == _stamp(image):
+            scored = cache[job.job_id]["scores"]
+        else:
+            scored = score_timed(job, image)
+        cache[job.job_id] = {"stamp": _stamp(image), "scores": scored}
+        side = json.loads(image.with_suffix(".json").read_text()) if image.with_suffix(".json").is_file() else {}
+        ref = template.refs[job.reference]
+        settings = arm_settings(template.arms[job.arm])
+        rows.append({"job_id": job.job_id, "arm": job.arm, "reference": job.reference, "category": ref.category,
+                     "seed": job.seed, **{k: settings.get(k) for k in ("strength", "k", "temperature", "blend_mode")},
+                     **{s: scored.get(s) for s in SCORES}, "note": scored.get("note", ""),
+                     "comfy_seconds": side.get("comfy_seconds"), "image": str(image.relative_to(out))})
+    atomic_write_bytes(cache_path, json.dumps(cache, indent=1).encode())
+    timings["scoring_after_s"] = time.perf_counter() - t2
+    by_id = {j.job_id: j for j in jobs}
+    failed = [{**f, "arm": by_id[f["job_id"]].arm, "reference": by_id[f["job_id"]].reference,
+               "seed": by_id[f["job_id"]].seed} for f in result.failed if f["job_id"] in by_id]
+    run = AbRun(out, rows, failed, len(jobs) - len(rows), timings, notes=list(scorer.notes))
+    run.timings["comfy_s"] = float(sum(r["comfy_seconds"] or 0.0 for r in rows))
+    run.timings["comfy_this_run_s"] = float(sum(
+        (json.loads(p.with_suffix(".json").read_text()).get("comfy_seconds") or 0.0)
+        for j in jobs if j.job_id in pending and (p := output_file(out, j)) is not None))
+    if report:
+        from .report import write_report
+
+        t3 = time.perf_counter()
+        run.files = write_report(config, template, run, scorer)
+        run.timings["report_s"] = time.perf_counter() - t3
+    run.timings["total_s"] = time.perf_counter() - t0
+    return run
+
+
+def print_failures(run: AbRun) -> None:
+    for f in run.failed:
+        print(f"arm '{f['arm']}', reference {f['reference']}, seed {f['seed']}: {f['error']}", file=sys.stderr)
+

@@ -1,0 +1,68 @@
+"""Random-initialised diffusion models of the real architectures, for sampling tests in a real ComfyUI.
+
+Shapes come from ComfyUI's own classes (built on the meta device, so nothing is allocated), and the
+tensors are views into one random pool (../shared/comfyui-tools/make_clip_vision.build_sd): a full
+SD1.5 checkpoint (UNet 860M, CLIP-L, VAE) is a few MB on disk and loads with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from helpers import COMFYUI, SHARED
+
+# comfy/model_detection.py's SD15 config: what CheckpointLoaderSimple detects from the keys we write
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+             "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
+             "use_temporal_resblock": False}
+SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def _comfy() -> None:
+    for p in (str(COMFYUI), str(SHARED / "comfyui-tools")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+
+
+def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def sd15_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of an original-format SD1.5 checkpoint: model.diffusion_model.*, cond_stage_model.*,
+    first_stage_model.*."""
+    _comfy()
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from make_clip_text import text_shapes
+
+    with torch.device("meta"):
+        unet = UNetModel(**SD15_UNET, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
+    shapes = _shapes(unet, "model.diffusion_model.")
+    shapes.update(_shapes(vae, "first_stage_model."))
+    shapes.update({"cond_stage_model.transformer." + k: v for k, v in text_shapes("clip_l").items()
+                   if k != "text_projection.weight"})
+    return shapes
+
+
+def save_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random SD1.5 checkpoint (.ckpt, torch.save of {'state_dict': ...}) that CheckpointLoaderSimple loads."""
+    _comfy()
+    from make_clip_vision import build_sd
+
+    sd = build_sd(sd15_shapes(), "pt", seed=seed, pool=1 << 22)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": sd}, path)
+    return path
