@@ -21,6 +21,7 @@ SEED_INPUTS = ("seed", "noise_seed")
 CHECKPOINT_INPUTS = (("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name"))
 PRIMITIVES = ("PrimitiveInt", "PrimitiveFloat", "PrimitiveNode")
 UPLOADS = "luna_ab"  # the subfolder of the servers' input folder the references are uploaded to
+PROBE = "luna_ab_probe"  # the scoring node added to every queued graph (nodes/ab_probe.py)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,24 @@ class AbTemplate:
             for key in ("image", "x", "y", "width", "height"):
                 if self.bind.get(key) and self.bind[key][0] not in g:
                     raise AbConfigError(f"arm '{arm}' removes node {self.bind[key][0]}, where the reference's {key} goes")
+        self.encoder = self._encoder(graph, config.bind)
+        for arm, g in self.arms.items():
+            if self.encoder and self.encoder[0] not in g:
+                raise AbConfigError(f"arm '{arm}' removes node {self.encoder[0]}, the CLIP vision model the outputs are "
+                                    "scored with")
+        out_images = graph[self.bind["output"]]["inputs"].get("images")
+        if not _is_link(out_images):
+            raise AbConfigError(f"the output node {self.bind['output']} ({graph[self.bind['output']]['class_type']}) "
+                                "has no linked 'images' input to score")
+        self.output_images = out_images
+        self.probe_vault = self._probe_vault(graph, config)
+        self.notes = []
+        if self.encoder is None:
+            self.notes.append("the template has no CLIP vision model to score with (bind clip_vision: NODE): "
+                              "CLIP similarity and vault agreement are not scored")
+        elif not self.probe_vault:
+            self.notes.append("no vault to compare prompts in (set vault:, or name one in the Query): vault agreement "
+                              "is not scored")
         self.refs = {r.name: r for r in config.references}
         self.uploads = {r.name: upload_name(r) for r in config.references}
         square = self.bind.get("width") and self.bind.get("width") == self.bind.get("height")
@@ -157,6 +176,26 @@ class AbTemplate:
                                     f"{'.'.join(self.bind['width'])}), but its region is {w}x{h}; make it square")
 
     # ---- where things go ----------------------------------------------------------------------------
+    @staticmethod
+    def _encoder(g: dict[str, Any], given: dict[str, Any]) -> list[Any] | None:
+        """The CLIP vision output the vault is queried with: the Query's, a bound node's, or the only loader's."""
+        if "clip_vision" in given:
+            return [_node(g, str(given["clip_vision"]), "bind clip_vision"), 0]
+        for n in g.values():
+            if n["class_type"] == QUERY and _is_link(n["inputs"].get("clip_vision")):
+                return list(n["inputs"]["clip_vision"])
+        loaders = [nid for nid, n in g.items() if n["class_type"] == "CLIPVisionLoader"]
+        return [loaders[0], 0] if len(loaders) == 1 else None
+
+    @staticmethod
+    def _probe_vault(g: dict[str, Any], config: AbConfig) -> str:
+        from ..vault.manifest import vault_name
+
+        if config.vault is not None:
+            return vault_name(config.vault)
+        named = [n["inputs"].get("vault") for n in g.values() if n["class_type"] == QUERY]
+        return named[0] if named and isinstance(named[0], str) and named[0] != "auto-detect" else ""
+
     @staticmethod
     def _bind(g: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         def one(cls: str, key: str) -> str:
@@ -204,7 +243,18 @@ class AbTemplate:
         for nid, key in self.bind["seed"]:
             if nid in g:
                 g[nid]["inputs"][key] = job.seed
+        if self.encoder is not None:
+            g[PROBE] = {"class_type": "LunaAbProbe", "inputs": {
+                "image": list(self.output_images), "reference": [self.bind["image"][0], 0],
+                "clip_vision": list(self.encoder), "x": x, "y": y, "width": w, "height": h, "vault": self.probe_vault,
+                "k": self.config.agreement_k}}
         return g
+
+    @staticmethod
+    def history_extras(entry: dict[str, Any]) -> dict[str, Any]:
+        """The probe's scores from a finished prompt's /history entry (kept in the output's .json)."""
+        found = ((entry.get("outputs") or {}).get(PROBE) or {}).get("luna_ab") or [{}]
+        return {"probe": found[0] if isinstance(found[0], dict) else {}}
 
     def sidecar(self, job: AbJob) -> dict[str, Any]:
         ref = self.refs[job.reference]

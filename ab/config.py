@@ -3,8 +3,8 @@
     name: eyes-strength
     template: detailer_api.json        # an API-format graph ("Save (API)"), relative to this file
     servers: [127.0.0.1:8188]          # --server on the command line replaces these
-    clip_vision: CLIP-ViT-H-14.safetensors   # the vault's encoder: CLIP similarity and vault agreement
-    vault: models/vaults/eyes.vault    # vault agreement, and where --write-defaults writes
+    vault: models/vaults/eyes.vault    # agreement is scored with the server's vault of this name; --write-defaults
+                                       # writes here (a path on this machine)
     seeds: [1, 2, 3]                   # the same seeds in every arm: paired comparisons
     references:
       - {image: refs/portrait.png, region: [320, 256, 256, 256]}   # x, y, width, height
@@ -32,11 +32,11 @@ from ..core.atomic import UnsafeNameError, check_name
 SCORES = ("clip_similarity", "ciede2000", "hue_distance", "vault_agreement", "ssim")
 HIGHER_IS_BETTER = {"clip_similarity": True, "ciede2000": False, "hue_distance": False, "vault_agreement": True,
                     "ssim": None}  # SSIM: closeness to the first pass, not a quality (too high = over-constrained)
-_KEYS = {"name", "template", "servers", "clip_vision", "vault", "seeds", "references", "baseline", "arms", "bind",
-         "agreement_k", "tune_on", "comfyui", "set"}
+_KEYS = {"name", "template", "servers", "vault", "seeds", "references", "baseline", "arms", "bind", "agreement_k",
+         "tune_on", "set"}
 NO_CATEGORY = "(none)"
 _ARM_KEYS = {"set", "remove", "vault"}
-_BIND_KEYS = {"image", "x", "y", "width", "height", "seed", "output"}
+_BIND_KEYS = {"image", "x", "y", "width", "height", "seed", "output", "clip_vision"}
 
 
 class AbConfigError(ValueError):
@@ -71,9 +71,7 @@ class AbConfig:
     arms: list[Arm]
     baseline: str
     bind: dict[str, Any]
-    clip_vision: Path | None = None
     vault: Path | None = None
-    comfyui: Path | None = None
     agreement_k: int = 5
     tune_on: str = "clip_similarity"
     common: Arm | None = None  # the top-level `set:`, applied to every arm first
@@ -149,9 +147,7 @@ def load_config(path: str | Path) -> AbConfig:
     return AbConfig(
         path=path, name=name, template=_path(base, raw["template"], "template", path), servers=servers,
         references=refs, seeds=list(seeds), arms=arms, baseline=baseline, bind=bind,
-        clip_vision=_path(base, raw["clip_vision"], "clip_vision", path) if raw.get("clip_vision") else None,
         vault=_path(base, raw["vault"], "vault", path) if raw.get("vault") else None,
-        comfyui=_path(base, raw["comfyui"], "comfyui", path) if raw.get("comfyui") else None,
         agreement_k=k, tune_on=tune_on, common=common)
 
 

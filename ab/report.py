@@ -100,7 +100,8 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
     meta = {"name": config.name, "template": str(config.template), "template_hash": template.hash,
             "checkpoint": checkpoint_of(template.template), "baseline": config.baseline, "seeds": config.seeds,
             "references": [r.name for r in config.references], "arms": {a: template.sidecar_settings(a) for a in arms},
-            "vault": str(config.vault) if config.vault else None, "clip_vision": str(config.clip_vision) if config.clip_vision else None,
+            "vault": str(config.vault) if config.vault else None, "scored_with": {
+                "clip_vision_node": template.encoder[0] if template.encoder else None, "vault": template.probe_vault or None},
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": run.timings,
             "warnings": warnings, "notes": run.notes, "failed": run.failed}
     files = {"json": str(out / "ab_summary.json"), "csv": str(out / "ab_scores.csv"), "html": str(out / "ab_report.html")}

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..core.atomic import atomic_write_bytes
 from ..generation.client import ComfyClient
 from ..generation.dispatch import Dispatcher
@@ -35,58 +33,25 @@ class AbRun:
 
 
 class Scorer:
-    """Scores outputs against their references; the CLIP model and the vault are loaded once, up front, so a
-    mismatch (a vault built with another encoder) fails before anything is queued."""
+    """Scores outputs against their references. Colour and structure are computed here from the saved
+    pixels; CLIP similarity and vault agreement come from the Luna A/B Probe node the graph ran on the
+    server (in the vault's own CLIP vision model, on the server's device)."""
 
     def __init__(self, config: AbConfig, template: AbTemplate) -> None:
         self.config, self.template = config, template
-        self.notes: list[str] = []
-        self.encoder: Any = None
-        self.vault: Any = None
-        self._lock = threading.Lock()
-        if config.clip_vision is not None:
-            from ..extraction.comfy_loader import load_clip_vision
-
-            self.encoder = load_clip_vision(config.clip_vision, config.comfyui)
-        else:
-            self.notes.append("no clip_vision in the config: CLIP similarity and vault agreement are not scored")
-        if config.vault is not None:
-            from ..vault.query import check_answerable
-            from ..vault.store import Vault
-
-            self.vault = Vault.open(config.vault)
-            if self.encoder is not None:
-                check_answerable(self.vault, config.agreement_k, None, self.encoder.fingerprint)
-        elif self.encoder is not None:
-            self.notes.append("no vault in the config: vault agreement is not scored")
-        self.refs: dict[str, dict[str, Any]] = {}
-        for r in config.references:
-            crop = sc.region_of(sc.load_rgb(r.image), r.region)
-            self.refs[r.name] = {"crop": crop, **self._model_view(crop)}
-
-    def _model_view(self, crop: np.ndarray) -> dict[str, Any]:
-        if self.encoder is None:
-            return {}
-        import torch
-
-        with self._lock:
-            emb = self.encoder.encode(torch.from_numpy(crop[None].copy()))[0].numpy()
-            view: dict[str, Any] = {"embedding": emb}
-            if self.vault is not None:
-                res = self.vault.search(emb[None], k=self.config.agreement_k, encoder=self.encoder.fingerprint)[0]
-                view["prompts"] = [m.prompt_id for m in res.matches]
-        return view
+        self.notes: list[str] = list(template.notes)
+        self.refs: dict[str, dict[str, Any]] = {
+            r.name: {"crop": sc.region_of(sc.load_rgb(r.image), r.region)} for r in config.references}
 
     def score(self, job: AbJob, image: Path) -> dict[str, Any]:
         ref = self.template.refs[job.reference]
-        want = self.refs[job.reference]
         out, note = sc.output_region(sc.load_rgb(image), ref.size, ref.region)
-        row: dict[str, Any] = {**sc.pixel_scores(want["crop"], out), "note": note}
-        view = self._model_view(out)
-        if "embedding" in view:
-            row["clip_similarity"] = sc.cosine(want["embedding"], view["embedding"])
-        if "prompts" in view:
-            row["vault_agreement"] = sc.agreement(want["prompts"], view["prompts"], self.config.agreement_k)
+        row: dict[str, Any] = {**sc.pixel_scores(self.refs[job.reference]["crop"], out), "note": note}
+        side = image.with_suffix(".json")
+        probe = (json.loads(side.read_text()).get("probe") or {}) if side.is_file() else {}
+        for key in ("clip_similarity", "vault_agreement"):
+            if isinstance(probe.get(key), (int, float)):
+                row[key] = float(probe[key])
         return row
 
 
@@ -103,7 +68,9 @@ def _stamp(p: Path) -> str:
 
 def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, depth: int = 2, retries: int = 1,
            progress: bool = True, retry_failed: bool = False, give_up_after: float = 120.0, report: bool = True) -> AbRun:
-    """Run (or resume) an A/B comparison; returns the scored rows and writes the report into `out`."""
+    """Run (or resume) an A/B comparison; returns the scored rows and writes the report into `out`.
+
+    Outputs are scored as they arrive (a worker thread), while the servers sample the next ones."""
     t0 = time.perf_counter()
     out = Path(out)
     graph = config.template_graph()
@@ -112,6 +79,10 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
     servers = servers or config.servers
     if not servers:
         raise AbConfigError(f"{config.path}: no servers: add servers: [host:port] or pass --server")
+    if config.vault is not None:
+        from ..vault.store import Vault
+
+        Vault.open(config.vault)  # --write-defaults' target: a clear error now, not after the run
     scorer = Scorer(config, template)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / SCORE_CACHE

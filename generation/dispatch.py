@@ -285,10 +285,10 @@ class Dispatcher:
             except ServerDown:
                 s.inflight[pid] = (job, time.time())  # follow it again once the server is back
                 raise
-            self._write(job, s, blobs, pid, execution_seconds(entry))
+            self._write(job, s, blobs, pid, entry)
 
     # ---- outcomes ----------------------------------------------------------------------------------
-    def _write(self, job: Any, s: ServerState, blobs: list[bytes], prompt_id: str, seconds: float | None = None) -> None:
+    def _write(self, job: Any, s: ServerState, blobs: list[bytes], prompt_id: str, entry: dict[str, Any]) -> None:
         if self.ledger.state(job.job_id) == "done":
             return  # finished elsewhere meanwhile
         folder = self.out / job.category
@@ -299,7 +299,9 @@ class Dispatcher:
             stem = f"{job.job_id}_{k}"
             side = {**self._sidecar(job), "batch_index": k, "server": s.client.name, "workflow": self.template.name,
                     "workflow_hash": self.template.hash, "job_id": job.job_id, "comfy_prompt_id": prompt_id,
-                    "comfy_seconds": seconds, "timestamp": now}
+                    "comfy_seconds": execution_seconds(entry), "timestamp": now}
+            if hasattr(self.template, "history_extras"):
+                side.update(self.template.history_extras(entry))
             atomic_write_bytes(folder / f"{stem}{ext}", blob)
             atomic_write_bytes(folder / f"{stem}.json", (json.dumps(side, indent=1) + "\n").encode())
             if isinstance(getattr(job, "prompt", None), str):

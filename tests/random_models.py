@@ -21,6 +21,13 @@ SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
              "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
              "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
              "use_temporal_resblock": False}
+# comfy/model_detection.py's SDXL config (the base model)
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
@@ -55,6 +62,37 @@ def sd15_shapes() -> dict[str, tuple[int, ...]]:
     shapes.update({"cond_stage_model.transformer." + k: v for k, v in text_shapes("clip_l").items()
                    if k != "text_projection.weight"})
     return shapes
+
+
+def sdxl_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of an SDXL base checkpoint: UNet (2.6B), CLIP-L (conditioner.embedders.0) and CLIP-G
+    (conditioner.embedders.1, written in the layout ComfyUI converts OpenCLIP keys to), VAE."""
+    _comfy()
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from make_clip_text import text_shapes
+
+    with torch.device("meta"):
+        unet = UNetModel(**SDXL_UNET, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
+    shapes = _shapes(unet, "model.diffusion_model.")
+    shapes.update(_shapes(vae, "first_stage_model."))
+    shapes.update({"conditioner.embedders.0.transformer." + k: v for k, v in text_shapes("clip_l").items()
+                   if k != "text_projection.weight"})
+    shapes.update({"conditioner.embedders.1.model.transformer." + k: v for k, v in text_shapes("clip_g").items()})
+    return shapes
+
+
+def save_sdxl_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random SDXL base checkpoint (.ckpt of pool views, ~10 MB) that CheckpointLoaderSimple loads."""
+    _comfy()
+    from make_clip_vision import build_sd
+
+    sd = build_sd(sdxl_shapes(), "pt", seed=seed, pool=1 << 22)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": sd}, path)
+    return path
 
 
 def save_sd15_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -49,9 +49,16 @@ def test_config_and_job_graphs(tmp_path: Path) -> None:
     assert g["1"]["inputs"]["image"] == tpl.uploads["ref0"] and tpl.uploads["ref0"].startswith("luna_ab/")
     assert (g["2"]["inputs"]["value"], g["3"]["inputs"]["value"], g["4"]["inputs"]["value"]) == (8, 4, 32)
     assert g["14"]["inputs"]["seed"] == 3 and g["14"]["inputs"]["steps"] == 2 and g["10"]["inputs"]["strength"] == 0.3
+    # the probe scores the saved image against the reference region in the Query's CLIP vision model
+    assert g["luna_ab_probe"] == {"class_type": "LunaAbProbe", "inputs": {
+        "image": ["17", 0], "reference": ["1", 0], "clip_vision": ["7", 0], "x": 8, "y": 4, "width": 32, "height": 32,
+        "vault": "", "k": 5}}
+    assert tpl.notes == ["no vault to compare prompts in (set vault:, or name one in the Query): vault agreement is "
+                         "not scored"]
     # the vault-off arm: the KSampler takes the Query's own conditioning; the Query and its preview are gone
     base = tpl.fill(jobs[0])
     assert "10" not in base and "11" not in base and base["14"]["inputs"]["positive"] == ["8", 0]
+    assert base["luna_ab_probe"]["inputs"]["clip_vision"] == ["7", 0] and "7" in base  # the loader stays for scoring
     assert base["14"]["inputs"]["steps"] == 2  # the shared edits reach every arm
     ready = tpl.fill(jobs[4])  # ref1 is a ready crop: the region is the whole image
     assert (ready["2"]["inputs"]["value"], ready["3"]["inputs"]["value"], ready["4"]["inputs"]["value"]) == (0, 0, 64)
@@ -86,6 +93,8 @@ def test_bad_configs_name_the_key(tmp_path: Path) -> None:
     assert "'seeds' must be a list of distinct" in err(seeds=[1, 1])
     assert "is not a plain name" in err(arms={"../evil": {}})
     assert "would remove the scored output node 18" in err(arms={"a": {"remove": ["KSampler"]}})
+    assert "removes node 7, the CLIP vision model the outputs are scored with" in err(
+        arms={"a": {"vault": "off", "remove": ["CLIPVisionLoader"]}})
     assert "a list must be a link [node id, output] to a node of the graph" in err(
         arms={"a": {"set": {"KSampler.positive": ["99", 0]}}})
     (tmp_path / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))

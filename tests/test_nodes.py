@@ -82,10 +82,11 @@ def comfy_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_schemas_are_complete() -> None:
     ids = [n.GET_SCHEMA().node_id for n in NODES]
-    assert ids == ["LunaVaultQuery", "LunaVisionTranslator", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo"]
+    assert ids == ["LunaVaultQuery", "LunaVisionTranslator", "LunaVaultBuilder", "LunaEmbeddingExtractor", "LunaVaultInfo",
+                   "LunaAbProbe"]
     for node in NODES:
         schema = node.GET_SCHEMA()
-        assert schema.category == "Luna" and schema.display_name.startswith("Luna ") and schema.description
+        assert schema.category.split("/")[0] == "Luna" and schema.display_name.startswith("Luna ") and schema.description
         for inp in schema.inputs:
             assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
         for out in schema.outputs:
@@ -207,6 +208,33 @@ def test_query_uses_the_vaults_tuned_settings_when_asked(comfy_dirs: Path) -> No
     assert plain["settings"] == {"from": "node", "k": 5, "strength": 0.3, "temperature": 0.05, "blend_mode": "average"}
     with pytest.raises(ValueError, match="use_tuned needs a named vault"):
         LunaVaultQuery.execute(vault="auto-detect", use_tuned=True, **args)
+
+
+def test_ab_probe_scores_an_output_against_its_reference_region(comfy_dirs: Path) -> None:
+    from luna_vault.extraction.comfy_adapters import ComfyClipVisionEncoder
+    from luna_vault.nodes.ab_probe import LunaAbProbe
+
+    cv = StubClipVision()
+    images, _ = _stub_vault(comfy_dirs, cv)
+    full = images[2:3].clone()  # 40x40; the region is its top-left 24x24
+    full[:, 24:, 24:] = 0.0  # outside the region: must not matter
+    pasted = full.clone()
+    out = LunaAbProbe.execute(image=pasted, reference=full, clip_vision=cv, x=0, y=0, width=24, height=24, vault="eyes", k=3)
+    probe = out.ui["luna_ab"][0]
+    assert probe["clip_similarity"] == pytest.approx(1.0, abs=1e-5) and probe["vault_agreement"] == 1.0
+    assert probe["vault"] == "eyes" and probe["encoder"]
+    other = images[4:5, :24, :24]  # an output that is only the crop, of another colour
+    probe = LunaAbProbe.execute(image=other, reference=full, clip_vision=cv, x=0, y=0, width=24, height=24).ui["luna_ab"][0]
+    enc = ComfyClipVisionEncoder(cv)
+    a, b = enc.encode(full[:, :24, :24]), enc.encode(other)
+    assert probe["clip_similarity"] == pytest.approx(float((a * b).sum()), abs=1e-5)
+    assert probe["clip_similarity"] < 0.99
+    assert "vault_agreement" not in probe  # no vault named
+    with pytest.raises(ValueError, match="not inside the 40x40 reference"):
+        LunaAbProbe.execute(image=other, reference=full, clip_vision=cv, x=30, y=0, width=24, height=24)
+    with pytest.raises(Exception, match="16-d"):
+        LunaAbProbe.execute(image=pasted, reference=full, clip_vision=StubClipVision(dim=8), x=0, y=0, width=24,
+                            height=24, vault="eyes")
 
 
 def test_query_baked_mode_and_auto_detect(comfy_dirs: Path) -> None:

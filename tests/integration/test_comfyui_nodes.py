@@ -77,7 +77,7 @@ def test_object_info_lists_every_luna_node(server: ComfyServer) -> None:
     info = server.get("/object_info")
     luna = {k: v for k, v in info.items() if k.startswith("Luna")}
     assert set(luna) == {"LunaVaultQuery", "LunaVisionTranslator", "LunaVaultBuilder", "LunaEmbeddingExtractor",
-                         "LunaVaultInfo"}
+                         "LunaVaultInfo", "LunaAbProbe"}
     q = luna["LunaVaultQuery"]
     assert q["display_name"] == "Luna Vault Query" and q["category"] == "Luna" and q["output_node"] is True
     assert list(q["input"]["required"]) == ["image", "clip_vision", "vault", "k", "strength", "blend_mode", "temperature"]

@@ -5,7 +5,6 @@ VAE), CLIP-vision ViT-L (and ViT-H with random IP-Adapter Plus weights for the I
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -23,60 +22,14 @@ import yaml
 from PIL import Image
 
 from comfy_server import ComfyServer, execution_error, require_comfyui, save_random_models
+from detail_graphs import CKPT, api, detail_check, for_this_machine, picture, saved
 from helpers import SHARED
 
 pytestmark = pytest.mark.slow
 require_comfyui("transformers")
 
-REPO = Path(__file__).resolve().parents[2]
-API = REPO / "workflows" / "api"
-CKPT = "sd15-random.ckpt"
 IPADAPTER_PACK = SHARED / "custom_nodes" / "ComfyUI_IPAdapter_plus"
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.bin"  # the name IPAdapterUnifiedLoader looks for
-
-
-def _picture(seed: int, size: int = 96) -> Image.Image:
-    """A colour field with an 'iris': a disc of another colour, so crops differ in hue and structure."""
-    rng = np.random.default_rng(seed)
-    arr = np.zeros((size, size, 3), np.float32) + rng.uniform(0.2, 0.8, 3)
-    yy, xx = np.mgrid[:size, :size]
-    arr[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 5) ** 2] = rng.uniform(0, 1, 3)
-    arr += rng.normal(0, 0.03, arr.shape)
-    return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-
-
-def _link(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2
-
-
-def for_this_machine(graph: dict[str, Any], clip_vision: str = "vit-l-random.pt") -> dict[str, Any]:
-    """A shipped graph with this server's random models, 64 px, 1 step and a 48 px crop at (16, 16)."""
-    g = copy.deepcopy(graph)
-    for n in g.values():
-        ct, i = n["class_type"], n["inputs"]
-        if ct == "CheckpointLoaderSimple":
-            i["ckpt_name"] = CKPT
-        elif ct == "CLIPVisionLoader":
-            i["clip_name"] = clip_vision
-        elif ct == "EmptyLatentImage":
-            i.update(width=64, height=64, batch_size=6)
-        elif ct == "ImageScale" and not _link(i["width"]):
-            i.update(width=64, height=64)
-        elif ct == "KSampler":
-            i["steps"] = 1
-        elif ct == "ImageCrop":
-            for key, value in (("x", 16), ("y", 16), ("width", 48), ("height", 48)):
-                if _link(i[key]):
-                    g[i[key][0]]["inputs"]["value"] = value
-    return g
-
-
-def _api(name: str) -> dict[str, Any]:
-    return json.loads((API / f"{name}.json").read_text())
-
-
-def _saved(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [im for o in entry["outputs"].values() for im in o.get("images", []) if im.get("type") == "output"]
 
 
 def save_random_ipadapter(path: Path) -> None:
@@ -123,7 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
         save(build_sd(vision_shapes("vith"), "pt", seed=2), str(s.base / "models" / "clip_vision" / VIT_H), "pt")
         save_random_ipadapter(s.base / "models" / "ipadapter" / "ip-adapter-plus_sd15.bin")
-    _picture(0).save(s.base / "input" / "example.png")
+    picture(0).save(s.base / "input" / "example.png")
     s.start()
     yield s
     s.stop()
@@ -132,11 +85,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="module")
 def eyes_vault(server: ComfyServer) -> Path:
     """The build-from-generation graph: SD1.5 samples 6 images, the Builder stores them in models/vaults/eyes."""
-    entry = server.run(for_this_machine(_api("luna_build_vault_from_generation")), timeout=600)
+    entry = server.run(for_this_machine(api("luna_build_vault_from_generation")), timeout=600)
     assert entry["status"]["status_str"] == "success", execution_error(entry)
-    saved = _saved(entry)
-    assert len(saved) == 6
-    for im in saved:
+    images = saved(entry)
+    assert len(images) == 6
+    for im in images:
         with Image.open(server.base / "output" / im["subfolder"] / im["filename"]) as pic:
             assert pic.size == (64, 64)
             assert np.isfinite(np.asarray(pic, np.float32)).all()
@@ -150,25 +103,9 @@ def eyes_vault(server: ComfyServer) -> Path:
     return path
 
 
-def _detail_check(server: ComfyServer, entry: dict[str, Any]) -> np.ndarray:
-    """One saved image, the 96 px example with only the 48 px crop at (16, 16) re-drawn."""
-    assert entry["status"]["status_str"] == "success", execution_error(entry)
-    saved = _saved(entry)
-    assert len(saved) == 1
-    with Image.open(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]) as pic:
-        out = np.asarray(pic.convert("RGB"), np.int16)
-    before = np.asarray(_picture(0), np.int16)
-    assert out.shape == before.shape == (96, 96, 3)
-    outside = np.ones((96, 96), bool)
-    outside[16:64, 16:64] = False
-    assert np.array_equal(out[outside], before[outside]), "pixels outside the crop changed"
-    assert np.abs(out[16:64, 16:64] - before[16:64, 16:64]).mean() > 1.0, "the crop was not re-drawn"
-    return out
-
-
 def test_crop_detailer_samples_with_the_vault(server: ComfyServer, eyes_vault: Path) -> None:
-    entry = server.run(for_this_machine(_api("luna_crop_detailer_vault")), timeout=600)
-    _detail_check(server, entry)
+    entry = server.run(for_this_machine(api("luna_crop_detailer_vault")), timeout=600)
+    detail_check(server, entry)
     query = entry["outputs"]["10"]  # the Query shows the matched images and their similarities
     assert query["images"] and query["text"][0].startswith("crop 0: eyes  ")
 
@@ -184,11 +121,11 @@ def test_vision_translator_hybrid_samples(server: ComfyServer, eyes_vault: Path,
                          family="sd15")
     train(tmp_path / "pairs.vault", server.base / "models" / "luna_projectors" / "eyes-sd15.safetensors",
           TrainConfig(epochs=1, batch_size=16), resume=False, progress=False, model_overrides={"hidden": 64, "linear": 32})
-    g = for_this_machine(_api("luna_vision_translator_hybrid"))
+    g = for_this_machine(api("luna_vision_translator_hybrid"))
     t = next(n for n in g.values() if n["class_type"] == "LunaVisionTranslator")
     t["inputs"]["projector"] = "eyes-sd15.safetensors"  # the workflow names an SDXL projector
     entry = server.run(g, timeout=600)
-    _detail_check(server, entry)
+    detail_check(server, entry)
     crop = json.loads(entry["outputs"]["11"]["text"][0])["crops"][0]  # the graph previews the Translator's report
     assert crop["path"] == ("vault" if crop["best_similarity"] >= 0.9 else "projector")
 
@@ -198,18 +135,18 @@ def test_ipadapter_with_vault_samples(server: ComfyServer, tmp_path: Path) -> No
     # a vault in the IP-Adapter's CLIP vision (ViT-H), built by the Builder node in this ComfyUI
     build = {"cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": VIT_H}}}
     for i in range(3):
-        _picture(10 + i).save(server.base / "input" / f"h{i}.png")
+        picture(10 + i).save(server.base / "input" / f"h{i}.png")
         build[f"img{i}"] = {"class_type": "LoadImage", "inputs": {"image": f"h{i}.png"}}
         build[f"b{i}"] = {"class_type": "LunaVaultBuilder", "inputs": {
             "clip_vision": ["cv", 0], "vault_name": "eyes-h", "mode": "append", "category": "eyes", "thumbnails": True,
             "images": [f"img{i}", 0], "prompts": f"vit-h eye {i}", "metadata": "{}"}}
     entry = server.run(build, timeout=600)
     assert entry["status"]["status_str"] == "success", execution_error(entry)
-    g = for_this_machine(_api("luna_ipadapter_with_vault"), clip_vision=VIT_H)
+    g = for_this_machine(api("luna_ipadapter_with_vault"), clip_vision=VIT_H)
     q = next(n for n in g.values() if n["class_type"] == "LunaVaultQuery")
     q["inputs"].update(vault="eyes-h", k=3)
     entry = server.run(g, timeout=600)
-    _detail_check(server, entry)
+    detail_check(server, entry)
 
 
 # ---- luna-vault ab ------------------------------------------------------------------------------
@@ -221,13 +158,12 @@ def _cli(*args: str, **kw: Any) -> subprocess.Popen[str]:
 
 
 def _ab_setup(server: ComfyServer, tmp_path: Path, arms: dict[str, Any], **extra: Any) -> Path:
-    template = for_this_machine(_api("luna_crop_detailer_vault"))
+    template = for_this_machine(api("luna_crop_detailer_vault"))
     (tmp_path / "detailer_api.json").write_text(json.dumps(template))
     for i in range(2):
-        _picture(20 + i, size=80).save(tmp_path / f"portrait{i}.png")
+        picture(20 + i, size=80).save(tmp_path / f"portrait{i}.png")
     config = {"name": "eyes-ab", "template": "detailer_api.json", "servers": [server.url],
-              "clip_vision": str(server.base / "models" / "clip_vision" / "vit-l-random.pt"),
-              "vault": str(server.base / "models" / "vaults" / "eyes.vault"), "comfyui": str(server.app),
+              "vault": str(server.base / "models" / "vaults" / "eyes.vault"),
               "seeds": [7, 8], "references": [{"image": "portrait0.png", "region": [8, 8, 48, 48]},
                                               {"image": "portrait1.png", "region": [24, 16, 48, 48], "category": "eyes"}],
               "arms": arms, **extra}
