@@ -219,6 +219,19 @@ def test_ab_end_to_end_with_the_server_killed_and_resumed(server: ComfyServer, e
     assert data["outputs"] == 8 and data["timings"]["comfy_this_run_s"] == 0.0
     assert data["timings"]["scoring_s"] < 1e-9
 
+    # --write-defaults: the vault arm is stored if it beat the baseline on CLIP similarity, else nothing is
+    from luna_vault.vault import Vault
+
+    proc = _cli("ab", str(cfg), "--out", str(out), "--write-defaults")
+    stdout, stderr = proc.communicate(timeout=300)
+    diff = summary["summary"]["all"]["vault-0.5"]["clip_similarity"]["diff"]
+    tuned = Vault.open(eyes_vault).manifest.tuned
+    if diff > 0:
+        assert proc.returncode == 0 and "wrote tuned defaults" in stdout, stderr
+        assert (tuned.strength, tuned.k, tuned.temperature, tuned.checkpoint, tuned.samples) == (0.5, 5, 0.05, CKPT, 4)
+    else:
+        assert proc.returncode == 1 and "no vault arm beat the baseline 'no-vault'" in stderr and tuned is None
+
 
 def test_ab_bad_input_is_named(server: ComfyServer, eyes_vault: Path, tmp_path: Path) -> None:
     cfg = _ab_setup(server, tmp_path, {"base": {"vault": "off"}, "ipa": {"set": {"IPAdapterAdvanced.weight": 0.6}}})
