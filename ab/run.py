@@ -86,7 +86,10 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
     scorer = Scorer(config, template)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / SCORE_CACHE
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    try:
+        cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # a damaged cache only costs re-scoring
     timings = {"setup_s": time.perf_counter() - t0, "scoring_s": 0.0}
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ab-score")
     pending: dict[str, Future[dict[str, Any]]] = {}
@@ -120,17 +123,22 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
         pool.shutdown(wait=True)
     timings["dispatch_s"] = time.perf_counter() - t1
     rows = []
+    unscored: list[str] = []
     t2 = time.perf_counter()
     for job in jobs:
         image = output_file(out, job)
         if image is None:
             continue
-        if job.job_id in pending:
-            scored = pending[job.job_id].result()
-        elif cache.get(job.job_id, {}).get("stamp") == _stamp(image):
-            scored = cache[job.job_id]["scores"]
-        else:
-            scored = score_timed(job, image)
+        try:
+            if job.job_id in pending:
+                scored = pending[job.job_id].result()
+            elif cache.get(job.job_id, {}).get("stamp") == _stamp(image):
+                scored = cache[job.job_id]["scores"]
+            else:
+                scored = score_timed(job, image)
+        except (OSError, ValueError) as e:  # an unreadable output is reported, the others still count
+            unscored.append(f"{image.relative_to(out)} could not be scored: {e}")
+            continue
         cache[job.job_id] = {"stamp": _stamp(image), "scores": scored}
         side = json.loads(image.with_suffix(".json").read_text()) if image.with_suffix(".json").is_file() else {}
         ref = template.refs[job.reference]
@@ -144,7 +152,7 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
     by_id = {j.job_id: j for j in jobs}
     failed = [{**f, "arm": by_id[f["job_id"]].arm, "reference": by_id[f["job_id"]].reference,
                "seed": by_id[f["job_id"]].seed} for f in result.failed if f["job_id"] in by_id]
-    run = AbRun(out, rows, failed, len(jobs) - len(rows), timings, notes=list(scorer.notes))
+    run = AbRun(out, rows, failed, len(jobs) - len(rows), timings, notes=list(scorer.notes) + unscored)
     run.timings["comfy_s"] = float(sum(r["comfy_seconds"] or 0.0 for r in rows))
     run.timings["comfy_this_run_s"] = float(sum(
         (json.loads(p.with_suffix(".json").read_text()).get("comfy_seconds") or 0.0)

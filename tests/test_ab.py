@@ -203,3 +203,41 @@ def test_a_forged_tuned_block_is_refused_at_open(tmp_path: Path, bad: dict[str, 
     (vault / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(VaultCorruptError, match="tuned"):
         Vault.open(vault)
+
+
+def test_report_from_finished_outputs_skips_an_unreadable_one(tmp_path: Path) -> None:
+    """A run whose outputs are all on disk (the ledger says done): nothing is queued, every output is
+    scored from its pixels and its probe scores, one damaged file is reported, and the report is written."""
+    from luna_vault.ab.run import run_ab
+    from luna_vault.generation.dispatch import LEDGER, Ledger
+
+    cfg = load_config(_setup(tmp_path))
+    tpl = AbTemplate(cfg, cfg.template_graph())
+    out = tmp_path / "run"
+    out.mkdir()
+    jobs = tpl.jobs()
+    ledger = Ledger(out / LEDGER)
+    ledger.sync(jobs)
+    rng = np.random.default_rng(0)
+    for j in jobs:
+        ledger.set(j.job_id, "done")
+        ref = tpl.refs[j.reference]
+        (out / j.arm).mkdir(exist_ok=True)
+        pixels = rng.integers(0, 255, (ref.size[1], ref.size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(out / j.arm / f"{j.job_id}_0.png")
+        (out / j.arm / f"{j.job_id}_0.json").write_text(json.dumps(
+            {"comfy_seconds": 1.5, "probe": {"clip_similarity": 0.5 + 0.1 * (j.arm == "v3"), "encoder": "e"}}))
+    ledger.close()
+    (out / "v3" / f"{jobs[-1].job_id}_0.png").write_bytes(b"not a png")
+    run = run_ab(cfg, out, progress=False)
+    assert len(run.rows) == 7 and run.missing == 1 and run.failed == []
+    assert any("could not be scored" in n and jobs[-1].job_id in n for n in run.notes)
+    row = next(r for r in run.rows if r["arm"] == "v3")
+    assert row["clip_similarity"] == pytest.approx(0.6) and row["vault_agreement"] is None and row["ciede2000"] > 0
+    assert row["strength"] == 0.3 and row["comfy_seconds"] == 1.5
+    summary = json.loads((out / "ab_summary.json").read_text())
+    assert summary["summary"]["all"]["v3"]["clip_similarity"]["pairs"] == 3
+    assert summary["summary"]["all"]["v3"]["clip_similarity"]["diff"] == pytest.approx(0.1)
+    page = (out / "ab_report.html").read_text()
+    assert "could not be scored" in page and "1 of 8 outputs are missing" in page
+    assert len((out / "ab_scores.csv").read_text().splitlines()) == 8  # header + 7
