@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,20 +76,13 @@ class AbConfig:
     common: Arm | None = None  # the top-level `set:`, applied to every arm first
 
     def template_graph(self) -> dict[str, Any]:
+        """The template as an API-format graph (the same reading and checks as generation templates)."""
+        from ..generation.workflow import WorkflowError, WorkflowTemplate
+
         try:
-            data = json.loads(self.template.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AbConfigError(f"{self.path}: template {self.template} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AbConfigError(f"{self.path}: template {self.template} is not JSON ({e})") from None
-        if isinstance(data, dict) and "nodes" in data and "links" in data:
-            raise AbConfigError(f"{self.template} is a UI-format workflow; export the API format with 'Save (API)' "
-                                "(or use the twin in workflows/api/)")
-        graph = data.get("prompt", data) if isinstance(data, dict) else data
-        if not isinstance(graph, dict) or not graph or not all(
-                isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs", {}), dict) for n in graph.values()):
-            raise AbConfigError(f"{self.template} is not an API-format workflow (node id -> {{class_type, inputs}})")
-        return graph
+            return WorkflowTemplate.load(self.template).graph
+        except WorkflowError as e:
+            raise AbConfigError(f"{self.path}: template: {e}") from None
 
 
 def _path(base: Path, value: Any, key: str, where: Path) -> Path:

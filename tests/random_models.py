@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,9 +46,9 @@ def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
     return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def sd15_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor of an original-format SD1.5 checkpoint: model.diffusion_model.*, cond_stage_model.*,
-    first_stage_model.*."""
+def _checkpoint_shapes(unet_config: dict[str, Any], clips: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """An original-format checkpoint's tensors: model.diffusion_model.* (ComfyUI's UNet), first_stage_model.*
+    (its VAE) and each text encoder under its prefix (clip_l without text_projection, as SD checkpoints have)."""
     _comfy()
     import comfy.ops
     from comfy.ldm.models.autoencoder import AutoencoderKL
@@ -55,52 +56,43 @@ def sd15_shapes() -> dict[str, tuple[int, ...]]:
     from make_clip_text import text_shapes
 
     with torch.device("meta"):
-        unet = UNetModel(**SD15_UNET, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+        unet = UNetModel(**unet_config, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
         vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
     shapes = _shapes(unet, "model.diffusion_model.")
     shapes.update(_shapes(vae, "first_stage_model."))
-    shapes.update({"cond_stage_model.transformer." + k: v for k, v in text_shapes("clip_l").items()
-                   if k != "text_projection.weight"})
+    for prefix, arch in clips.items():
+        shapes.update({prefix + k: v for k, v in text_shapes(arch).items()
+                       if not (arch == "clip_l" and k == "text_projection.weight")})
     return shapes
+
+
+def sd15_shapes() -> dict[str, tuple[int, ...]]:
+    """SD1.5: UNet 860M, CLIP-L (cond_stage_model), VAE."""
+    return _checkpoint_shapes(SD15_UNET, {"cond_stage_model.transformer.": "clip_l"})
 
 
 def sdxl_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor of an SDXL base checkpoint: UNet (2.6B), CLIP-L (conditioner.embedders.0) and CLIP-G
-    (conditioner.embedders.1, written in the layout ComfyUI converts OpenCLIP keys to), VAE."""
-    _comfy()
-    import comfy.ops
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from make_clip_text import text_shapes
-
-    with torch.device("meta"):
-        unet = UNetModel(**SDXL_UNET, dtype=torch.float16, operations=comfy.ops.disable_weight_init)
-        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
-    shapes = _shapes(unet, "model.diffusion_model.")
-    shapes.update(_shapes(vae, "first_stage_model."))
-    shapes.update({"conditioner.embedders.0.transformer." + k: v for k, v in text_shapes("clip_l").items()
-                   if k != "text_projection.weight"})
-    shapes.update({"conditioner.embedders.1.model.transformer." + k: v for k, v in text_shapes("clip_g").items()})
-    return shapes
+    """SDXL base: UNet 2.6B, CLIP-L (conditioner.embedders.0) and CLIP-G (conditioner.embedders.1, in the
+    layout ComfyUI converts OpenCLIP keys to), VAE."""
+    return _checkpoint_shapes(SDXL_UNET, {"conditioner.embedders.0.transformer.": "clip_l",
+                                          "conditioner.embedders.1.model.transformer.": "clip_g"})
 
 
-def save_sdxl_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random SDXL base checkpoint (.ckpt of pool views, ~10 MB) that CheckpointLoaderSimple loads."""
+def save_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> Path:
+    """A random checkpoint (.ckpt: torch.save of {'state_dict': pool views}, a few MB) that
+    CheckpointLoaderSimple loads with weights_only=True."""
     _comfy()
     from make_clip_vision import build_sd
 
-    sd = build_sd(sdxl_shapes(), "pt", seed=seed, pool=1 << 22)
+    sd = build_sd(shapes, "pt", seed=seed, pool=1 << 22)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": sd}, path)
     return path
 
 
 def save_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random SD1.5 checkpoint (.ckpt, torch.save of {'state_dict': ...}) that CheckpointLoaderSimple loads."""
-    _comfy()
-    from make_clip_vision import build_sd
+    return save_checkpoint(path, sd15_shapes(), seed)
 
-    sd = build_sd(sd15_shapes(), "pt", seed=seed, pool=1 << 22)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": sd}, path)
-    return path
+
+def save_sdxl_checkpoint(path: Path, seed: int = 0) -> Path:
+    return save_checkpoint(path, sdxl_shapes(), seed)
