@@ -241,3 +241,23 @@ def test_report_from_finished_outputs_skips_an_unreadable_one(tmp_path: Path) ->
     page = (out / "ab_report.html").read_text()
     assert "could not be scored" in page and "1 of 8 outputs are missing" in page
     assert len((out / "ab_scores.csv").read_text().splitlines()) == 8  # header + 7
+
+
+def test_ipadapter_arms_on_the_ipadapter_workflow(tmp_path: Path) -> None:
+    """The four arms a user compares on luna_ipadapter_with_vault: nothing, IP-Adapter, vault, both."""
+    ipa = json.loads((REPO / "workflows" / "api" / "luna_ipadapter_with_vault.json").read_text())
+    (tmp_path / "ipa.json").write_text(json.dumps(ipa))
+    path = _setup(tmp_path, {"plain": {"vault": "off", "set": {"KSampler.model": ["6", 0]}},
+                             "ipadapter": {"vault": "off"},
+                             "vault": {"set": {"KSampler.model": ["6", 0]}},
+                             "both": {"set": {"IPAdapterAdvanced.weight": 0.4}}}, template="ipa.json")
+    cfg = load_config(path)
+    tpl = AbTemplate(cfg, cfg.template_graph())
+    ks = {arm: g["16"]["inputs"] for arm, g in tpl.arms.items()}
+    assert ks["plain"]["model"] == ["6", 0] and ks["plain"]["positive"] == ["8", 0]
+    assert ks["ipadapter"]["model"] == ["11", 0] and ks["ipadapter"]["positive"] == ["8", 0]
+    assert ks["vault"]["model"] == ["6", 0] and ks["vault"]["positive"] == ["12", 0]
+    assert ks["both"]["model"] == ["11", 0] and tpl.arms["both"]["11"]["inputs"]["weight"] == 0.4
+    assert tpl.bind["output"] == "20" and tpl.encoder == ["7", 0]  # the Query's CLIP vision scores every arm
+    assert {a: arm_settings(g)["strength"] for a, g in tpl.arms.items()} == {"plain": 0.0, "ipadapter": 0.0,
+                                                                              "vault": 0.3, "both": 0.3}
