@@ -135,9 +135,10 @@ class Report:
 
 
 class Dispatcher:
-    """Runs jobs (anything with job_id, category, batch, to_json) through a template (anything with fill(job),
-    name, hash; `sidecar(job)` adds the job's own fields to each image's .json). `prepare(client)` runs on
-    each server before its first job and whenever it comes back, e.g. to upload input images."""
+    """Runs jobs (anything with job_id, category, batch, to_json) through a template: anything with fill(job),
+    name, hash, sidecar(job) (the job's fields for each image's .json) and history_extras(entry) (what the
+    finished prompt's /history adds to it), as WorkflowTemplate and ab's AbTemplate have. `prepare(client)`
+    runs on each server before its first job and whenever it comes back, e.g. to upload input images."""
 
     def __init__(self, jobs: list[Any], template: WorkflowTemplate | Any, servers: list[str], out: str | Path,
                  depth: int = 2, retries: int = 2, poll: float = 0.2, give_up_after: float = 120.0, progress: bool = True,
@@ -297,15 +298,14 @@ class Dispatcher:
         for k, blob in enumerate(blobs):
             ext = _image_ext(blob)
             stem = f"{job.job_id}_{k}"
-            side = {**self._sidecar(job), "batch_index": k, "server": s.client.name, "workflow": self.template.name,
-                    "workflow_hash": self.template.hash, "job_id": job.job_id, "comfy_prompt_id": prompt_id,
-                    "comfy_seconds": execution_seconds(entry), "timestamp": now}
-            if hasattr(self.template, "history_extras"):
-                side.update(self.template.history_extras(entry))
+            side = {**self.template.sidecar(job), "batch_index": k, "server": s.client.name,
+                    "workflow": self.template.name, "workflow_hash": self.template.hash, "job_id": job.job_id,
+                    "comfy_prompt_id": prompt_id, "comfy_seconds": execution_seconds(entry), "timestamp": now,
+                    **self.template.history_extras(entry)}
             atomic_write_bytes(folder / f"{stem}{ext}", blob)
             atomic_write_bytes(folder / f"{stem}.json", (json.dumps(side, indent=1) + "\n").encode())
-            if isinstance(getattr(job, "prompt", None), str):
-                atomic_write_bytes(folder / f"{stem}.txt", job.prompt.encode())
+            if isinstance(side.get("prompt"), str):
+                atomic_write_bytes(folder / f"{stem}.txt", side["prompt"].encode())
         self.ledger.set(job.job_id, "done", server=s.client.name)
         s.images += len(blobs)
         if self.bar is not None:
@@ -315,14 +315,6 @@ class Dispatcher:
                                               for o in self.servers))
         if self.on_job_done is not None:
             self.on_job_done(job, s.client.name)
-
-    def _sidecar(self, job: Any) -> dict[str, Any]:
-        if hasattr(self.template, "sidecar"):
-            return dict(self.template.sidecar(job))
-        return {"prompt": job.prompt, "negative": job.negative, "seed": job.seed, "checkpoint": job.checkpoint,
-                "loras": [{"name": n, "strength": w} for n, w in job.loras], "campaign": job.campaign,
-                "category": job.category, "width": job.width, "height": job.height, "steps": job.steps, "cfg": job.cfg,
-                "sampler": job.sampler, "scheduler": job.scheduler}
 
     def _failed(self, job: Any, s: ServerState, error: str) -> None:
         s.errors += 1

@@ -30,6 +30,11 @@ class WorkflowError(ValueError):
     """A template that is not an API-format graph, or that uses an unknown placeholder."""
 
 
+def graph_hash(graph: dict[str, Any]) -> str:
+    """A short hash of an API-format graph (key order does not matter): what outputs record they came from."""
+    return hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class WorkflowTemplate:
     def __init__(self, graph: dict[str, Any], name: str = "workflow") -> None:
         if not isinstance(graph, dict) or not graph or not all(
@@ -42,7 +47,7 @@ class WorkflowTemplate:
         if unknown:
             raise WorkflowError(f"{name} uses unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)}; "
                                 f"known: {', '.join(sorted(KNOWN))}, lora_N, lora_N_strength")
-        self.hash = hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:16]
+        self.hash = graph_hash(graph)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "WorkflowTemplate":
@@ -70,6 +75,18 @@ class WorkflowTemplate:
         if job.loras:
             v["lora"], v["lora_strength"] = v["lora_1"], v["lora_1_strength"]
         return v
+
+    def sidecar(self, job: Job) -> dict[str, Any]:
+        """The job's settings, recorded in each image's .json (its prompt also goes to a .txt)."""
+        return {"prompt": job.prompt, "negative": job.negative, "seed": job.seed, "checkpoint": job.checkpoint,
+                "loras": [{"name": n, "strength": w} for n, w in job.loras], "campaign": job.campaign,
+                "category": job.category, "width": job.width, "height": job.height, "steps": job.steps, "cfg": job.cfg,
+                "sampler": job.sampler, "scheduler": job.scheduler}
+
+    @staticmethod
+    def history_extras(entry: dict[str, Any]) -> dict[str, Any]:
+        """Nothing beyond the images: a campaign's outputs carry no scores."""
+        return {}
 
     def fill(self, job: Job) -> dict[str, Any]:
         """The graph for one job (raises when the job lacks a value the template needs, e.g. a checkpoint)."""
