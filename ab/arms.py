@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..generation.workflow import graph_hash
 from .config import AbConfig, AbConfigError, Arm, Reference
 
 QUERY = "LunaVaultQuery"
@@ -137,19 +137,22 @@ class AbTemplate:
     def __init__(self, config: AbConfig, graph: dict[str, Any]) -> None:
         self.config, self.template = config, graph
         self.name = config.template.name
-        self.hash = hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:16]
+        self.hash = graph_hash(graph)
         self.bind = self._bind(graph, config.bind)
         base = apply_arm(graph, config.common, self.bind["output"]) if config.common else graph
         self.arms = {a.name: apply_arm(base, a, self.bind["output"]) for a in config.arms}
-        for arm, g in self.arms.items():  # each binding must survive the arm's edits
-            for key in ("image", "x", "y", "width", "height"):
-                if self.bind.get(key) and self.bind[key][0] not in g:
-                    raise AbConfigError(f"arm '{arm}' removes node {self.bind[key][0]}, where the reference's {key} goes")
+        self.settings = {arm: arm_settings(g) for arm, g in self.arms.items()}
         self.encoder = self._encoder(graph, config.bind)
-        for arm, g in self.arms.items():
-            if self.encoder and self.encoder[0] not in g:
-                raise AbConfigError(f"arm '{arm}' removes node {self.encoder[0]}, the CLIP vision model the outputs are "
-                                    "scored with")
+        needed: dict[str, str] = {}
+        for key in ("image", "x", "y", "width", "height"):
+            if self.bind.get(key):
+                needed.setdefault(self.bind[key][0], f"where the reference's {key} goes")
+        if self.encoder:
+            needed.setdefault(self.encoder[0], "the CLIP vision model the outputs are scored with")
+        for arm, g in self.arms.items():  # what the job's values and the probe go into must survive the arm's edits
+            for nid, why in needed.items():
+                if nid not in g:
+                    raise AbConfigError(f"arm '{arm}' removes node {nid}, {why}")
         out_images = graph[self.bind["output"]]["inputs"].get("images")
         if not _is_link(out_images):
             raise AbConfigError(f"the output node {self.bind['output']} ({graph[self.bind['output']]['class_type']}) "
@@ -260,10 +263,7 @@ class AbTemplate:
         ref = self.refs[job.reference]
         return {"arm": job.arm, "reference": job.reference, "seed": job.seed, "reference_image": str(ref.image),
                 "region": list(ref.region) if ref.region else None, "category": ref.category,
-                "settings": arm_settings(self.arms[job.arm]), "checkpoint": checkpoint_of(self.arms[job.arm])}
-
-    def sidecar_settings(self, arm: str) -> dict[str, Any]:
-        return arm_settings(self.arms[arm])
+                "settings": self.settings[job.arm], "checkpoint": checkpoint_of(self.arms[job.arm])}
 
     def jobs(self) -> list[AbJob]:
         """Every arm x reference x seed, interleaved by arm so a stopped run has paired outputs."""

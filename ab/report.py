@@ -87,7 +87,7 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
     summary = summarise(run.rows, arms, config.baseline, present)
     strengths = {}
     for a in arms:
-        value = template.sidecar_settings(a).get("strength")
+        value = template.settings[a].get("strength")
         strengths[a] = float(value) if isinstance(value, (int, float)) else 0.0
     pairs = min((summary["all"][a][present[0]]["pairs"] for a in arms if a != config.baseline), default=0) if present else 0
     warnings = []
@@ -99,7 +99,7 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
                         "scores use the pairs that exist.")
     meta = {"name": config.name, "template": str(config.template), "template_hash": template.hash,
             "checkpoint": checkpoint_of(template.template), "baseline": config.baseline, "seeds": config.seeds,
-            "references": [r.name for r in config.references], "arms": {a: template.sidecar_settings(a) for a in arms},
+            "references": [r.name for r in config.references], "arms": {a: template.settings[a] for a in arms},
             "vault": str(config.vault) if config.vault else None, "scored_with": {
                 "clip_vision_node": template.encoder[0] if template.encoder else None, "vault": template.probe_vault or None},
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": run.timings,

@@ -15,7 +15,7 @@ from ..core.atomic import atomic_write_bytes
 from ..generation.client import ComfyClient
 from ..generation.dispatch import Dispatcher
 from . import scores as sc
-from .arms import AbJob, AbTemplate, arm_settings
+from .arms import AbJob, AbTemplate
 from .config import SCORES, AbConfig, AbConfigError
 
 SCORE_CACHE = "scores.json"
@@ -23,6 +23,7 @@ SCORE_CACHE = "scores.json"
 
 @dataclass
 class AbRun:
+    template: AbTemplate
     out: Path
     rows: list[dict[str, Any]]
     failed: list[dict[str, Any]]
@@ -44,15 +45,17 @@ class Scorer:
             r.name: {"crop": sc.region_of(sc.load_rgb(r.image), r.region)} for r in config.references}
 
     def score(self, job: AbJob, image: Path) -> dict[str, Any]:
+        """Colour and structure of one output's detailed region (the probe's scores are in its .json)."""
         ref = self.template.refs[job.reference]
         out, note = sc.output_region(sc.load_rgb(image), ref.size, ref.region)
-        row: dict[str, Any] = {**sc.pixel_scores(self.refs[job.reference]["crop"], out), "note": note}
-        side = image.with_suffix(".json")
-        probe = (json.loads(side.read_text()).get("probe") or {}) if side.is_file() else {}
-        for key in ("clip_similarity", "vault_agreement"):
-            if isinstance(probe.get(key), (int, float)):
-                row[key] = float(probe[key])
-        return row
+        return {**sc.pixel_scores(self.refs[job.reference]["crop"], out), "note": note}
+
+
+def probe_scores(side: dict[str, Any]) -> dict[str, float]:
+    """CLIP similarity and vault agreement, as the Luna A/B Probe reported them in the output's /history."""
+    probe = side.get("probe") or {}
+    return {key: float(probe[key]) for key in ("clip_similarity", "vault_agreement")
+            if isinstance(probe.get(key), (int, float))}
 
 
 def output_file(out: Path, job: AbJob) -> Path | None:
@@ -124,6 +127,7 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
     timings["dispatch_s"] = time.perf_counter() - t1
     rows = []
     unscored: list[str] = []
+    comfy_this_run = 0.0
     t2 = time.perf_counter()
     for job in jobs:
         image = output_file(out, job)
@@ -141,10 +145,13 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
             continue
         cache[job.job_id] = {"stamp": _stamp(image), "scores": scored}
         side = json.loads(image.with_suffix(".json").read_text()) if image.with_suffix(".json").is_file() else {}
-        ref = template.refs[job.reference]
-        settings = arm_settings(template.arms[job.arm])
-        rows.append({"job_id": job.job_id, "arm": job.arm, "reference": job.reference, "category": ref.category,
-                     "seed": job.seed, **{k: settings.get(k) for k in ("strength", "k", "temperature", "blend_mode")},
+        scored = {**scored, **probe_scores(side)}
+        if job.job_id in pending:
+            comfy_this_run += side.get("comfy_seconds") or 0.0
+        settings = template.settings[job.arm]
+        rows.append({"job_id": job.job_id, "arm": job.arm, "reference": job.reference,
+                     "category": template.refs[job.reference].category, "seed": job.seed,
+                     **{k: settings.get(k) for k in ("strength", "k", "temperature", "blend_mode")},
                      **{s: scored.get(s) for s in SCORES}, "note": scored.get("note", ""),
                      "comfy_seconds": side.get("comfy_seconds"), "image": str(image.relative_to(out))})
     atomic_write_bytes(cache_path, json.dumps(cache, indent=1).encode())
@@ -152,11 +159,9 @@ def run_ab(config: AbConfig, out: str | Path, servers: list[str] | None = None, 
     by_id = {j.job_id: j for j in jobs}
     failed = [{**f, "arm": by_id[f["job_id"]].arm, "reference": by_id[f["job_id"]].reference,
                "seed": by_id[f["job_id"]].seed} for f in result.failed if f["job_id"] in by_id]
-    run = AbRun(out, rows, failed, len(jobs) - len(rows), timings, notes=list(scorer.notes) + unscored)
+    run = AbRun(template, out, rows, failed, len(jobs) - len(rows), timings, notes=list(scorer.notes) + unscored)
     run.timings["comfy_s"] = float(sum(r["comfy_seconds"] or 0.0 for r in rows))
-    run.timings["comfy_this_run_s"] = float(sum(
-        (json.loads(p.with_suffix(".json").read_text()).get("comfy_seconds") or 0.0)
-        for j in jobs if j.job_id in pending and (p := output_file(out, j)) is not None))
+    run.timings["comfy_this_run_s"] = comfy_this_run
     if report:
         from .report import write_report
 

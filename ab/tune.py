@@ -19,7 +19,7 @@ def best_arm(config: AbConfig, template: AbTemplate, rows: list[dict[str, Any]])
     summary = summarise(rows, arms, config.baseline, [metric])["all"]
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     candidates = [(sign * summary[a][metric]["diff"], a) for a in arms
-                  if a != config.baseline and template.sidecar_settings(a).get("vault") != "off"
+                  if a != config.baseline and template.settings[a].get("vault") != "off"
                   and summary[a][metric].get("diff") is not None]
     if not candidates:
         raise AbConfigError(f"no vault arm has {metric} scores paired with the baseline '{config.baseline}': nothing to "
@@ -38,7 +38,7 @@ def write_defaults(config: AbConfig, template: AbTemplate, rows: list[dict[str, 
     if config.vault is None:
         raise AbConfigError(f"{config.path}: --write-defaults needs vault: (the vault to store them in)")
     arm, stats = best_arm(config, template, rows)
-    s = template.sidecar_settings(arm)
+    s = template.settings[arm]
     missing = [k for k in ("strength", "k", "temperature", "blend_mode") if s.get(k) is None]
     if missing:
         raise AbConfigError(f"arm '{arm}': its Query's {', '.join(missing)} come from links, not values; nothing to store")

@@ -10,7 +10,6 @@ from .common import emit
 
 
 def cmd_ab(a: argparse.Namespace) -> int:
-    from ..ab.arms import AbTemplate
     from ..ab.config import AbConfigError, load_config
     from ..ab.run import print_failures, run_ab
     from ..ab.tune import write_defaults
@@ -39,7 +38,7 @@ def cmd_ab(a: argparse.Namespace) -> int:
             code = 1
         else:
             try:
-                tuned = write_defaults(config, AbTemplate(config, config.template_graph()), run.rows)
+                tuned = write_defaults(config, run.template, run.rows)
             except AbConfigError as e:
                 print(f"error: {e}", file=sys.stderr)
                 code = 1
