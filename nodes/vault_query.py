@@ -95,13 +95,13 @@ class LunaVaultQuery(io.ComfyNode):
             raise ValueError("the image batch is empty: connect a crop (or a batch of crops)")
         parse_filter(filter or "")  # QueryError (a ValueError) before any crop is encoded
         vaults = _open_vaults(vault)
-        settings = {"from": "node", "k": k, "strength": strength, "temperature": temperature, "blend_mode": blend_mode}
+        source = "node"
         if use_tuned:
             tuned = _tuned(vault, vaults)
             k, strength, temperature, blend_mode = tuned.k, tuned.strength, tuned.temperature, tuned.blend_mode
-            settings = {"from": f"vault '{vault}' tuned {tuned.tuned_at[:10]} on {tuned.checkpoint or '?'} "
-                                f"({tuned.metric} {tuned.improvement:+.3f} over {tuned.samples} pairs, run {tuned.run})",
-                        "k": k, "strength": strength, "temperature": temperature, "blend_mode": blend_mode}
+            source = (f"vault '{vault}' tuned {tuned.tuned_at[:10]} on {tuned.checkpoint or '?'} "
+                      f"({tuned.metric} {tuned.improvement:+.3f} over {tuned.samples} pairs, run {tuned.run})")
+        settings = {"from": source, "k": k, "strength": strength, "temperature": temperature, "blend_mode": blend_mode}
         encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         check_query(vaults, k, filter or None, encoder.fingerprint)  # before encoding: the same rule search applies
         result = retrieve(
@@ -118,7 +118,7 @@ class LunaVaultQuery(io.ComfyNode):
         )
         if use_tuned:
             summary = (f"tuned settings: k {k}, strength {strength:g}, temperature {temperature:g}, {blend_mode} "
-                       f"({settings['from']})\n{summary}")
+                       f"({source})\n{summary}")
         preview = ui.PreviewImage(as_image_batch(sheets), cls=cls)
         return io.NodeOutput(
             result.blended, result.retrieved, "\n".join(result.best_prompts),
