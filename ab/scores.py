@@ -2,7 +2,8 @@
 
 - clip_similarity: cosine of the two crops' embeddings in the vault's own CLIP vision model;
 - ciede2000: mean CIEDE2000 colour difference in CIE Lab (scikit-image), lower = closer colours;
-- hue_distance: total-variation distance (0..1) of saturation-weighted hue histograms, lower = closer;
+- hue_distance: half the L1 distance (0..1) of hue histograms weighted by saturation x value per pixel,
+  lower = closer (grey regions carry almost no weight, so their hue noise cannot dominate);
 - vault_agreement: share of the vault's top-k prompts that the output and the reference have in common;
 - ssim: structural similarity to the first pass (the region before the detail pass): near 1 means the pass
   changed little, which with a strong image prompt shows spatial over-constraint.
@@ -53,14 +54,15 @@ def ciede2000(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def hue_histogram(a: np.ndarray, bins: int = HUE_BINS) -> np.ndarray:
-    """Hue histogram weighted by saturation x value (grey and dark pixels carry no hue), summing to 1."""
+    """Hue histogram weighted by saturation x value, per pixel: it sums to the region's amount of colour
+    (1 for pure colours, 0 for grey). Not renormalised, so the faint hue noise of a grey or dark region
+    cannot count as much as a saturated iris."""
     from skimage.color import rgb2hsv
 
     hsv = rgb2hsv(a)
     weights = (hsv[..., 1] * hsv[..., 2]).ravel()
     hist, _ = np.histogram(hsv[..., 0].ravel(), bins=bins, range=(0.0, 1.0), weights=weights)
-    total = hist.sum()
-    return hist / total if total > 1e-9 else np.full(bins, 1.0 / bins)
+    return hist / max(1, weights.size)
 
 
 def hue_distance(a: np.ndarray, b: np.ndarray) -> float:

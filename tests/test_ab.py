@@ -123,7 +123,12 @@ def test_scores_against_hand_computations() -> None:
     assert sc.ciede2000(red, red) == pytest.approx(0.0, abs=1e-9)
     assert sc.ciede2000(red, blue) == pytest.approx(52.88, abs=0.05)  # sRGB red vs blue, CIEDE2000 tables
     assert sc.hue_distance(red, blue) == pytest.approx(1.0) and sc.hue_distance(red, red) == 0.0
-    assert sc.hue_histogram(grey).sum() == pytest.approx(1.0)  # no hue: uniform, never a division by zero
+    assert sc.hue_histogram(grey).sum() == 0.0 and sc.hue_histogram(red).sum() == pytest.approx(1.0)
+    tinted = grey.copy()
+    tinted[..., 0] += 0.01  # a faint red cast on grey: almost no colour, so almost no hue difference
+    assert sc.hue_distance(grey, tinted) < 0.02  # normalising the histograms made this ~0.97
+    half = red * 0.5  # the same hue at half the value: half the colour
+    assert sc.hue_distance(red, half) == pytest.approx(0.25)
     assert sc.ssim(red, red) == pytest.approx(1.0) and sc.ssim(red[:5, :5], red[:5, :5]) is None
     assert sc.agreement([1, 2, 3, 4, 5], [5, 4, 9, 8, 7], 5) == pytest.approx(0.4)
     assert sc.cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(2 ** -0.5)
