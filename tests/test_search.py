@@ -304,13 +304,13 @@ def test_rerank_drops_candidates_outside_the_mask(tmp_path: Path) -> None:
 
 def test_masked_approximate_search_respects_filters_and_deletions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wide filter goes through the IVF index with a selector (not exact search): still only allowed ids."""
-    import luna_vault.vault.index as index_mod
+    import luna_vault.vault.index.core as core
 
     path = tmp_path / "v.vault"
     x = _build(path, 3000, index="IVF16,PQ8x4fs")
     delete_where(path, "checkpoint=c")  # ids 2, 5, 8, ...
     v = Vault.open(path)
-    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 0)  # force the approximate path for any mask
+    monkeypatch.setattr(core, "EXACT_SUBSET_MAX", 0)  # force the approximate path for any mask
     idx = get_index(v)
     _, ids = search_arrays(v, x[:40], 8, "quality<0.5")
     quality = (np.arange(3000) % 10) / 10
@@ -330,7 +330,7 @@ def test_guard_answers_unrepresented_queries_exactly(tmp_path: Path) -> None:
     assert idx.state.guard is not None
     far = np.random.default_rng(3).standard_normal((5, D)).astype(np.float32)
     far /= np.linalg.norm(far, axis=1, keepdims=True)
-    coarse = idx._coarse(idx.index, far, 1)[0][:, 0]
+    coarse = idx.coarse(idx.index, far, 1)[0][:, 0]
     assert (coarse < idx.state.guard).all()  # these queries sit below the guard
     sims, ids = search_arrays(v, far, 5)
     want_s, want_i = brute(v.embeddings(np.arange(4000)), far, 5)
@@ -355,7 +355,9 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     assert idx.spec == choose_index(len(x), 64) != "Flat"
     st = idx.state
     assert st.tune_queries == 768 and st.target_met and st.recall >= 0.98
-    assert abs(idx._untrained().mean() - 0.1) < 0.03  # a tenth of the prompts never trained the partition
+    from luna_vault.vault.index.train import untrained_mask
+
+    assert abs(untrained_mask(v, st.train_share, st.trained_n).mean() - 0.1) < 0.03  # a tenth of the prompts never trained the partition
     sims, ids = search_arrays(v, q, 5)
     want_s, want_i = brute(v.embeddings(np.arange(len(x))), q, 5)
     gap = similarity_gap(want_s, sims)
@@ -367,12 +369,13 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
 
 def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_misses():
     """The guard is fitted with a margin (TUNE_GAP); the reported miss share uses GAP_LIMIT."""
-    from luna_vault.vault.index import GAP_LIMIT, TUNE_GAP, _Trial
+    from luna_vault.vault.index import GAP_LIMIT
+    from luna_vault.vault.index.guard import TUNE_GAP, Trial
 
     assert TUNE_GAP == GAP_LIMIT / 2
     gap = np.array([0.0, 0.03, 0.0, 0.2], np.float32)  # query 1 is near (inside the margin), query 3 a miss
     top = np.array([0.9, 0.6, 0.8, 0.5], np.float32)
-    trial = _Trial(8, 4, np.ones(4), gap, top, floor=0.1)
+    trial = Trial(8, 4, np.ones(4), gap, top, floor=0.1)
     assert trial.bad.tolist() == [False, True, False, True]
     assert trial.missed.tolist() == [False, False, False, True]
     assert trial.guard == pytest.approx(0.6 + 1e-6)  # the near query decides the threshold, not the miss
@@ -384,19 +387,19 @@ def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_miss
 
 def test_nprobe_covers_the_neighbourhood_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tuner never picks an nprobe below the reach of the tuning queries' neighbourhoods (extrapolated)."""
-    import luna_vault.vault.index as index_mod
+    import luna_vault.vault.index.reach as reach_mod
 
     path = tmp_path / "v.vault"
     _build(path, 4000, index="IVF64,PQ8x4fs")
     reach = {}
-    real = index_mod.VaultIndex._reach
+    real = reach_mod.reach
 
-    def spy(self, index, sets, nprobes):  # noqa: ANN001, ANN202
-        reach["value"] = real(self, index, sets, nprobes)
+    def spy(sets, centroids, list_of, nprobes):  # noqa: ANN001, ANN202
+        reach["value"] = real(sets, centroids, list_of, nprobes)
         reach["nprobes"] = nprobes
         return reach["value"]
 
-    monkeypatch.setattr(index_mod.VaultIndex, "_reach", spy)
+    monkeypatch.setattr(reach_mod, "reach", spy)
     idx = get_index(Vault.open(path))
     d = idx.describe()
     assert d["reach"] == reach["value"] >= 1 and d["nprobe"] >= d["reach"]
