@@ -36,10 +36,10 @@ from .gpu import gpu_available
 from .measure import GAP_LIMIT, recall_per_query, similarity_gap
 from .reach import reach_from_needs
 from .state import IndexState, default_cache_dir, index_cache_folder
-from .tune import LATENCY_BUDGET_MS, RECALL_TARGET
+from .tune import RECALL_TARGET
 
 __all__ = [
-    "EXACT_SUBSET_MAX", "FLAT_MAX", "GAP_LIMIT", "IndexState", "LATENCY_BUDGET_MS", "RECALL_TARGET", "VaultIndex",
+    "EXACT_SUBSET_MAX", "FLAT_MAX", "GAP_LIMIT", "IndexState", "RECALL_TARGET", "VaultIndex",
     "choose_index", "default_cache_dir", "exact_search", "gpu_available", "index_cache_folder", "pq_subquantizers",
     "reach_from_needs", "recall_per_query", "rerank", "similarity_gap",
 ]

@@ -1,13 +1,19 @@
-"""Which index a vault gets: exact search while small, else IVF with 4-bit fast-scan PQ codes, sized by entry count."""
+"""Which index a vault gets: exact search while small, else IVF with 4-bit fast-scan PQ codes, sized by entry count.
+
+Lists hold about LIST_SIZE entries: on the CLIP-shaped benchmark data (bench/vault_data.py) smaller
+lists need fewer entries scanned for the same recall (a neighbourhood spreads over lists either way;
+small lists hold less of everything else), until the cost of each list probed (~1 us, about as much
+as scanning 16 entries) and of scoring the centroids takes over.
+"""
 
 from __future__ import annotations
 
 import math
 
 FLAT_MAX = 20_000
-LIST_SIZE = 32  # entries per IVF list the automatic choice aims at
-MAX_LISTS = 4096  # a flat coarse quantizer over 4,096 x 1024-d centroids costs ~0.3 ms per query
-MAX_LISTS_HUGE = 8192  # above HUGE entries
+LIST_SIZE = 48  # entries per IVF list the automatic choice aims at
+MAX_LISTS = 16384  # the coarse step's fast pass over 16,384 x 1024-d centroids costs ~0.5 ms per query
+MAX_LISTS_HUGE = 65536  # above HUGE entries (10M entries: ~150 per list)
 HUGE = 1_000_000
 
 

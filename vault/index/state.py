@@ -20,8 +20,9 @@ from ...core.atomic import atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:
     from ..store import Vault
+    from .coarse import Coarse
 
-INDEX_STATE_VERSION = 4
+INDEX_STATE_VERSION = 5
 
 
 def default_cache_dir() -> Path:
@@ -47,14 +48,18 @@ class IndexState:
     vault_path: str
     vault_id: str = ""
     covered_digest: str = ""  # of the entries 0..ntotal-1 (see content_digest)
+    coarse_digest: str = ""  # of the list centroids the fast pass in coarse.faiss was made from
     ntotal: int = 0
     trained_n: int = 0
     train_share: float = 1.0  # prompts (entries, when negative) whose hash is below this trained the partition
-    nprobe: int = 16
+    nprobe: int = 16  # lists every query probes at least (the probing rule's floor, see coarse.ProbeRule)
+    drop: float = 0.0  # ... and every list within this of its best centroid score
+    max_probe: int = 0  # ... up to this many
+    mean_probe: float = 0.0  # lists probed per tuning query, on average
     k_factor: int = 8
     guard: float | None = None  # queries whose best centroid score is below this are answered exactly
-    reach: int = 0  # nprobe at least this: how far neighbourhoods reach across lists (see reach.py)
-    recall: float | None = None  # recall@5 on the tuning queries (guarded queries count as exact)
+    reach: int = 0  # the fixed nprobe the neighbourhoods would need without the drop (see reach.py), for comparison
+    recall: float | None = None  # recall@5 on the tuning queries (guarded ones count as exact)
     gap_share: float | None = None  # share of tuning queries whose similarity gap exceeds GAP_LIMIT
     exact_share: float | None = None  # share of tuning queries the guard answered exactly
     tune_ms: float | None = None  # one query at the chosen setting, on the machine that tuned it
@@ -63,6 +68,8 @@ class IndexState:
     note: str = ""
     tuned_n: int = 0
     tune_queries: int = 0
+    drift_rate: float | None = None  # the tuned rule's expected miss rate on entries appended since tuning
+    drift_reach: int = 0  # ... and the fixed nprobe they would need
     built_at: float = 0.0
     version: int = INDEX_STATE_VERSION
 
@@ -93,8 +100,9 @@ def read_state(folder: Path, vault: "Vault") -> IndexState | None:
     return state
 
 
-def save(folder: Path, index: Any, state: IndexState) -> None:
-    """Write index.faiss (coarse centroids as fp16) and index.json, each atomically."""
+def save(folder: Path, index: Any, state: IndexState, coarse: "Coarse | None") -> None:
+    """Write index.faiss (coarse centroids as fp16), coarse.faiss (the coarse step's fast pass, if any) and
+    index.json (last: it is what binds the files to the vault), each atomically."""
     import faiss
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +112,9 @@ def save(folder: Path, index: Any, state: IndexState) -> None:
             faiss.write_index(index, str(tmp))
 
     atomic_write(folder / "index.faiss", write)
+    if coarse is not None and coarse.fast is not None:
+        atomic_write(folder / "coarse.faiss", lambda tmp: faiss.write_index(coarse.fast, str(tmp)))
+        state.coarse_digest = centroid_digest(coarse.centroids)
     atomic_write_bytes(folder / "index.json", json.dumps(asdict(state), indent=1).encode())
 
 
@@ -112,6 +123,33 @@ def load(folder: Path) -> Any:
     import faiss
 
     return _expand_quantizer(faiss, faiss.read_index(str(folder / "index.faiss")))
+
+
+def centroid_digest(centroids: np.ndarray) -> str:
+    """Digest of list centroids as saved (fp16), to bind coarse.faiss to the index.faiss it was made for."""
+    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float16).tobytes()).hexdigest()
+
+
+def load_coarse(folder: Path, index: Any, state: IndexState) -> "Coarse | None":
+    """The coarse step of a loaded IVF index: its centroids, and the fast pass from coarse.faiss when that file
+    was made from the same centroids (else it is made again). None for an index without lists."""
+    import faiss
+
+    from .coarse import Coarse, fast_pass
+
+    ivf = ivf_of(faiss, index)
+    if ivf is None:
+        return None
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    try:
+        if state.coarse_digest != centroid_digest(centroids):
+            raise RuntimeError("coarse.faiss was made for other centroids")
+        fast = faiss.read_index(str(folder / "coarse.faiss"))
+        if fast.ntotal != ivf.nlist or fast.d != ivf.d:
+            raise RuntimeError("coarse.faiss does not match the index")
+    except RuntimeError:
+        fast = fast_pass(centroids)
+    return Coarse(centroids, fast)
 
 
 def ivf_of(faiss: Any, index: Any) -> Any:
