@@ -234,9 +234,9 @@ class VaultIndex:
         """Approximate top-k, re-ranked exactly: (sims [B, k], ids [B, k], best centroid score [B])."""
         kq = max(k, TUNE_K)  # candidates were tuned for TUNE_K results; a smaller k must not shrink the pool
         cand, top, _ = self.candidates(index, queries, kq * k_factor, rule, allowed)
+        if self.siblings is not None:  # the best candidates' prompt siblings, wherever their lists are
+            cand = self.siblings.expand(cand, kq)
         sims, ids = rerank(self.vault, queries, cand, kq, allowed)
-        if self.siblings is not None:  # the best matches' prompt siblings, wherever their lists are
-            sims, ids = rerank(self.vault, queries, self.siblings.expand(ids), kq, allowed)
         return sims[:, :k], ids[:, :k], top
 
     def candidates(self, index: Any, queries: np.ndarray, kk: int, rule: ProbeRule, allowed: np.ndarray | None

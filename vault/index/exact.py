@@ -42,14 +42,14 @@ def rerank(vault: "Vault", queries: np.ndarray, cand: np.ndarray, k: int, allowe
     if B == 1:  # the common single-crop query: one SIMD pass on this thread (no BLAS or torch thread pool to wake,
         import faiss  # or to wait for when other processes hold the cores)
 
-        ids = cand[0][cand[0] >= 0]
+        ids = np.unique(cand[0][cand[0] >= 0])
         if not len(ids):
             return _pad(np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64), k)
-        rows = fp32_rows(vault.embeddings(ids))
+        rows = fp32_rows(rows_of(vault, ids))
         q = np.ascontiguousarray(queries[0], dtype=np.float32)
         sims = np.empty(len(ids), np.float32)
         faiss.fvec_inner_products_ny(faiss.swig_ptr(sims), faiss.swig_ptr(q), faiss.swig_ptr(rows), len(q), len(ids))
-        order = np.argsort(-sims, kind="stable")[:k]
+        order = np.argsort(-sims, kind="stable")[:k]  # ids are sorted: ties go to the lower id, as in batches
         out_s, out_i = sims[order][None].astype(np.float32), ids[order][None]
         check_similarities(vault, out_s, out_i)
         return _pad(out_s, out_i, k)
@@ -71,6 +71,20 @@ def rerank(vault: "Vault", queries: np.ndarray, cand: np.ndarray, k: int, allowe
     top_i[~np.isfinite(top_s)] = -1
     check_similarities(vault, top_s, top_i)
     return _pad(top_s, top_i, k)
+
+
+def rows_of(vault: "Vault", ids: np.ndarray) -> np.ndarray:
+    """The stored fp16 rows of sorted entry ids, gathered per segment (one numpy index each, no per-id Python)."""
+    if len(vault.segments) == 1:
+        return vault.segments[0].embeddings[ids]
+    bases = np.array([s.entry_base for s in vault.segments], np.int64)
+    seg = np.searchsorted(bases, ids, side="right") - 1
+    cuts = np.searchsorted(seg, np.arange(len(bases) + 1))
+    out = np.empty((len(ids), vault.dim), np.float16)
+    for s in np.unique(seg):
+        a, b = cuts[s], cuts[s + 1]
+        out[a:b] = vault.segments[s].embeddings[ids[a:b] - bases[s]]
+    return out
 
 
 def fp32_rows(rows: np.ndarray) -> np.ndarray:

@@ -50,11 +50,16 @@ class Siblings:
         out = self.order[np.minimum(at, len(self.order) - 1)]
         return np.where((j < self.counts[p][..., None]) & (ids[..., None] >= 0), out, -1)
 
-    def expand(self, ids: np.ndarray) -> np.ndarray:
-        """[B, W]: per row the ids and all their siblings, each once, -1 padded."""
-        rows = [np.unique(r[r >= 0]) for r in self.table(ids).reshape(len(ids), -1)]
+    def expand(self, cand: np.ndarray, best: int) -> np.ndarray:
+        """[B, W]: per row the candidates `cand` [B, C] (best first) and all siblings of the first `best` of them,
+        each once, -1 padded."""
+        extra = self.table(cand[:, :best]).reshape(len(cand), -1)
+        if len(cand) == 1:
+            row = np.unique(np.concatenate([cand[0], extra[0]]))
+            return (row[1:] if len(row) and row[0] < 0 else row)[None]
+        rows = [np.unique(r[r >= 0]) for r in np.concatenate([cand, extra], axis=1)]
         width = max((len(r) for r in rows), default=0) or 1
-        out = np.full((len(ids), width), -1, np.int64)
+        out = np.full((len(cand), width), -1, np.int64)
         for b, r in enumerate(rows):
             out[b, : len(r)] = r
         return out
