@@ -40,11 +40,20 @@ def matches(want: object, got: str | None) -> bool:
     return got is not None and norm(got) == norm(str(want))
 
 
+def load_expect(path: Path) -> dict:
+    """An --expect file: path -> expectation, or a corpus manifest (bench/corpora/<name>.json) that lists them."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("files"), list):
+        return {f["path"]: f["expect"] for f in data["files"]}
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder")
     ap.add_argument("--list", action="store_true", help="one line per image")
-    ap.add_argument("--expect", help="JSON: relative path -> expected prompt, or {\"sha1\": ...} of it (null: none expected)")
+    ap.add_argument("--expect", help="JSON: relative path -> expected prompt, or {\"sha1\": ...} of it (null: none expected); "
+                    "or a corpus manifest bench/corpora/<name>.json")
     ap.add_argument("--write-expect", help="write the readings as an --expect file (sha1 only), to review and keep")
     ap.add_argument("--json", help="write every reading here")
     args = ap.parse_args()
@@ -52,7 +61,7 @@ def main() -> None:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         sys.exit(f"no images under {root}")
-    expect = json.loads(Path(args.expect).read_text()) if args.expect else None
+    expect = load_expect(Path(args.expect)) if args.expect else None
     found, causes, score = Counter(), Counter(), Counter()
     rows = []
     t0 = time.perf_counter()
