@@ -159,14 +159,26 @@ def test_open_clip_extract_then_query(tiny_open_clip: tuple[Path, Path, Path], t
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (COMFYUI / "comfy" / "sd.py").is_file(), reason="needs ComfyUI at ../shared/comfyui")
-def test_comfyui_clip_vision_extract_then_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_comfyui_clip_vision_extract_then_query(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Through ComfyUI's own loader, as the nodes embed (a random-initialised ViT-L/14 of the real architecture)."""
     sys.path.insert(0, str(SHARED / "comfyui-tools"))
     from make_clip_vision import build_sd, save, vision_shapes
 
+    from luna_vault.extraction import comfy_loader
+
     model = tmp_path / "vitl.pt"
     save(build_sd(vision_shapes("vitl"), "pt", seed=0), str(model), "pt")
-    make_folder(tmp_path / "data", 3)
+    loaded: dict[str, object] = {}
+    real = comfy_loader.load_clip_vision
+
+    def load_once(path: str, comfyui: str | None = None) -> object:  # the 300M-parameter file once for both commands
+        if str(path) not in loaded:
+            loaded[str(path)] = real(path, comfyui)
+        return loaded[str(path)]
+
+    monkeypatch.setattr(comfy_loader, "load_clip_vision", load_once)
+    make_folder(tmp_path / "data", 2)
     vault = tmp_path / "eyes.vault"
     enc = ["--clip-vision", str(model), "--comfyui", str(COMFYUI)]
     _run(capsys, ["extract", str(tmp_path / "data"), "--vault", str(vault), *enc, "--workers", "0", "--json"])
@@ -175,4 +187,4 @@ def test_comfyui_clip_vision_extract_then_query(tmp_path: Path, capsys: pytest.C
                         "--json"])
     top = out["queries"][0]["matches"][0]
     assert top["metadata"]["source"] == "eyes/img0001.png" and top["similarity"] == pytest.approx(1.0, abs=2e-3)
-    assert Vault.open(vault).encoder.dim == 768 and (tmp_path / "s.png").is_file()
+    assert Vault.open(vault).encoder.dim == 768 and (tmp_path / "s.png").is_file() and len(loaded) == 1
