@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import COMFYUI, SHARED, make_folder
+from helpers import COMFYUI, SHARED, make_folder, tiny_open_clip
 from luna_vault.cli import main
 from luna_vault.vault import Vault
 
@@ -118,34 +118,15 @@ def test_another_encoder_is_refused_before_anything_is_encoded(eyes_and_hands: t
 
 
 @pytest.fixture(scope="module")
-def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A 2-layer ViT in open_clip's format (config + two random weight files)."""
-    try:
-        import open_clip
-    except RuntimeError as e:
-        pytest.skip(f"open_clip cannot be imported here ({e})")
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("open_clip")
-    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    cfg = folder / "luna-cli-vit.json"
-    cfg.write_text(json.dumps(config))
-    open_clip.add_model_config(str(cfg))
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = open_clip.create_model("luna-cli-vit")
-        paths.append(folder / f"vit-{seed}.safetensors")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(paths[-1]))
-    return cfg, paths[0], paths[1]
+def open_clip_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return tiny_open_clip(tmp_path_factory.mktemp("open_clip"))
 
 
-def test_open_clip_extract_then_query(tiny_open_clip: tuple[Path, Path, Path], tmp_path: Path,
+def test_open_clip_extract_then_query(open_clip_files: tuple[Path, Path, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    cfg, w0, w1 = tiny_open_clip
+    cfg, w0, w1 = open_clip_files
     make_folder(tmp_path / "data", 6)
-    enc = ["--open-clip", "luna-cli-vit", "--open-clip-config", str(cfg)]
+    enc = ["--open-clip", "luna-tiny-vit", "--open-clip-config", str(cfg)]
     vault = tmp_path / "eyes.vault"
     _run(capsys, ["extract", str(tmp_path / "data"), "--vault", str(vault), *enc, "--weights", str(w0), "--workers", "0",
                   "--json"])
