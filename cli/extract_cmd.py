@@ -6,15 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..extraction.readers import IMAGE_EXTENSIONS  # light: the dataset readers import no model code
 from .common import UsageError, check_encoder_flags, emit, image_encoder, progress_bar
 from .paths import MANIFEST, input_file, input_folder, new_vault, output_file, vaults_folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what extraction.readers lists
-
 
 def _has_an_image(folder: Path) -> bool:
-    """Whether the folder (or a subfolder) holds an image file; stops at the first one."""
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
+    """Whether the folder (or a subfolder) holds a file extract reads; stops at the first one."""
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*"))
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
@@ -31,7 +30,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
         for f in files:
             input_file(f, flag)
     if not _has_an_image(folder):
-        raise UsageError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)} files, in subfolders too); "
+        raise UsageError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, in subfolders too); "
                          "give the folder that holds the dataset's images")
     vault = vault_dir = None
     if a.vault is not None:

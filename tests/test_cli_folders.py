@@ -136,3 +136,11 @@ def test_rebuild_recall_default_is_the_target_every_build_uses(capsys: pytest.Ca
     sub = next(a for a in _parser()._subparsers._actions if a.dest == "verb").choices["rebuild"]  # type: ignore[union-attr]
     recall = next(a for a in sub._actions if a.dest == "recall")
     assert recall.default is None and f"{RECALL_TARGET:g}" in recall.help
+
+
+def test_the_cli_spells_the_vault_format_as_the_vault_does() -> None:
+    """cli.paths keeps the vault's suffix and manifest name without importing the vault package (start-up)."""
+    from luna_vault.cli import paths
+    from luna_vault.vault.manifest import MANIFEST, VAULT_SUFFIX
+
+    assert (paths.SUFFIX, paths.MANIFEST) == (VAULT_SUFFIX, MANIFEST)

@@ -131,7 +131,7 @@ MISTAKES = [  # (name, arguments, a part of the one line that must say what to d
     ("read: a folder", ["read", f"{W}/notes"], "is a folder; give a file"),
     ("read: not an image", ["read", f"{W}/fake.png"], "is not an image Pillow can open"),
     ("extract: no images", ["extract", f"{W}/empty", "--vault", f"{W}/x.vault", "--random-encoder", "8"],
-     "no images in " + W + "/empty (looked for .png, .jpg, .jpeg, .webp files"),
+     "no images in " + W + "/empty (looked for .jpeg, .jpg, .png, .webp files"),
     ("extract: no such folder", ["extract", f"{W}/nope", "--vault", f"{W}/x.vault", "--random-encoder", "8"], "no such folder"),
     ("extract: open_clip weights missing", ["extract", W, "--vault", f"{W}/x.vault", "--open-clip", "ViT-B-32", "--weights",
                                             f"{W}/nope.safetensors"], "nope.safetensors: no such file"),
