@@ -15,6 +15,7 @@ from .errors import UnsafeNameError, VaultError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FOLDER_MODE = 0o777 & ~_UMASK  # what mkdir gives a folder; tempfile.mkdtemp's are private (0700) until set to this
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+\-]{0,199}$")
 
 

@@ -15,7 +15,7 @@ from ..vault.cache import open_cached
 from ..vault.filters import parse_filter
 from ..vault.preview import contact_sheet, entry_thumbnails, matched_thumbnails
 from ..vault.query import check_query
-from ..vault.retrieve import retrieve
+from ..vault.retrieval import retrieve
 from .common import AUTO, CATEGORY, as_image_batch, loaded_file, vault_names, vault_path, vault_stamp
 
 

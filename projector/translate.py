@@ -19,7 +19,7 @@ from ..core.encoder import EncoderFingerprint
 from ..core.errors import TextFamilyMismatchError
 from ..core.filecache import FileCache
 from ..vault.query import search
-from ..vault.retrieve import SHARED_TEXT_CACHE, prompt_lookup
+from ..vault.retrieval import SHARED_TEXT_CACHE, prompt_lookup
 from ..vault.store import Vault
 from .io import load_projector
 from .model import Projector

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..core.atomic import atomic_write, atomic_write_bytes, check_name, fsync_dir, writer_lock
+from ..core.atomic import FOLDER_MODE, atomic_write, atomic_write_bytes, check_name, fsync_dir, writer_lock
 from ..core.errors import VaultError, VaultExistsError
 from .manifest import DELETED_NAME, MANIFEST, MAX_MANIFEST_BYTES, SEGMENT_NAME, VAULT_SUFFIX, read_manifest
 from .store import Vault
@@ -349,6 +349,7 @@ def _install(package: Path, to: Path, name: str | None, overwrite: bool, progres
         to.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target_name}.installing-", dir=to))
         try:
+            tmp.chmod(FOLDER_MODE)  # it becomes the vault: the mode every other vault folder has, not mkdtemp's 0700
             listed = card.pop("_files")
             manifest = members[VAULT_DIR + MANIFEST]
             manifest_bytes = _read_small(z, manifest, MAX_MANIFEST_BYTES)

@@ -34,6 +34,7 @@ from .filters import Filter, parse_filter
 from .index import VaultIndex
 from .manifest import (
     MANIFEST,
+    VAULT_SUFFIX,
     Manifest,
     SegmentInfo,
     TunedDefaults,
@@ -391,6 +392,7 @@ class VaultWriter:
         if encoder.dim <= 0:
             raise DimensionError(f"encoder dim must be positive, got {encoder.dim}")
         check_index_spec(index, encoder.dim)
+        check_new_vault_folder(path, overwrite)
         path.mkdir(parents=True, exist_ok=True)
         lock = writer_lock(path)
         lock.__enter__()
@@ -750,3 +752,26 @@ def _check_baked(out: Any, spec: TextSpec, prompt: str) -> tuple[np.ndarray, np.
 
 def vault_exists(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def check_new_vault_folder(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Refuse to create a vault where it would not be one: a name without the .vault suffix (the nodes list
+    only NAME.vault folders), a file, a folder holding files that are not a vault's, or an existing vault
+    without `overwrite`. Leftovers of an interrupted build (segments, temp files, the lock) do not count."""
+    path = Path(path)
+    if not path.name.endswith(VAULT_SUFFIX) or path.name == VAULT_SUFFIX:
+        raise VaultError(f"{path}: a vault is a folder whose name ends in {VAULT_SUFFIX} (ComfyUI lists only those); "
+                         f"use {path.name}{VAULT_SUFFIX}")
+    if path.exists() and not path.is_dir():
+        raise VaultError(f"{path} is a file; a vault is a folder: choose another name")
+    if (path / MANIFEST).is_file():
+        if not overwrite:
+            raise VaultExistsError(f"a vault already exists at {path}; append to it, or replace it (--overwrite on the "
+                                   "command line, mode overwrite in the Builder node)")
+        return
+    if path.is_dir():
+        foreign = sorted(e.name for e in os.scandir(path) if not (_OWN_FILE.match(e.name) or e.name == ".lock"))
+        if foreign:
+            raise VaultError(f"{path} is a folder with other files in it ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}) and no vault; refusing to write a vault there: "
+                             "choose a new name or an empty folder")
