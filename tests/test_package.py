@@ -184,7 +184,7 @@ def test_a_bomb_thumbnail_is_refused(tmp_path: Path) -> None:
     src = _build(tmp_path / "bomb.vault", thumbs=[bomb] + [_thumb(i) for i in range(1, 40)])
     pack(src, tmp_path / "bomb.lvault")
     to = tmp_path / "vaults"
-    with pytest.raises(PackageError, match="entry 0: stored preview claims 50000x50000 pixels"):
+    with pytest.raises(PackageError, match="entry 0: stored preview is 50000 x 50000 pixels"):
         install(tmp_path / "bomb.lvault", to)
     _nothing_installed(to)
 

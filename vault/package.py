@@ -55,7 +55,6 @@ MAX_PACKAGE_BYTES = 1 << 40
 SHEET_COLUMNS, SHEET_ROWS = 8, 6
 TOP = 20  # checkpoints / LoRAs listed on a card
 CHUNK = 1 << 22
-PREVIEW_FORMATS = ("WEBP", "PNG", "JPEG")  # what a stored preview may be (the writer makes WebP)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 ProgressFn = Callable[[int, int], None]
@@ -320,7 +319,7 @@ def check_thumbnails(vault: Vault) -> None:
             if not data:
                 continue
             try:
-                thumbnail_size(data, PREVIEW_FORMATS)
+                thumbnail_size(data)
             except ValueError as e:
                 raise PackageError(f"entry {s.entry_base + i}: {e}") from e
 
