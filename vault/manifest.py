@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core import strict_json
 from ..core.atomic import atomic_write_bytes
 from ..core.encoder import EncoderFingerprint
 from ..core.errors import VaultCorruptError, VaultFormatError, VaultNotFoundError
 from ..core.families import TextSpec
+from ..core.nofollow import NotAPlainFile, open_plain
 
 FORMAT_NAME = "luna-vault"
 FORMAT_VERSION = 2  # 2: segments carry the vault's id and their entry/prompt range (bound to their place)
@@ -154,20 +156,26 @@ def read_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         what = "is a file, not a vault folder" if folder.exists() else "does not exist"
         raise VaultNotFoundError(f"no vault at {folder}: the path {what}")
-    if not path.is_file():
+    try:
+        f = open_plain(path)  # never through a link: a manifest linked to another file is refused unopened
+    except NotAPlainFile as e:
+        raise VaultCorruptError(f"{path}: {e.strerror}; a vault's manifest is a plain file in its folder") from e
+    except FileNotFoundError as e:
         raise VaultNotFoundError(
             f"{folder} is not a vault: it has no {MANIFEST} (an interrupted first build leaves only this; "
             "build it again)"
-        )
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise VaultCorruptError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} limit for a manifest")
+        ) from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise VaultCorruptError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} limit for a manifest")
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
     try:
-        d = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VaultCorruptError(f"{path} is not valid JSON ({e}); the vault is damaged") from e
-    except RecursionError as e:
-        raise VaultCorruptError(f"{path} is JSON nested too deeply to be a manifest; the vault is damaged") from e
+        d = strict_json.loads(raw)
+    except strict_json.StrictJSONError as e:
+        if "nests" in str(e):
+            raise VaultCorruptError(f"{path} is JSON nested too deeply to be a manifest; the vault is damaged") from e
+        raise VaultCorruptError(f"{path} is not a manifest this program reads: {e}; the vault is damaged") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
         raise VaultFormatError(f"{path} is not a Luna Vault manifest (format={d.get('format') if isinstance(d, dict) else None!r})")
     version = d.get("format_version")
@@ -183,7 +191,7 @@ def read_manifest(folder: Path) -> Manifest:
         )
     try:
         m = manifest_from_json(d)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise VaultCorruptError(f"{path}: {e}; the vault is damaged or was edited") from e
     counts = d.get("counts", {})
     if counts and (not isinstance(counts, dict) or counts.get("entries") != m.entries or counts.get("prompts") != m.prompts):
@@ -217,6 +225,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
     enc = d["encoder"]
     if not isinstance(enc, dict):
         raise TypeError("'encoder' is not an object")
+    _int(enc.get("dim"), "encoder dim", 1, MAX_DIM)  # before from_json's int(): 768.9 is no dim
     encoder = EncoderFingerprint.from_json(enc)
     _text(encoder.name, "encoder name")
     _int(encoder.dim, "encoder dim", 1, MAX_DIM)
