@@ -39,7 +39,7 @@ from ..vault.thumbnails import make_thumbnail
 from .comfy_graph import NodeTypes
 from .encoders import ImageEncoder, TextEncoder, resize_crop
 from .image_meta import PNG_SIGNATURE, read_prompt, strip_png_text
-from .readers import Item, describe, list_images
+from .readers import Item, describe, display_path, list_images
 
 log = logging.getLogger(__name__)
 REDUCE_ABOVE = 4096 * 4096  # pixels: larger images are box-reduced before their float copy (see _encoder_pixels)
@@ -61,8 +61,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def in_shard(rel_path: str, shard: tuple[int, int] | None) -> bool:
-    """Deterministic split by a hash of the relative path: stable when files are added or removed."""
-    return shard is None or zlib.crc32(rel_path.encode("utf-8")) % shard[1] == shard[0]
+    """Deterministic split by a hash of the relative path (its bytes: a name need not be UTF-8): stable when
+    files are added or removed."""
+    return shard is None or zlib.crc32(os.fsencode(rel_path)) % shard[1] == shard[0]
 
 
 def shard_vault_path(path: Path, shard: tuple[int, int] | None) -> Path:
@@ -377,8 +378,8 @@ class Extractor:
                 continue
             try:
                 items.append(describe(path, root, category))
-            except (ValueError, OSError) as e:
-                report.skipped.append((rel, f"bad sidecar: {e}"))
+            except (ValueError, OSError) as e:  # a name, a link or a sidecar: this file's skip, not the run's end
+                report.skipped.append((display_path(rel), f"bad sidecar: {e}" if "sidecar" in str(e) else f"skipped: {e}"))
         return items, report
 
     def run(self, root: str | os.PathLike[str], category: str | None = None,
@@ -486,6 +487,6 @@ class Extractor:
 
 def write_report(report: ExtractReport, path: str | os.PathLike[str]) -> None:
     """The skipped items as JSON lines: {"path": ..., "reason": ...}."""
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:  # a name's stray bytes as \xNN
         for p, r in report.skipped:
             f.write(json.dumps({"path": p, "reason": r}, ensure_ascii=False) + "\n")

@@ -85,7 +85,8 @@ def test_round_trip_keeps_every_entry_and_writes_a_card(package: Path, tmp_path:
     q = clustered(5, D, seed=9)
     assert [r.ids.tolist() for r in search(v, q, k=3)] == [r.ids.tolist() for r in search(src, q, k=3)]
     card = json.loads((path / "card.json").read_text())
-    assert card["entries"] == 60 and card["author"] == "Luna" and card["licence"] == "CC-BY-4.0"
+    assert card["entries"] == 60 and card["claims"]["author"] == "Luna" and card["claims"]["licence"] == "CC-BY-4.0"
+    assert card["verified"] is True and card["claims"]["name"] == "eyes"
     assert card["checkpoints"] == {"ponyXL": 40, "sdxl_base": 20} and card["loras"] == {"detail": 30}
     assert {f["name"] for f in card["files"]} == {"vault/manifest.json"} | {f"vault/{s.file}" for s in src.manifest.segments}
     readme = (path / "README.md").read_text()
@@ -214,7 +215,7 @@ def test_cli_pack_install_card(tmp_path: Path, capsys: pytest.CaptureFixture[str
     src = _build(tmp_path / "eyes.vault")
     out = tmp_path / "eyes.lvault"
     assert main(["pack", str(src), "-o", str(out), "--author", "me", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["card"]["author"] == "me"
+    assert json.loads(capsys.readouterr().out)["card"]["claims"]["author"] == "me"
     assert main(["install", str(out), "--card-only", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["entries"] == 60
     assert main(["install", str(out), "--to", str(tmp_path / "vaults"), "--json"]) == 0
