@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,53 @@ def sniff(head: bytes) -> str | None:
         return "GIF"
     if head[:2] == b"BM" and len(head) >= 18:
         return "BMP"
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, WebP, GIF, BMP or JPEG, read with struct (a few bytes, no
+    decoder); None for a layout not recognised here (Pillow's header parser then answers, still before decoding)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            w, h = struct.unpack("<HH", data[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+        if kind == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"BM" and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 core header: 16-bit sizes
+            return struct.unpack("<HH", data[18:22])
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in a JPEG's first start-of-frame segment, walking the segments before it."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
     return None
 
 
@@ -105,6 +153,9 @@ def open_image(data: bytes, *, formats: Iterable[str] | None = None, limit: int 
     fmt = image_format(data, formats, what)
     machine = limit is None
     limit = max_pixels() if limit is None else limit
+    size = header_size(data)
+    if size is not None:  # the common layouts: refused without even Pillow's header parser
+        _check_size(size, limit, machine, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit comes next
@@ -117,13 +168,20 @@ def open_image(data: bytes, *, formats: Iterable[str] | None = None, limit: int 
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:
         raise ImageRefused(f"{what} is not a readable {FORMAT_NAMES[fmt]} image ({type(e).__name__}: "
                            f"{str(e)[:120]})") from e
-    w, h = img.size
-    if w * h > limit:
+    try:
+        _check_size(img.size, limit, machine, what)
+    except ImageRefused:
         img.close()
+        raise
+    return img
+
+
+def _check_size(size: tuple[int, int], limit: int, machine: bool, what: str) -> None:
+    w, h = size
+    if w * h > limit:
         raise ImageRefused(f"{what} is {w} x {h} pixels ({w * h / 1e6:.1f} MP), over the {limit:,} pixels "
                            + ("this machine decodes (scale it down first)" if machine else f"a {what} may have")
                            + "; refused from its header, nothing decoded")
-    return img
 
 
 def decode_rgb(data: bytes, *, formats: Iterable[str] | None = None, limit: int | None = None,

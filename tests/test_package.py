@@ -231,25 +231,3 @@ def test_cli_pack_install_card(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert json.loads((tmp_path / "card" / "card.json").read_text())["files"] == []
     assert write_card(src) == src and (src / "README.md").is_file()
     assert Vault.open(src).verify() == []  # card files beside the vault's own do not disturb it
-
-
-def test_preview_sizes_from_headers_agree_with_pillow() -> None:
-    import io
-
-    from PIL import Image
-
-    from luna_vault.vault.thumbnails import preview_size
-
-    rng = np.random.default_rng(1)
-    for w, h in [(96, 64), (17, 96), (1, 1)]:
-        arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        for fmt, kw in [("WEBP", {"quality": 80}), ("WEBP", {"lossless": True}), ("PNG", {})]:
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format=fmt, **kw)
-            assert preview_size(buf.getvalue()) == (w, h), (fmt, kw)
-        alpha = io.BytesIO()
-        Image.fromarray(np.dstack([arr, arr[..., :1]])).save(alpha, format="WEBP", quality=80)  # VP8X
-        assert preview_size(alpha.getvalue()) == (w, h)
-    assert preview_size(_png_claiming(50_000, 50_000)) == (50_000, 50_000)
-    assert preview_size(b"GIF89a....") is None
-

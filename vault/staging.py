@@ -67,8 +67,9 @@ def hold(fd: int) -> None:
 def remove_leftovers(folder: Path, pattern: re.Pattern[str]) -> list[str]:
     """Remove the staging items in `folder` matching `pattern` whose writer is gone; returns their names.
 
-    A folder counts as abandoned when its lock file can be locked (or it has none and is older than
-    UNLOCKED_GRACE_S); a file when it can be locked itself. Links are never followed nor removed.
+    A folder counts as abandoned when its lock file can be locked, or it has none and is empty (its writer
+    died before making it) or older than UNLOCKED_GRACE_S; a file when it can be locked itself. Links are
+    never followed nor removed.
     """
     removed: list[str] = []
     try:
@@ -85,10 +86,17 @@ def remove_leftovers(folder: Path, pattern: re.Pattern[str]) -> list[str]:
         path = Path(e.path)
         if stat.S_ISDIR(st.st_mode):
             lock = path / LOCK
-            has_lock = os.path.lexists(lock)
-            if (has_lock and lock_held(lock)) or (not has_lock and time.time() - st.st_mtime < UNLOCKED_GRACE_S):
-                continue
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.lexists(lock):
+                if lock_held(lock):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # killed before its lock file existed (empty), or left by a version that locked nothing (old)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    if time.time() - st.st_mtime < UNLOCKED_GRACE_S:
+                        continue
+                    shutil.rmtree(path, ignore_errors=True)
         elif stat.S_ISREG(st.st_mode):
             if lock_held(path):
                 continue

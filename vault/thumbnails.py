@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..core.images import ImageRefused, decode_rgb, image_format, open_image
+from ..core.images import ImageRefused, decode_rgb, header_size, image_format, open_image
 
 THUMBNAIL_SIZE = 96
 MAX_THUMBNAIL_PIXELS = 1024 * 1024  # a stored preview larger than this is refused, not decoded
@@ -43,36 +42,17 @@ def make_thumbnail(image: Any, size: int = THUMBNAIL_SIZE, quality: int = 80) ->
     return buf.getvalue()
 
 
-def preview_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a WebP or PNG header, read with struct (a few bytes, no decoder); None for other
-    layouts, which are then opened with Pillow (header only). Only a bounds check: previews are decoded
-    through core.images when shown, within the same limit (decode_thumbnail)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        kind = data[12:16]
-        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if kind == b"VP8L" and data[20] == 0x2F:
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if kind == b"VP8X":
-            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return w, h
-    return None
-
-
 def thumbnail_size(data: bytes, formats: tuple[str, ...] = PREVIEW_FORMATS) -> tuple[int, int]:
     """(width, height) of a stored preview from its header, no pixel decoded; ValueError (ImageRefused) when it
     is not an image of `formats` or claims more pixels than a preview may have."""
-    size = preview_size(data) if image_format(data, formats, "stored preview") in ("WEBP", "PNG") else None
-    if size is not None:  # the common case (WebP, PNG) without Pillow: a vault's install checks every preview
+    image_format(data, formats, "stored preview")
+    size = header_size(data)
+    if size is not None:  # the common case without Pillow: a vault's install checks every preview
         w, h = size
         if w * h > MAX_THUMBNAIL_PIXELS:
             raise ImageRefused(f"stored preview is {w} x {h} pixels, over the {MAX_THUMBNAIL_PIXELS:,} pixels a "
                                "stored preview may have; refused from its header, nothing decoded")
-        return size
+        return w, h
     with open_image(data, formats=formats, limit=MAX_THUMBNAIL_PIXELS, what="stored preview") as img:
         return img.size
 
