@@ -39,7 +39,17 @@ from luna_vault.cli import main
 from luna_vault.core.images import ImageRefused, decode_rgb, header_size
 from luna_vault.extraction.encoders import RandomImageEncoder
 from luna_vault.extraction.pipeline import Extractor, write_report
-from luna_vault.vault import EncoderFingerprint, Vault, VaultCorruptError, VaultError, VaultWriter, append, build, search
+from luna_vault.vault import (
+    EncoderFingerprint,
+    Vault,
+    VaultCorruptError,
+    VaultError,
+    VaultWriter,
+    append,
+    build,
+    parse_filter,
+    search,
+)
 from luna_vault.vault import package as package_mod
 from luna_vault.vault import store as store_mod
 from luna_vault.vault.manifest import MAX_GENERATION, SEGMENT_NAME, file_generation
@@ -550,6 +560,8 @@ def test_numbers_no_program_should_trust(tmp_path: Path, capsys: pytest.CaptureF
     one_line_refusal(["info", str(v)], capsys, "Infinity is not a number JSON may hold")
     (v / "manifest.json").write_text(raw.replace('"dim": Infinity', '"dim": 16.7'))
     one_line_refusal(["info", str(v)], capsys, r"encoder dim is 16\.7, not a whole number")
+    flt = parse_filter("seed=37, seed>=1")  # metadata made elsewhere (not a vault's): no OverflowError either
+    assert not flt.matches({"seed": 10**400}) and flt.matches({"seed": 37})
 
 
 # ---- packages --------------------------------------------------------------------------------------------

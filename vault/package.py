@@ -207,10 +207,12 @@ def write_card(vault_path: str | os.PathLike[str], out: str | os.PathLike[str] |
     folder.mkdir(parents=True, exist_ok=True)
     card = make_card(vault, author=author, licence=licence, description=description)
     sheet = contact_sheet_webp(vault)
-    if sheet:
-        atomic_write_bytes(folder / SHEET, sheet)
-    atomic_write_bytes(folder / README, card_readme(card, sheet is not None).encode())
-    atomic_write_bytes(folder / CARD, json.dumps(card, indent=1, ensure_ascii=False).encode())
+    # into the vault folder only under its writer lock (a writer's cleanup would take our temp files for its own)
+    with writer_lock(folder) if folder == vault.path else contextlib.nullcontext():
+        if sheet:
+            atomic_write_bytes(folder / SHEET, sheet)
+        atomic_write_bytes(folder / README, card_readme(card, sheet is not None).encode())
+        atomic_write_bytes(folder / CARD, json.dumps(card, indent=1, ensure_ascii=False).encode())
     return folder
 
 
