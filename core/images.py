@@ -192,12 +192,15 @@ def decode_rgb(data: bytes, *, formats: Iterable[str] | None = None, limit: int 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            return img.convert("RGB")
+            if img.mode == "RGB":  # (no copy: at the pixel limit one costs 200 MB)
+                return img
+            rgb = img.convert("RGB")
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
+        img.close()
         raise ImageRefused(f"{what} is not a readable {FORMAT_NAMES.get(img.format or '', 'image')} "
                            f"({type(e).__name__}: {str(e)[:120]})") from e
-    finally:
-        img.close()
+    img.close()
+    return rgb
 
 
 def read_image_file(path: str | os.PathLike[str], *, limit: int | None = None, what: str | None = None) -> bytes:

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..core.atomic import check_name
-from ..core.content import pixels_hash
+from ..core.content import pil_pixels_hash
 from ..core.images import ImageRefused, decode_rgb, read_image_file
 from ..core.families import TextSpec
 from ..vault.entries import AddReport
@@ -177,7 +177,7 @@ class DecodeDataset(torch.utils.data.Dataset):
         except ImageRefused as e:
             out.reason = f"unreadable image: {e}"
             return
-        out.hash = pixels_hash(np.asarray(rgb))
+        out.hash = pil_pixels_hash(rgb)
         if out.hash in self.known:
             out.known = True
             return
@@ -188,22 +188,24 @@ class DecodeDataset(torch.utils.data.Dataset):
             if not reading.prompt:
                 out.reason = f"missing prompt: no .txt/.json sidecar, and {reading.reason}"
                 return
+        rgb = _reduced(rgb, self.size)  # (a very large image is let go before its copies are made)
         if self.thumbnails:
             out.thumbnail = make_thumbnail(rgb)
         out.pixels = _encoder_pixels(rgb, self.size)
 
 
-def _encoder_pixels(rgb: Image.Image, size: int) -> torch.Tensor:
-    """uint8 [size, size, 3]: resize_crop of the image (shortest side to `size`, centre crop, 8-bit levels).
-
-    A very large image is first box-reduced by an integer factor to at most REDUCE_ABOVE pixels (its float
-    copy would otherwise take 12 bytes a pixel: GBs for a big upscale); below that, exactly resize_crop."""
+def _reduced(rgb: Image.Image, size: int) -> Image.Image:
+    """A very large image box-reduced by an integer factor to at most REDUCE_ABOVE pixels (its float copy would
+    otherwise take 12 bytes a pixel: GBs for a big upscale), its short side kept >= `size`; others as they are."""
     w, h = rgb.size
-    if w * h > REDUCE_ABOVE:
-        factor = math.ceil(math.sqrt(w * h / REDUCE_ABOVE))
-        factor = max(1, min(factor, min(w, h) // size))
-        if factor > 1:
-            rgb = rgb.reduce(factor)
+    if w * h <= REDUCE_ABOVE:
+        return rgb
+    factor = max(1, min(math.ceil(math.sqrt(w * h / REDUCE_ABOVE)), min(w, h) // size))
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
+def _encoder_pixels(rgb: Image.Image, size: int) -> torch.Tensor:
+    """uint8 [size, size, 3]: resize_crop of the image (shortest side to `size`, centre crop, 8-bit levels)."""
     pixels = torch.from_numpy(np.array(rgb)).float().div_(255.0)[None]
     # resize_crop leaves 8-bit levels, so uint8 carries them exactly at a quarter of the bytes
     return (resize_crop(pixels, size)[0] * 255.0).round().to(torch.uint8)

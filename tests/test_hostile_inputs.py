@@ -35,7 +35,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from helpers import clustered
+from test_vault_trust import edit_manifest, manifest
 from luna_vault.cli import main
+from luna_vault.core.content import pil_pixels_hash, pixels_hash
 from luna_vault.core.images import ImageRefused, decode_rgb, header_size
 from luna_vault.extraction.encoders import RandomImageEncoder
 from luna_vault.extraction.pipeline import Extractor, write_report
@@ -112,16 +114,6 @@ def small_vault(path: Path, n: int = 12, seed: int = 1, metas: list[dict[str, An
     build(path, x, prompts or [f"p{i}" for i in range(n)], metas or [{"seed": 30 + i} for i in range(n)],
           thumbs if thumbs is not None else [_thumb(i) for i in range(n)], encoder=ENC, category=category)
     return path
-
-
-def manifest(path: Path) -> dict[str, Any]:
-    return json.loads((path / "manifest.json").read_text())
-
-
-def edit_manifest(path: Path, fn: Callable[[dict[str, Any]], None]) -> None:
-    d = manifest(path)
-    fn(d)
-    (path / "manifest.json").write_text(json.dumps(d))
 
 
 def rewrite_segment(path: Path, fn: Callable[[dict[str, np.ndarray]], None], index: int = 0) -> str:
@@ -253,6 +245,12 @@ def test_header_sizes_agree_with_pillow() -> None:
         assert header_size(alpha.getvalue()) == (w, h)
     assert header_size(png_claiming(50_000, 50_000)) == (50_000, 50_000)
     assert header_size(b"\xff\xd8\xff\xe0\x00") is None and header_size(b"%!PS-Adobe-3.0") is None
+
+
+def test_the_content_hash_of_a_decoded_image_is_the_arrays() -> None:
+    for w, h in [(1, 1), (37, 53), (3000, 7), (7, 3000)]:
+        a = np.random.default_rng(w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        assert pil_pixels_hash(Image.fromarray(a)) == pixels_hash(a) == pil_pixels_hash(Image.fromarray(a), band_bytes=100)
 
 
 def test_huge_images_are_refused_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
