@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..core.text import printable
+
 
 class UsageError(Exception):
     """A command line that cannot work as given; printed as one `error:` line, exit code 2."""
@@ -40,7 +42,9 @@ def progress_bar(desc: str, unit: str = "it", enabled: bool = True) -> Iterator[
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=1, default=_jsonable) if as_json else text)
+    """Print the result: JSON (ASCII, every control character escaped by JSON itself), or the text with
+    control characters escaped (prompts and names from a stranger's vault reach the terminal here)."""
+    print(json.dumps(data, indent=1, default=_jsonable) if as_json else printable(text))
 
 
 def _jsonable(x: Any) -> Any:

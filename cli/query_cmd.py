@@ -72,18 +72,18 @@ def _check_flags(a: argparse.Namespace) -> None:
 def _load_crops(files: list[str], crops: list[str] | None) -> list[tuple[tuple[int, int, int] | None, Any]]:
     """Each image as extract decodes it (its first frame as RGB), cut to its --crop: (box, PIL image).
     Pillow only: a bad file or crop is answered before torch and the encoder are loaded."""
-    from PIL import Image, UnidentifiedImageError
+    from ..core.images import ImageRefused, decode_rgb, read_image_file
 
     boxes = [parse_crop(c) for c in crops] if crops else [None]
     out = []
     for i, file in enumerate(files):
         path = input_file(file, "--image")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                rgb = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            raise UsageError(f"--image {file} is not an image Pillow can open (png, jpg, webp); give an image file") from None
+        try:  # the image gate: format by the first bytes (never EPS through Ghostscript), size from the header
+            rgb = decode_rgb(read_image_file(path, what="it"), what="it")
+        except ImageRefused as e:
+            raise UsageError(f"--image {file} is not an image Pillow can open here: {e}; give an image file") from None
+        except OSError as e:
+            raise UsageError(f"--image {file} cannot be read ({e.strerror or e})") from None
         box = boxes[i if len(boxes) > 1 else 0]
         if box is not None:
             x, y, size = box

@@ -50,13 +50,13 @@ def _describe(file: str, r: Any) -> list[str]:
 
 
 def _is_image(path: Path) -> bool:
-    """Whether Pillow recognises the file as an image (its header only; the reader does the rest)."""
-    from PIL import Image, UnidentifiedImageError
+    """Whether the file is one of the formats the image gate decodes, by its first bytes (never its name)."""
+    from ..core.images import HEAD_BYTES, sniff
 
     try:
-        with Image.open(path):
-            return True
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        with open(path, "rb") as f:
+            return sniff(f.read(HEAD_BYTES)) is not None
+    except OSError:
         return False
 
 
@@ -68,13 +68,20 @@ def cmd_read(a: argparse.Namespace) -> int:
     images = {file: _is_image(path) for file, path in zip(a.files, paths)}
     not_images = [file for file, ok in images.items() if not ok]
     types = node_types(a.object_info) if len(not_images) < len(images) else None
-    from ..extraction.image_meta import read_prompt
+    from ..core.images import ImageRefused, open_image, read_image_file
+    from ..extraction.image_meta import PromptReading, read_prompt
 
     readings, lines = [], []
     for file, path in zip(a.files, paths):
         if not images[file]:
             continue
-        r = read_prompt(path, types)
+        try:  # the image gate: a size this machine decodes (from the header), a header that parses
+            data = read_image_file(path, what="the file")
+            open_image(data, what="the file").close()
+        except ImageRefused as e:
+            r = PromptReading(None, reason=f"not read: {e}")
+        else:
+            r = read_prompt(data, types)
         readings.append({"file": file, **r.to_json()})
         lines += _describe(file, r)
     found = sum(1 for r in readings if r["prompt"])
@@ -83,6 +90,7 @@ def cmd_read(a: argparse.Namespace) -> int:
         emit({"files": readings, "found": found, "not_images": not_images}, a.json, "\n".join(lines))
     if not_images:
         raise UsageError(f"{', '.join(not_images[:3])}{' and more' if len(not_images) > 3 else ''} "
-                         f"{'is' if len(not_images) == 1 else 'are'} not an image Pillow can open (png, webp, jpg); "
+                         f"{'is' if len(not_images) == 1 else 'are'} not an image Pillow can open here (PNG, JPEG, WebP, GIF or BMP, "
+                         "by the first bytes); "
                          "give image files")
     return 0

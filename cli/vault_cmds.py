@@ -46,10 +46,9 @@ def _load_entries(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.n
 
 
 def _open_image(path: Path) -> Any:
-    from PIL import Image
+    from ..core.images import decode_rgb, read_image_file
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return decode_rgb(read_image_file(path), what=path.name)  # the image gate: format by its bytes, size bounded
 
 
 def _fingerprint(dim: int, header: dict[str, str], name: str | None, weights_hash: str | None) -> EncoderFingerprint:

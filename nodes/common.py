@@ -13,6 +13,7 @@ import torch
 
 from ..core.atomic import check_name
 from ..core.filecache import file_stamp
+from ..core.text import printable
 from ..vault.manifest import MANIFEST, VAULT_SUFFIX, vault_name
 
 VAULTS = "vaults"
@@ -144,7 +145,8 @@ def per_image(values: list[Any], n: int, what: str) -> list[Any]:
 
 
 def ui_text(*parts: Any) -> dict[str, Any]:
-    return {"text": [str(p) for p in parts]}
+    """A node's text output for the UI, control characters escaped (prompts come from others' vaults)."""
+    return {"text": [printable(str(p)) for p in parts]}
 
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")

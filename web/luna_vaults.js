@@ -52,6 +52,13 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// Text from someone else's vault, made safe to show: control characters and bidi overrides (which reorder what
+// is read) become visible escapes, as the CLI and the nodes do (core/text.py).
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+function shown(s) {
+  return String(s).replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 function human(bytes) {
   return bytes > 1e9 ? `${(bytes / 1e9).toFixed(1)} GB` : `${(bytes / 1e6).toFixed(1)} MB`;
 }
@@ -111,7 +118,7 @@ class VaultBrowser {
   }
 
   say(msg, err = false) {
-    this.status.textContent = msg;
+    this.status.textContent = shown(msg);
     this.status.classList.toggle("err", err);
   }
 
@@ -146,8 +153,8 @@ class VaultBrowser {
   async open(name) {
     this.vault = this.vaults[name];
     const v = this.vault;
-    this.info.textContent = `${v.entries.toLocaleString()} entries · ${v.prompts.toLocaleString()} prompts · ${v.category} · ` +
-      `${v.mode}${v.text_family ? ` (${v.text_family})` : ""} · ${v.encoder} ${v.dim}-d · ${human(v.bytes)}` +
+    this.info.textContent = `${v.entries.toLocaleString()} entries · ${v.prompts.toLocaleString()} prompts · ${shown(v.category)} · ` +
+      `${v.mode}${v.text_family ? ` (${v.text_family})` : ""} · ${shown(v.encoder)} ${v.dim}-d · ${human(v.bytes)}` +
       (v.deleted ? ` · ${v.deleted} deleted (until compaction)` : "");
     this.selected.clear();
     this.lastDeleted = [];
@@ -192,10 +199,10 @@ class VaultBrowser {
 
   cell(e) {
     const name = encodeURIComponent(this.vault.name);
-    const c = el("div", { class: "luna-cell" + (this.selected.has(e.id) ? " sel" : ""), title: e.prompt, "data-id": e.id });
+    const c = el("div", { class: "luna-cell" + (this.selected.has(e.id) ? " sel" : ""), title: shown(e.prompt), "data-id": e.id });
     c.append(e.thumbnail ? el("img", { loading: "lazy", src: api.apiURL(`${BASE}/${name}/thumbnails/${e.id}`), alt: "" })
                          : el("div", { class: "noprev" }, "no preview"));
-    c.append(el("div", { class: "cap" }, `#${e.id} ${e.prompt}`));
+    c.append(el("div", { class: "cap" }, `#${e.id} ${shown(e.prompt)}`));
     if (e.similarity !== undefined) c.append(el("div", { class: "sim" }, e.similarity.toFixed(3)));
     c.addEventListener("click", () => {
       this.selected.has(e.id) ? this.selected.delete(e.id) : this.selected.add(e.id);
@@ -207,9 +214,9 @@ class VaultBrowser {
   }
 
   showDetail(e) {
-    const meta = Object.entries(e.metadata).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("\n");
+    const meta = Object.entries(e.metadata).map(([k, v]) => shown(`${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)).join("\n");
     this.detail.replaceChildren(
-      el("div", {}, el("b", {}, `#${e.id}`), ` ${e.prompt}${e.truncated ? "…" : ""}`),
+      el("div", {}, el("b", {}, `#${e.id}`), ` ${shown(e.prompt)}${e.truncated ? "…" : ""}`),
       el("div", { class: "luna-info" }, meta),
       el("div", { class: "luna-row" }, el("button", { "data-luna": "similar", onclick: () => this.similar(e.id) }, "More like this")),
     );
