@@ -44,6 +44,8 @@ _PLAIN = {"MODEL", "CLIP", "VAE", "IMAGE", "LATENT", "MASK", "INT", "FLOAT", "ST
           "SIGMAS", "CONTROL_NET", "UPSCALE_MODEL", "CLIP_VISION", "CLIP_VISION_OUTPUT", "STYLE_MODEL", "GLIGEN",
           "SCRIPT", "COMBO", None}
 _PICTURE = {"IMAGE", "CLIP_VISION", "CLIP_VISION_OUTPUT", "LATENT"}
+_VALUES = {"INT", "FLOAT", "BOOLEAN", "COMBO"}  # widget values that never carry prompt text
+_STRUCT = (_PLAIN - _VALUES - {"STRING", None}) | {_COND}  # sockets that carry models, pictures or conditioning
 POSITIVE_NAMES = ("positive", "conditioning", "cond", "cond1", "conditioning_1", "positive_cond")
 NEGATIVE_NAMES = ("negative", "negative_cond", "uncond")
 SEED_NAMES = ("seed", "noise_seed")
@@ -163,6 +165,12 @@ class Graph:
             raise GraphError("the graph holds no nodes (no object with a class_type)")
         self.types = types or NodeTypes.builtin()
         self.ui_sockets = _ui_sockets(ui) if isinstance(ui, Mapping) else {}
+        self.ui_widgets = _ui_widgets(ui) if isinstance(ui, Mapping) else {}
+        self.memo: dict[str, dict[Any, Any]] = {}
+
+    def ui_text(self, nid: str) -> list[str]:
+        """Prose in the UI workflow's widget values of a node (for nodes whose text the API graph lacks)."""
+        return [v for v in self.ui_widgets.get(nid, []) if isinstance(v, str) and _looks_like_text(v)]
 
     def class_type(self, nid: str) -> str:
         return str(self.nodes[nid]["class_type"]) if nid in self.nodes else "?"
@@ -245,6 +253,14 @@ def _ui_sockets(ui: Mapping[str, Any]) -> dict[str, tuple[list[tuple[str | None,
     return out
 
 
+def _ui_widgets(ui: Mapping[str, Any]) -> dict[str, list[Any]]:
+    nodes = ui.get("nodes")
+    if not isinstance(nodes, list):
+        return {}
+    return {str(n["id"]): list(n["widgets_values"]) for n in nodes[:MAX_NODES]
+            if isinstance(n, Mapping) and "id" in n and isinstance(n.get("widgets_values"), list)}
+
+
 # ---- reading ---------------------------------------------------------------------------------------
 class _Budget:
     def __init__(self) -> None:
@@ -313,17 +329,21 @@ def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
     neg = _join(negative) if negative else None
     if neg:
         meta["negative"] = neg
+    system = [head for head, _ in map(_split_system, positive) if head]
+    if system:
+        meta["system_prompt"] = "\n".join(dict.fromkeys(system))
     return GraphReading(prompt, neg, meta, path)
 
 
 def _join(texts: Iterable[str]) -> str:
-    return ", ".join(dict.fromkeys(_user_part(t) for t in texts if t and _user_part(t)))
+    return ", ".join(dict.fromkeys(user for user in (_split_system(t)[1] for t in texts if t) if user))
 
 
-def _user_part(text: str) -> str:
-    """The prompt without a model's system instruction (Lumina 2: "You are an assistant... <Prompt Start> ...")."""
+def _split_system(text: str) -> tuple[str, str]:
+    """(system instruction, the user's prompt): Lumina 2 and other LLM encoders prepend "You are an assistant
+    designed to generate ... <Prompt Start>" to the prompt."""
     head, sep, tail = text.partition("<Prompt Start>")
-    return (tail if sep else head).strip()
+    return (head.strip(), tail.strip()) if sep else ("", head.strip())
 
 
 def _output_nodes(graph: Graph) -> list[str]:
@@ -358,38 +378,104 @@ def _id_key(nid: str) -> tuple[int, str]:
 
 
 def _is_sampler(graph: Graph, nid: str) -> bool:
-    """Makes a LATENT (or an IMAGE, for detailers) from a model or a guider and conditioning."""
+    """Makes a LATENT (or an IMAGE, for detailers) from a model or a guider and conditioning, given directly or
+    in a pipe (Impact's BASIC_PIPE / DETAILER_PIPE, an upscaler provider...)."""
     nt = graph.node_type(nid)
     if nt is not None and nt.role:
         return nt.role in ("sampler", "detailer")
     kinds = {graph.input_type(nid, n) for n, _, _ in graph.links(nid)}
     names = {n for n, _, _ in graph.links(nid)}
-    return ("GUIDER" in kinds or ("MODEL" in kinds and (_COND in kinds or names & set(POSITIVE_NAMES)))
-            or (names >= {"model", "positive"}))
+    if "GUIDER" in kinds or ("MODEL" in kinds and (_COND in kinds or names & set(POSITIVE_NAMES))):
+        return True
+    outs = {t for _, t in graph.outputs(nid)}
+    if outs and not outs & (_IMAGE_TYPES | _LATENT_TYPES):
+        return False
+    return names >= {"model", "positive"} or any(_carries_sampling(graph, src, 0, set())
+                                                 for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl))
+
+
+def _is_bundle(graph: Graph, nid: str, name: str, src: str, slot: int) -> bool:
+    """A link that carries a pipe (a socket type of a pack's own), not a plain value, picture or text."""
+    return (graph.output(src, slot)[1] or graph.input_type(nid, name)) not in _PLAIN | {_COND}
+
+
+def _carries_sampling(graph: Graph, nid: str, depth: int, seen: set[str]) -> bool:
+    """Whether a pipe built upstream of `nid` holds both a model and conditioning."""
+    if nid in seen or depth > 16 or nid not in graph.nodes:
+        return False
+    seen.add(nid)
+    kinds = {graph.input_type(nid, n) for n, _, _ in graph.links(nid)}
+    names = {n for n, _, _ in graph.links(nid)}
+    if ("MODEL" in kinds or "model" in names) and (_COND in kinds or names & set(POSITIVE_NAMES)):
+        return True
+    return any(_carries_sampling(graph, src, depth + 1, seen)
+               for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl))
+
+
+def _sampling_bundle(graph: Graph, nid: str) -> str | None:
+    """The input of `nid` that brings a pipe holding a model and conditioning (else its first pipe input)."""
+    bundles = [(n, src, sl) for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl)]
+    for n, src, _sl in bundles:
+        if _carries_sampling(graph, src, 0, set()):
+            return n
+    return bundles[0][0] if bundles else None
+
+
+def _sampler_behind(graph: Graph, trail: list[str], budget: _Budget) -> str | None:
+    """A sampler reached from the nodes of a dead-ended image walk through pipes and pictures (SEGSPaste gets
+    its re-drawn parts as SEGS from SEGSDetailer), never through masks or plain values."""
+    queue, seen = list(trail), set(trail)
+    while queue:
+        budget.tick()
+        nid = queue.pop(0)
+        for name, src, slot in graph.links(nid):
+            kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
+            if src in seen or src not in graph.nodes or not (kind in _IMAGE_TYPES | _LATENT_TYPES
+                                                             or _is_bundle(graph, nid, name, src, slot)):
+                continue
+            if _is_sampler(graph, src):
+                return src
+            seen.add(src)
+            queue.append(src)
+    return None
 
 
 def _find_sampler(graph: Graph, out: str, budget: _Budget) -> tuple[str, list[str]] | None:
-    """The sampler whose result reaches the output node, and the nodes on the way."""
+    """The sampler whose result reaches the output node, and the nodes on the way.
+
+    Detailers re-draw parts of the image they are given, so the look is their input's: the walk goes
+    on through them. Where it ends without a sampler (a loaded image was detailed), the detailer
+    nearest the output is the pass that made the image.
+    """
     trail = [graph.label(out)]
     seen = {out}
+    walked = [out]
     nid = out
+    detailer: tuple[str, list[str]] | None = None
     for _ in range(MAX_NODES):
         budget.tick()
         nxt = None
         for name, src, slot in graph.links(nid):
-            graph.require(src, graph.label(nid))
+            if src not in graph.nodes:  # a muted or missing node: this output cannot have been made
+                return None
             kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
             if kind in _IMAGE_TYPES or kind in _LATENT_TYPES or (kind is None and name in ("images", "image", "samples", "latent")):
                 nxt = src
                 break
         if nxt is None or nxt in seen:
-            return None
+            if detailer is None and (behind := _sampler_behind(graph, walked, budget)) is not None:
+                return behind, trail + [graph.label(behind) + " (its re-drawn parts)"]
+            return detailer
         seen.add(nxt)
-        if _is_sampler(graph, nxt) and not _is_detailer(graph, nxt):
-            return nxt, trail + [graph.label(nxt)]
-        trail.append(graph.label(nxt) + (" (detailer: the image it details)" if _is_detailer(graph, nxt) else ""))
+        walked.append(nxt)
+        if _is_sampler(graph, nxt):
+            if not _is_detailer(graph, nxt):
+                return nxt, trail + [graph.label(nxt)]
+            if detailer is None:
+                detailer = nxt, trail + [graph.label(nxt) + " (detailer: no sampler made the image it details)"]
+        trail.append(graph.label(nxt) + (" (detailer: the image it details)" if detailer and detailer[0] == nxt else ""))
         nid = nxt
-    return None
+    return detailer
 
 
 def _is_detailer(graph: Graph, nid: str) -> bool:
@@ -428,8 +514,7 @@ def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
         guider = next((name for name, (src, slot) in links.items() if graph.output(src, slot)[1] == "GUIDER"
                        or name == "guider"), None)
         if guider is None:  # a sampler fed by a bundle (Impact's BASIC_PIPE, Efficiency's SDXL_TUPLE)
-            bundle = next((name for name, (src, slot) in links.items()
-                           if (graph.output(src, slot)[1] or graph.input_type(nid, name)) not in _PLAIN), None)
+            bundle = _sampling_bundle(graph, nid)
             if bundle is None:
                 return None
             graph.require(links[bundle][0], graph.label(nid))
@@ -475,6 +560,13 @@ class _TextTracer:
                 return self._string(nid, text_input)
         names = {n for n, _, _ in links}
         other = set(NEGATIVE_NAMES) if side == "positive" else set(POSITIVE_NAMES[:1])
+        # a pass that samples inside (SEGSDetailer) handing on what it made: the conditioning it sampled with
+        if out_type not in (_COND, None) and want not in names and _is_sampler(g, nid):
+            bundle = _sampling_bundle(g, nid)
+            if bundle is not None and bundle != out_name:
+                src, sslot = next((s, sl) for n, s, sl in links if n == bundle)
+                self.path.append(f"{label} (sampled with {bundle})")
+                return self._from(src, sslot, side, want)
         # positive -> positive, negative -> negative, a pipe's field -> the input of that name
         for name in (out_name, want):
             if name and name in names and name not in other and (name != "conditioning" or out_type == _COND):
@@ -490,14 +582,25 @@ class _TextTracer:
                 g.require(s, label)
                 texts += self._from(s, sl, side, want)
             return texts
-        if out_type in (_COND, None) and self._is_encoder(nid):
-            texts = self._encoder_text(nid)
-            self.path.append(f"{label}: encoder")
-            if not texts and self.problem is None:
-                self.problem = f"the encoder {label} has no text"
-            return texts
-        bundles = [(n, s, sl) for n, s, sl in links if g.input_type(nid, n) not in _PLAIN]
-        if bundles:  # unpack a pipe: follow what it came from, still wanting the same field
+        # a pipe built from text (a component's or loader's own prompt widgets): the field wanted, as written
+        literal = g.inputs(nid).get(want)
+        if want not in names and isinstance(literal, str) and _looks_like_text(literal) and out_type not in (_COND, None):
+            self.path.append(f"{label} ({want}: its text)")
+            return [literal]
+        if out_type in (_COND, None) or (out_type not in _STRUCT and self._clip_fed(nid)):
+            text_inputs = self._text_inputs(nid)
+            texts = []
+            for n in text_inputs:
+                texts += self._string(nid, n)
+            if texts or (text_inputs and out_type in (_COND, None)):
+                self.path.append(f"{label}: encoder")
+                if not texts and self.problem is None:
+                    self.problem = f"the encoder {label} has no text"
+                return texts
+        # a pipe, or an encoder whose text sits upstream (regions built on a base prompt node): follow what it came
+        # from, still wanting the same field
+        bundles = [(n, s, sl) for n, s, sl in links if _is_bundle(g, nid, n, s, sl) and not text_source(g, s, sl)]
+        if bundles:
             self.path.append(f"{label} (unpacking {want})")
             texts = []
             for _n, s, sl in bundles:
@@ -509,33 +612,33 @@ class _TextTracer:
         if self.problem is None:
             if any(g.input_type(nid, n) in _PICTURE for n, _, _ in links):
                 self.problem = f"the {side} conditioning is made from an image by {label}, not from text"
+            elif self._clip_fed(nid):
+                self.problem = f"the encoder {label} has no text"
             else:
                 self.problem = f"the {side} conditioning comes from {label}, which this reader cannot follow to a text"
         return []
 
-    def _is_encoder(self, nid: str) -> bool:
+    def _clip_fed(self, nid: str) -> bool:
+        """Takes a CLIP (an encoder), or is a node whose sockets nobody knows."""
         g = self.graph
         nt = g.node_type(nid)
         if nt is not None and nt.multiline:
             return True
-        kinds = {g.input_type(nid, n) for n, _, _ in g.links(nid)}
-        has_text = any(isinstance(v, str) for v in g.inputs(nid).values()) or any(
-            g.input_type(nid, n) == "STRING" for n, _, _ in g.links(nid))
-        return ("CLIP" in kinds or nt is None) and has_text
+        return nt is None and nid not in g.ui_sockets or any(
+            g.input_type(nid, n) == "CLIP" or n == "clip" for n, _, _ in g.links(nid))
 
-    def _encoder_text(self, nid: str) -> list[str]:
+    def _text_inputs(self, nid: str) -> list[str]:
+        """The inputs that hold the prompt: declared multiline text, else prose values and links from text sources."""
         g = self.graph
         nt = g.node_type(nid)
-        names: list[str]
+        inputs = g.inputs(nid)
         if nt is not None and nt.multiline:
-            names = [n for n, _ in nt.inputs if n in nt.multiline]
-        else:  # unknown encoder: its string inputs that look like prose, not file or option names
-            names = [n for n, v in g.inputs(nid).items()
-                     if (isinstance(v, str) and _looks_like_text(v)) or (is_link(v) and g.input_type(nid, n) == "STRING")]
-        texts = []
-        for n in names:
-            texts += self._string(nid, n)
-        return texts
+            declared = [n for n, _ in nt.inputs if n in nt.multiline and n in inputs]
+            if declared:
+                return declared
+        return [n for n, v in inputs.items()
+                if (isinstance(v, str) and _looks_like_text(v))
+                or (is_link(v) and (g.input_type(nid, n) == "STRING" or text_source(g, str(v[0]), int(v[1]))))]
 
     def _string(self, nid: str, name: str) -> list[str]:
         value = self.graph.inputs(nid).get(name)
@@ -559,13 +662,43 @@ def _looks_like_text(v: str) -> bool:
     return " " in v or "," in v or len(v) > 24
 
 
+def text_source(graph: Graph, nid: str, slot: int, depth: int = 0) -> bool:
+    """Whether output `slot` of `nid` is text, whatever its type is called (STRING, ASCII, TEXT, *...): a STRING
+    output, or a node fed by nothing but values and other text sources that holds some text of its own."""
+    memo = graph.memo.setdefault("text_source", {})
+    key = (nid, slot)
+    if key in memo:
+        return memo[key]
+    memo[key] = False  # a cycle is not a text source
+    kind = graph.output(nid, slot)[1]
+    if kind == "STRING":
+        found = True
+    elif kind in _STRUCT or nid not in graph.nodes or depth > 32:
+        found = False
+    else:
+        values = list(graph.inputs(nid).values())
+        links = graph.links(nid)
+        feeds_ok = all(graph.output(s, sl)[1] in _VALUES or graph.input_type(nid, n) in _VALUES
+                       or text_source(graph, s, sl, depth + 1) for n, s, sl in links)
+        has_text = any(isinstance(v, str) for v in values) or bool(links) or bool(graph.ui_text(nid))
+        found = feeds_ok and has_text and not any(graph.output(s, sl)[1] in _STRUCT for _, s, sl in links)
+    memo[key] = found
+    return found
+
+
 @dataclass
 class _Unreadable:
     node: str
 
 
+_OPTIONS = ("delimiter", "separator", "sep", "joiner", "mode", "clean_whitespace", "linebreak_addition")
+_FIND = ("find", "search", "old", "substring", "target")
+_REPLACE = ("replace", "replacement", "new", "replace_with")
+
+
 class _StringEval:
-    """The value of a STRING output: primitives, concatenation, wildcard nodes' populated text."""
+    """The value of a text output: literals, primitives, concatenation, find-and-replace, wildcard nodes'
+    populated text, and the text a node holds only in the UI workflow's widgets."""
 
     def __init__(self, graph: Graph, budget: _Budget) -> None:
         self.graph, self.budget = graph, budget
@@ -583,6 +716,9 @@ class _StringEval:
         finally:
             self._stack.discard(nid)
 
+    def _text(self, value: Any) -> str | _Unreadable:
+        return value if isinstance(value, str) else self.value(str(value[0]), int(value[1]))
+
     def _value(self, nid: str, slot: int) -> str | _Unreadable:
         g = self.graph
         inputs = g.inputs(nid)
@@ -590,25 +726,46 @@ class _StringEval:
         populated = inputs.get("populated_text")
         if isinstance(populated, str) and populated.strip():
             return populated
-        parts: list[str] = []
-        delimiter = inputs.get("delimiter", inputs.get("separator", ", "))
         strings = [(n, v) for n, v in inputs.items()
-                   if (isinstance(v, str) and n not in ("delimiter", "separator", "mode", "clean_whitespace"))
-                   or (is_link(v) and g.input_type(nid, n) in ("STRING", None))]
+                   if (isinstance(v, str) and n not in _OPTIONS)
+                   or (is_link(v) and (g.input_type(nid, n) in ("STRING", None) or text_source(g, str(v[0]), int(v[1]))))]
+        find = next((n for n, _ in strings if n.lower() in _FIND), None)
+        repl = next((n for n, _ in strings if n.lower() in _REPLACE), None)
+        if find and repl and len(strings) == 3:  # text with a find-and-replace
+            parts = {n: self._text(v) for n, v in strings}
+            bad = next((p for p in parts.values() if isinstance(p, _Unreadable)), None)
+            if bad is not None:
+                return bad
+            body = next(p for n, p in parts.items() if n not in (find, repl))
+            return body.replace(parts[find], parts[repl]) if parts[find] else body
+        if not strings and not g.links(nid):  # the text lives only in the UI workflow's widgets
+            ui = g.ui_text(nid)
+            if len(ui) == 1:
+                return ui[0]
         joins = re.search(r"concat|join|combine|append|merge", g.class_type(nid), re.I)
         # one text in, the same text out (primitives, string literals, ShowText), or a join of texts;
-        # anything else (an LLM, a random line picker) makes its text at run time: not knowable from the graph
+        # anything else (an LLM, a random line picker, a styler) makes its text at run time: not knowable from the graph
         if strings and (len(strings) == 1 or joins):
+            parts: list[str] = []
             for _n, v in strings:
-                if isinstance(v, str):
-                    parts.append(v)
-                else:
-                    sub = self.value(str(v[0]), int(v[1]))
-                    if isinstance(sub, _Unreadable):
-                        return sub
-                    parts.append(sub)
-            return (delimiter if isinstance(delimiter, str) else ", ").join(p for p in parts if p != "")
+                sub = self._text(v)
+                if isinstance(sub, _Unreadable):
+                    return sub
+                parts.append(sub)
+            if str(inputs.get("clean_whitespace", "")).lower() == "true":
+                parts = [p.strip() for p in parts]
+            return _delimiter(inputs).join(p for p in parts if p != "")
         return _Unreadable(g.class_type(nid))
+
+
+def _delimiter(inputs: Mapping[str, Any]) -> str:
+    """How a join node separates its texts: its delimiter input, a line break option, else nothing (a + b)."""
+    for key in ("delimiter", "separator", "sep", "joiner"):
+        if isinstance(inputs.get(key), str):
+            return "\n" if inputs[key] in ("\\n", "\n") else inputs[key]
+    if any("linebreak" in k.lower() and str(v).lower() == "true" for k, v in inputs.items()):
+        return "\n"
+    return ""
 
 
 # ---- settings, size, model ---------------------------------------------------------------------------
@@ -690,8 +847,8 @@ def _model_path(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
             break
         guider = next((s for n, (s, sl) in links.items() if n == "guider" or graph.output(s, sl)[1] == "GUIDER"), None)
         if guider is None:  # a bundle that carries the model (Efficiency's SDXL_TUPLE, Impact's pipes)
-            start = next(((s, sl) for n, (s, sl) in links.items()
-                          if (graph.output(s, sl)[1] or graph.input_type(nid, n)) not in _PLAIN), None)
+            bundle = _sampling_bundle(graph, nid)
+            start = links[bundle] if bundle is not None else None
             break
         nid = guider
     meta: dict[str, Any] = {}
@@ -726,89 +883,3 @@ def _model_path(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
     if loras:
         meta["loras"] = loras
     return meta
-
-
-# ---- the UI-format workflow ----------------------------------------------------------------------------
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-
-
-def api_from_workflow(ui: Mapping[str, Any], types: NodeTypes | None = None) -> dict[str, Any]:
-    """An API-format graph from a UI-format workflow (for images that carry only the workflow).
-
-    Links become [node, slot] inputs (through reroutes and bypassed nodes), widget values get their
-    names from the node types (the frontend's order: required then optional, an extra value after
-    a widget with control_after_generate); PrimitiveNode values land in the inputs they feed.
-    Muted nodes are dropped. Widgets of node types nobody knows keep positional names (widget_0, ...).
-    """
-    types = types or NodeTypes.builtin()
-    nodes = [n for n in (ui.get("nodes") or [])[:MAX_NODES] if isinstance(n, Mapping) and "id" in n]
-    by_id = {str(n["id"]): n for n in nodes}
-    links: dict[Any, tuple[str, int, str | None]] = {}
-    for lk in ui.get("links") or []:
-        if isinstance(lk, (list, tuple)) and len(lk) >= 5:
-            links[lk[0]] = (str(lk[1]), int(lk[2]), str(lk[5]) if len(lk) > 5 else None)
-        elif isinstance(lk, Mapping) and "id" in lk:
-            links[lk["id"]] = (str(lk.get("origin_id")), int(lk.get("origin_slot", 0)), lk.get("type"))
-
-    def source(link_id: Any, depth: int = 0) -> tuple[str, int] | Any:
-        """The real producer behind a link (through reroutes and bypassed nodes), or a primitive's value."""
-        if link_id not in links or depth > 64:
-            return None
-        nid, slot, kind = links[link_id]
-        node = by_id.get(nid)
-        if node is None:
-            return None
-        if node.get("type") == "Reroute" or node.get("mode") == 4:
-            for inp in node.get("inputs") or []:
-                if isinstance(inp, Mapping) and inp.get("link") is not None and (
-                        node.get("type") == "Reroute" or inp.get("type") == kind):
-                    return source(inp["link"], depth + 1)
-            return None
-        if node.get("type") == "PrimitiveNode":
-            values = node.get("widgets_values") or []
-            return ("value", values[0]) if values else None
-        return nid, slot
-
-    api: dict[str, Any] = {}
-    for nid, node in by_id.items():
-        ctype = str(node.get("type"))
-        if ctype in FRONTEND_ONLY or node.get("mode") in (2, 4):
-            continue
-        inputs: dict[str, Any] = {}
-        for inp in node.get("inputs") or []:
-            if not isinstance(inp, Mapping) or inp.get("link") is None or inp.get("name") is None:
-                continue
-            src = source(inp["link"])
-            if isinstance(src, tuple) and len(src) == 2 and src[0] == "value":
-                inputs[str(inp["name"])] = src[1]
-            elif src is not None:
-                inputs[str(inp["name"])] = [src[0], src[1]]
-        values = node.get("widgets_values")
-        if isinstance(values, Mapping):
-            for k, v in values.items():
-                inputs.setdefault(str(k), v)
-        elif isinstance(values, list):
-            for name, value in zip(_widget_names(types.get(ctype), len(values)), values):
-                if name is not None:
-                    inputs.setdefault(name, value)
-        api[nid] = {"class_type": ctype, "inputs": inputs}
-    return api
-
-
-_CONTROL = re.compile(r"^(seed|noise_seed)$")
-
-
-def _widget_names(nt: NodeType | None, count: int) -> list[str | None]:
-    """Names for a node's widgets_values, in the frontend's order."""
-    if nt is None:
-        return [f"widget_{i}" for i in range(count)]
-    names: list[str | None] = []
-    for name, kind in nt.inputs:
-        if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
-            continue
-        names.append(name)
-        if kind == "INT" and _CONTROL.match(name):
-            names.append(None)  # the frontend's "control after generate" value
-        if name == "image" and kind == "COMBO":
-            names.append(None)  # LoadImage's upload button
-    return names

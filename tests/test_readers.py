@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from luna_vault.extraction.comfy_graph import NodeTypes, api_from_workflow, read_graph
+from luna_vault.extraction.comfy_graph import NodeTypes, read_graph
+from luna_vault.extraction.comfy_workflow import api_from_workflow
 from luna_vault.extraction.image_meta import parse_a1111, png_fields, read_prompt, strip_png_text
 from luna_vault.extraction.readers import describe, list_images
 
