@@ -490,10 +490,30 @@ def _is_detailer(graph: Graph, nid: str) -> bool:
 
 def _choose_pass(graph: Graph, passes: list[tuple[str, str, list[str]]], image_size: tuple[int, int] | None,
                  budget: _Budget) -> tuple[str, str, list[str]]:
-    if len(passes) == 1 or image_size is None:
+    """The pass whose size is the image's; else the last of a chain (a hires fix saves both passes, and the
+    image is more often the final one); else the first saver."""
+    if len(passes) == 1:
         return passes[0]
-    matching = [p for p in passes if _pass_size(graph, p[1], p[0], budget) == tuple(image_size)]
-    return matching[0] if matching else passes[0]
+    if image_size is not None:
+        matching = [p for p in passes if _pass_size(graph, p[1], p[0], budget) == tuple(image_size)]
+        if matching:
+            return matching[0]
+    upstream = {p[1]: _upstream(graph, p[1], budget) for p in passes}
+    final = [p for p in passes if not any(p[1] in upstream[q[1]] for q in passes if q[1] != p[1])]
+    return final[0] if len({p[1] for p in final}) == 1 else passes[0]
+
+
+def _upstream(graph: Graph, nid: str, budget: _Budget) -> set[str]:
+    """Every node `nid` depends on."""
+    seen: set[str] = set()
+    stack = [nid]
+    while stack:
+        budget.tick()
+        for _n, src, _sl in graph.links(stack.pop()):
+            if src not in seen and src in graph.nodes:
+                seen.add(src)
+                stack.append(src)
+    return seen
 
 
 def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget

@@ -466,31 +466,46 @@ def _invokeai(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
         prompt = _str(d.get("positive_prompt"))
         return PromptReading(prompt, meta, "invokeai", ["invokeai_metadata: positive_prompt"],
                              None if prompt else "the InvokeAI metadata has no positive prompt")
+    # the Dream line is the prompt as typed (weights and blends included); sd-metadata has it parsed into parts
+    dream = raw.text.get("Dream")
+    if dream:
+        prompt, meta = parse_dream(dream)
+        if prompt:
+            return PromptReading(prompt, meta, "invokeai", ["Dream"])
     if "sd-metadata" in raw.text:
         try:
             d = _json(raw.text["sd-metadata"], "sd-metadata field")
         except ValueError as e:
             return PromptReading(None, generator="invokeai", reason=str(e))
         image = d.get("image") if isinstance(d, Mapping) else None
-        if not isinstance(image, Mapping):
-            return None
-        p = image.get("prompt")
-        prompt = _str(p[0].get("prompt")) if isinstance(p, list) and p and isinstance(p[0], Mapping) else _str(p)
-        meta = _pick(image, {"seed": "seed", "steps": "steps", "cfg_scale": "cfg", "sampler": "sampler",
-                             "width": "width", "height": "height"})
-        if isinstance(d.get("model_weights"), str):
-            meta["checkpoint"] = d["model_weights"]
-        if prompt:  # "a castle [ugly, blurry]": the bracketed parts are the negative
-            prompt, negative = split_negative(prompt)
-            if negative:
-                meta["negative"] = negative
-        return PromptReading(prompt or None, meta, "invokeai", ["sd-metadata: image.prompt"],
-                             None if prompt else "the InvokeAI metadata has no prompt")
-    dream = raw.text.get("Dream")
+        if image is None and isinstance(d, Mapping) and isinstance(d.get("images"), list) and d["images"]:
+            image = d["images"][0]
+        if isinstance(image, Mapping):
+            prompt = _sd_metadata_prompt(image.get("prompt"))
+            meta = _pick(image, {"seed": "seed", "steps": "steps", "cfg_scale": "cfg", "sampler": "sampler",
+                                 "width": "width", "height": "height"})
+            if isinstance(d.get("model_weights"), str):
+                meta["checkpoint"] = d["model_weights"]
+            if prompt:  # "a castle [ugly, blurry]": the bracketed parts are the negative
+                prompt, negative = split_negative(prompt)
+                if negative:
+                    meta["negative"] = negative
+            return PromptReading(prompt or None, meta, "invokeai", ["sd-metadata: image.prompt"],
+                                 None if prompt else "the InvokeAI metadata has no prompt")
     if dream:
-        prompt, meta = parse_dream(dream)
-        return PromptReading(prompt, meta, "invokeai", ["Dream"], None if prompt else "the Dream field has no prompt")
+        return PromptReading(None, generator="invokeai", path=["Dream"],
+                             reason="the Dream field holds a command or a placeholder, not a prompt")
     return None
+
+
+def _sd_metadata_prompt(p: Any) -> str | None:
+    """sd-metadata's prompt: a string, or a list of {prompt, weight} parts (a blend: written back as `a:0.25 b:0.75`)."""
+    if isinstance(p, list):
+        parts = [(q.get("prompt"), q.get("weight")) for q in p if isinstance(q, Mapping) and _str(q.get("prompt"))]
+        if len(parts) == 1:
+            return _str(parts[0][0])
+        return " ".join(f"{t.strip()}:{w:g}" if finite(w) is not None else t.strip() for t, w in parts) or None
+    return _str(p)
 
 
 def _pick(d: Mapping[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:

@@ -153,7 +153,14 @@ _DREAM_FLAGS = {"-s": "steps", "--steps": "steps", "-S": "seed", "--seed": "seed
 
 
 def parse_dream(text: str) -> tuple[str | None, dict[str, Any]]:
-    """An InvokeAI dream line, `"a castle [blurry]" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms`."""
+    """An InvokeAI dream line, `"a castle [blurry]" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms`.
+
+    Not a prompt: a command (`!mask ...`, `!fix ...`) or a placeholder the app writes on previews
+    (one `<...>` phrase with spaces; a `<concept>` token alone has none).
+    """
+    stripped = text.strip()
+    if stripped.startswith("!") or re.fullmatch(r"<[^<>]* [^<>]*>", stripped):
+        return None, {}
     try:
         words = shlex.split(text)
     except ValueError:  # an unbalanced quote: take the text up to the first flag
