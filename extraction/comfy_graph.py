@@ -26,6 +26,7 @@ Every dead end is a precise reason; cycles, missing nodes and oversized graphs s
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -273,38 +274,212 @@ class _Budget:
 
 
 def read_graph(api: Mapping[str, Any], ui: Mapping[str, Any] | None = None, types: NodeTypes | None = None,
-               image_size: tuple[int, int] | None = None) -> GraphReading:
+               image_size: tuple[int, int] | None = None, image_format: str | None = None,
+               file_name: str | None = None) -> GraphReading:
     """The prompt of the sampler pass that made the image, with negative, model, LoRAs and settings.
 
-    `image_size` (width, height) picks the pass when several output nodes save images of different
-    sizes (a hires-fix graph that saves both passes). Never raises on bad input: a GraphReading with
-    `reason` says why there is no prompt.
+    When a graph saves several images, the file itself says which one it is: its name (ComfyUI names
+    files after the saver's prefix), its format (a WebP comes from a WebP saver) and its size (a hires
+    fix saves both passes at different sizes). Where they do
+    not tell passes of different prompts apart, there is no prompt, with the reason. Never raises on
+    bad input: a GraphReading with `reason` says why there is no prompt.
     """
     try:
         graph = Graph(api, types, ui)
-        return _read(graph, image_size)
+        return _read(graph, _File(tuple(image_size) if image_size else None, image_format, file_name))
     except GraphError as e:
         return GraphReading(None, reason=str(e))
     except RecursionError:
         return GraphReading(None, reason="the graph is nested too deeply to follow")
 
 
-def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
+@dataclass
+class _File:
+    """What the image file itself says about which output wrote it."""
+
+    size: tuple[int, int] | None = None
+    format: str | None = None  # PNG, WEBP, JPEG
+    name: str | None = None  # the file name, e.g. ComfyUI's "{prefix}_00012_.png"
+
+
+def _read(graph: Graph, file: _File) -> GraphReading:
     budget = _Budget()
     outputs = _output_nodes(graph)
-    passes = []
-    for out in outputs:
-        found = _find_sampler(graph, out, budget)
-        if found is not None:
-            passes.append((out, *found))
+    found = {out: _find_sampler(graph, out, budget) for out in outputs}
+    # the file is one of the images the graph saves or shows: a pass, or a copy of a loaded image
+    candidates = [o for o in outputs if found[o] is not None or _shows_loaded_image(graph, o, budget)]
+    passes = [(o, *found[o]) for o in candidates if found[o] is not None]
     if not passes:  # no saver in the graph: samplers that show their own result (Efficiency's KSampler)
         passes = [(s, s, [f"{graph.label(s)} (shows its image)"]) for s in _final_samplers(graph)]
+        candidates = [p[0] for p in passes]
     if not passes:
         if not outputs:
             return GraphReading(None, reason="the graph has no output node that saves or previews an image")
         return GraphReading(None, reason="the graph has no sampler upstream of its image output ("
                             + ", ".join(graph.label(o) for o in outputs[:4]) + ")")
-    out, sampler, trail = _choose_pass(graph, passes, image_size, budget)
+    readings = {p[0]: _composite(graph, p[0], _pass_reading(graph, *p, budget), budget) for p in passes}
+    return _choose(graph, candidates, {p[0]: p for p in passes}, readings, file, budget)
+
+
+def _composite(graph: Graph, out: str, reading: GraphReading, budget: _Budget) -> GraphReading:
+    """The reading of an output whose picture is put together from several passes (a stitched comic, a batch, a
+    blend): theirs when they share the prompt, none when they differ."""
+    passes: list[str] = []
+    queue, seen = [out], {out}
+    while queue:
+        budget.tick()
+        nid = queue.pop(0)
+        for name, src, slot in graph.links(nid):
+            kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
+            if src in seen or src not in graph.nodes or kind not in _IMAGE_TYPES | _LATENT_TYPES:
+                continue
+            seen.add(src)
+            if _is_sampler(graph, src):
+                passes.append(src)
+            else:
+                queue.append(src)
+    if len(passes) < 2 or reading.prompt is None:
+        return reading
+    others = {_pass_reading(graph, out, p, [], budget).prompt for p in passes}
+    if others <= {reading.prompt}:
+        return reading
+    return GraphReading(None, path=reading.path, reason=f"{graph.label(out)} saves a picture put together from "
+                        f"{len(passes)} passes with different prompts (" + ", ".join(graph.label(p) for p in passes[:4]) + ")")
+
+
+_PREVIEW = re.compile(r"preview", re.I)
+_COMFY_NAME = re.compile(r"^(.*)_\d{5}_?$")  # ComfyUI's savers: "{prefix}_{counter:05}_.png"
+MIN_SIZE_EVIDENCE = 64  # smaller images are crops or thumbnails kept for their metadata: their size says nothing
+
+
+def _choose(graph: Graph, candidates: list[str], by_out: Mapping[str, tuple[str, str, list[str]]],
+            readings: Mapping[str, GraphReading], file: _File, budget: _Budget) -> GraphReading:
+    """The reading of the output that wrote this file, told by the file's name, format and size; outputs
+    with different prompts that the file does not tell apart give no prompt."""
+    keep = _named(graph, candidates, file.name)
+    if file.format:
+        keep = [o for o in keep if file.format.upper() in _formats(graph, o)] or keep
+    sizes = {o: _output_size(graph, o, budget) for o in keep}
+    evidence = file.size is not None and min(file.size) >= MIN_SIZE_EVIDENCE
+    exact = [o for o in keep if evidence and sizes[o] == tuple(file.size)]
+    if exact:  # those of this size, and those whose size nobody can say
+        keep = [o for o in keep if o in exact or sizes[o] is None]
+    elif evidence:  # a size they could have: unknown, or the same shape scaled
+        keep = [o for o in keep if sizes[o] is None or _same_shape(sizes[o], file.size)] or keep
+    # saved images before previews: previews go to ComfyUI's temp folder, datasets are made of what was saved
+    keep = [o for o in keep if not _PREVIEW.search(graph.class_type(o))] or keep
+    prompts = {readings[o].prompt if o in readings else None for o in keep}
+    if len(prompts) == 1:
+        chosen = keep[0]
+        if chosen in readings:
+            return readings[chosen]
+        return GraphReading(None, reason=f"the image is saved by {graph.label(chosen)} from a loaded image no sampler made")
+    # a guess between them (the first saver, the last pass of a chain) would be wrong as often as the file is
+    # the other one: identical metadata is embedded in an "original" and a "refined" image alike
+    return GraphReading(None, path=[graph.label(o) for o in keep[:6]],
+                        reason=f"the graph saves {len(keep)} images with different prompts ("
+                        + ", ".join(graph.label(o) for o in keep[:4]) + ") and the file's name, size and format do "
+                        "not tell which one this is")
+
+
+def _named(graph: Graph, candidates: list[str], name: str | None) -> list[str]:
+    """The candidates whose file names look like this one (a saver's prefix, or ComfyUI's temp names for previews)."""
+    if not name:
+        return candidates
+    m = _COMFY_NAME.match(name.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    if m is None:
+        return candidates
+    stem = m.group(1)
+    if stem.startswith("ComfyUI_temp_"):
+        return [o for o in candidates if _PREVIEW.search(graph.class_type(o))] or candidates
+    named = [o for o in candidates if isinstance(graph.inputs(o).get("filename_prefix"), str)
+             and graph.inputs(o)["filename_prefix"].replace("\\", "/").rsplit("/", 1)[-1] == stem]
+    return named or candidates
+
+
+def _same_shape(made: tuple[int, int], size: tuple[int, int]) -> bool:
+    """The same aspect ratio within 2% (an upscaled or resized output)."""
+    return abs(made[0] * size[1] - made[1] * size[0]) <= 0.02 * made[1] * size[0]
+
+
+def _shows_loaded_image(graph: Graph, out: str, budget: _Budget) -> bool:
+    """Whether the output's picture path ends at a node that loads a picture (no picture, mask or pipe input):
+    it saves or shows a copy of an input image, not something a sampler made."""
+    nid = out
+    for _ in range(64):
+        budget.tick()
+        pics = [(n, s, sl) for n, s, sl in graph.links(nid)
+                if (graph.output(s, sl)[1] or graph.input_type(nid, n)) in _IMAGE_TYPES | _LATENT_TYPES]
+        if not pics:
+            return nid != out and _loads_picture(graph, nid)
+        if pics[0][1] not in graph.nodes:
+            return False
+        nid = pics[0][1]
+    return False
+
+
+def _declares_picture(graph: Graph, nid: str) -> bool | None:
+    """Whether a node has an IMAGE or LATENT input socket (its UI sockets or its type say), None if nobody knows."""
+    ui = graph.ui_sockets.get(nid)
+    nt = graph.node_type(nid)
+    declared = set(ui[1].values()) if ui is not None else {t for _, t in nt.inputs} if nt is not None else None
+    return None if declared is None else bool(declared & (_IMAGE_TYPES | _LATENT_TYPES))
+
+
+def _loads_picture(graph: Graph, nid: str) -> bool:
+    """A node that makes a picture from no picture, mask or pipe input: one that declares none (LoadImage), or,
+    where nobody knows its sockets, one named a loader. A node whose picture input is missing never ran."""
+    if any(graph.input_type(nid, n) == "MASK" or _is_bundle(graph, nid, n, s, sl) for n, s, sl in graph.links(nid)):
+        return False
+    declared = _declares_picture(graph, nid)
+    if declared is None:
+        return bool(re.search(r"load", graph.class_type(nid), re.I))
+    return not declared
+
+
+def _output_size(graph: Graph, out: str, budget: _Budget) -> tuple[int, int] | None:
+    """The pixel size an output node saves: through decoders and passes that keep the size, and resizes that say
+    their size or factor, to the latent the pass sampled; None where a node on the way may change it unsaid."""
+    nid, scale = out, 1.0
+    for _ in range(64):
+        budget.tick()
+        pics = [(n, s, sl) for n, s, sl in graph.links(nid)
+                if (graph.output(s, sl)[1] or graph.input_type(nid, n)) in _IMAGE_TYPES | _LATENT_TYPES]
+        if not pics or pics[0][1] not in graph.nodes:
+            return None
+        src = pics[0][1]
+        inputs = graph.inputs(src)
+        takes_latent = any((graph.output(s, sl)[1] or graph.input_type(src, n)) in _LATENT_TYPES
+                           for n, s, sl in graph.links(src))
+        if _is_sampler(graph, src) and takes_latent:
+            size = _pass_size(graph, src, out, budget)
+            return (round(size[0] * scale), round(size[1] * scale)) if size else None
+        w, h = _number(graph, inputs.get("width"), budget), _number(graph, inputs.get("height"), budget)
+        by = _scale(graph, inputs, budget)
+        if _is_num(w) and _is_num(h) and w > 0 and h > 0:
+            return round(w * scale), round(h * scale)
+        if by is not None:
+            scale *= by
+        elif not (_is_sampler(graph, src) or (takes_latent and "IMAGE" in {t for _, t in graph.outputs(src)})):
+            return None  # neither a pass that keeps the size, a decoder, nor a resize that says its size
+        nid = src
+    return None
+
+
+def _formats(graph: Graph, out: str) -> set[str]:
+    """The file formats an output node writes: named in its class or its settings (VHS `image/webp`, an
+    `extension: jpg`), else PNG, as ComfyUI's savers write."""
+    names = [graph.class_type(out)] + [v for v in graph.inputs(out).values() if isinstance(v, str) and len(v) < 64]
+    found = set()
+    for text in names:
+        for fmt, pattern in (("WEBP", r"webp"), ("JPEG", r"jpe?g"), ("PNG", r"png"), ("GIF", r"gif")):
+            if re.search(pattern, text, re.I):
+                found.add(fmt)
+    return found or {"PNG"}
+
+
+def _pass_reading(graph: Graph, out: str, sampler: str, trail: list[str], budget: _Budget) -> GraphReading:
+    """Prompt, negative, model and settings of one sampler pass."""
     sides = _conditioning_inputs(graph, sampler, budget)
     if sides is None:
         return GraphReading(None, path=trail,
@@ -319,7 +494,7 @@ def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
         why = tracer.problem or f"the positive conditioning of {graph.label(sampler)} carries no text"
         return GraphReading(None, path=path, reason=why)
     neg_tracer = _TextTracer(graph, budget)
-    negative = neg_tracer.texts(neg_ref, "negative") if neg_ref is not None else []
+    negative = neg_tracer.texts(neg_ref, "negative")
     meta = _settings(graph, sampler, budget)
     size = _pass_size(graph, sampler, out, budget)
     if size is not None:
@@ -412,13 +587,16 @@ def _carries_sampling(graph: Graph, nid: str, depth: int, seen: set[str]) -> boo
                for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl))
 
 
-def _sampling_bundle(graph: Graph, nid: str) -> str | None:
-    """The input of `nid` that brings a pipe holding a model and conditioning (else its first pipe input)."""
+def _sampling_bundles(graph: Graph, nid: str) -> list[str]:
+    """The inputs of `nid` that bring pipes holding a model and conditioning (else its first pipe input)."""
     bundles = [(n, src, sl) for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl)]
-    for n, src, _sl in bundles:
-        if _carries_sampling(graph, src, 0, set()):
-            return n
-    return bundles[0][0] if bundles else None
+    sampling = [n for n, src, _sl in bundles if _carries_sampling(graph, src, 0, set())]
+    return sampling or [n for n, _, _ in bundles[:1]]
+
+
+def _sampling_bundle(graph: Graph, nid: str) -> str | None:
+    found = _sampling_bundles(graph, nid)
+    return found[0] if found else None
 
 
 def _sampler_behind(graph: Graph, trail: list[str], budget: _Budget) -> str | None:
@@ -441,17 +619,13 @@ def _sampler_behind(graph: Graph, trail: list[str], budget: _Budget) -> str | No
 
 
 def _find_sampler(graph: Graph, out: str, budget: _Budget) -> tuple[str, list[str]] | None:
-    """The sampler whose result reaches the output node, and the nodes on the way.
-
-    Detailers re-draw parts of the image they are given, so the look is their input's: the walk goes
-    on through them. Where it ends without a sampler (a loaded image was detailed), the detailer
-    nearest the output is the pass that made the image.
-    """
+    """The sampler pass nearest the output node on its picture path (a detailer re-drawing a region is one),
+    and the nodes on the way. Where the path ends without one, a pass whose re-drawn parts the path's nodes
+    take as a pipe (SEGSPaste from SEGSDetailer)."""
     trail = [graph.label(out)]
     seen = {out}
     walked = [out]
     nid = out
-    detailer: tuple[str, list[str]] | None = None
     for _ in range(MAX_NODES):
         budget.tick()
         nxt = None
@@ -462,20 +636,21 @@ def _find_sampler(graph: Graph, out: str, budget: _Budget) -> tuple[str, list[st
             if kind in _IMAGE_TYPES or kind in _LATENT_TYPES or (kind is None and name in ("images", "image", "samples", "latent")):
                 nxt = src
                 break
+        if nxt is None and nid != out and _declares_picture(graph, nid):
+            return None  # its picture input is missing (a muted source): it never ran
         if nxt is None or nxt in seen:
-            if detailer is None and (behind := _sampler_behind(graph, walked, budget)) is not None:
-                return behind, trail + [graph.label(behind) + " (its re-drawn parts)"]
-            return detailer
+            behind = _sampler_behind(graph, walked, budget)
+            return (behind, trail + [graph.label(behind) + " (its re-drawn parts)"]) if behind is not None else None
         seen.add(nxt)
         walked.append(nxt)
+        trail.append(graph.label(nxt))
         if _is_sampler(graph, nxt):
-            if not _is_detailer(graph, nxt):
-                return nxt, trail + [graph.label(nxt)]
-            if detailer is None:
-                detailer = nxt, trail + [graph.label(nxt) + " (detailer: no sampler made the image it details)"]
-        trail.append(graph.label(nxt) + (" (detailer: the image it details)" if detailer and detailer[0] == nxt else ""))
+            if not any((graph.output(s, sl)[1] or graph.input_type(nxt, n)) in _IMAGE_TYPES | _LATENT_TYPES
+                       for n, s, sl in graph.links(nxt)) and _declares_picture(graph, nxt):
+                return None
+            return nxt, trail
         nid = nxt
-    return detailer
+    return None
 
 
 def _is_detailer(graph: Graph, nid: str) -> bool:
@@ -488,37 +663,10 @@ def _is_detailer(graph: Graph, nid: str) -> bool:
     return takes_image and "IMAGE" in outs and "LATENT" not in outs
 
 
-def _choose_pass(graph: Graph, passes: list[tuple[str, str, list[str]]], image_size: tuple[int, int] | None,
-                 budget: _Budget) -> tuple[str, str, list[str]]:
-    """The pass whose size is the image's; else the last of a chain (a hires fix saves both passes, and the
-    image is more often the final one); else the first saver."""
-    if len(passes) == 1:
-        return passes[0]
-    if image_size is not None:
-        matching = [p for p in passes if _pass_size(graph, p[1], p[0], budget) == tuple(image_size)]
-        if matching:
-            return matching[0]
-    upstream = {p[1]: _upstream(graph, p[1], budget) for p in passes}
-    final = [p for p in passes if not any(p[1] in upstream[q[1]] for q in passes if q[1] != p[1])]
-    return final[0] if len({p[1] for p in final}) == 1 else passes[0]
-
-
-def _upstream(graph: Graph, nid: str, budget: _Budget) -> set[str]:
-    """Every node `nid` depends on."""
-    seen: set[str] = set()
-    stack = [nid]
-    while stack:
-        budget.tick()
-        for _n, src, _sl in graph.links(stack.pop()):
-            if src not in seen and src in graph.nodes:
-                seen.add(src)
-                stack.append(src)
-    return seen
-
-
 def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
-                         ) -> tuple[tuple[str, int, str], tuple[str, int, str] | None, list[str]] | None:
-    """((node, slot, input) feeding the positive side, same for negative or None, path through guiders)."""
+                         ) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]], list[str]] | None:
+    """([(node, slot, input)] feeding the positive side, the same for the negative, path through guiders).
+    A pass fed by several pipes that hold conditioning (a base and a mask sampler) has each of them."""
     via: list[str] = []
     nid = sampler
     for _ in range(8):
@@ -530,17 +678,15 @@ def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
             for n in (pos, neg):
                 if n is not None:
                     graph.require(links[n][0], graph.label(nid))
-            return ((*links[pos], pos), (*links[neg], neg) if neg else None, via)
+            return ([(*links[pos], pos)], [(*links[neg], neg)] if neg else [], via)
         guider = next((name for name, (src, slot) in links.items() if graph.output(src, slot)[1] == "GUIDER"
                        or name == "guider"), None)
-        if guider is None:  # a sampler fed by a bundle (Impact's BASIC_PIPE, Efficiency's SDXL_TUPLE)
-            bundle = _sampling_bundle(graph, nid)
-            if bundle is None:
+        if guider is None:  # a sampler fed by bundles (Impact's pipes, a base and a mask sampler, Efficiency's SDXL_TUPLE)
+            bundles = _sampling_bundles(graph, nid)
+            if not bundles:
                 return None
-            graph.require(links[bundle][0], graph.label(nid))
-            return ((*links[bundle], bundle), (*links[bundle], bundle), via)
-        if guider is None:
-            return None
+            refs = [(*links[b], b) for b in bundles]
+            return (refs, refs, via)
         graph.require(links[guider][0], graph.label(nid))
         nid = links[guider][0]
         via.append(graph.label(nid))
@@ -557,9 +703,11 @@ class _TextTracer:
         self.unknowable = False  # some text comes from a node whose output only exists at run time
         self._seen: set[tuple[str, int, str]] = set()
 
-    def texts(self, ref: tuple[str, int, str], side: str) -> list[str]:
-        src, slot, _ = ref
-        return self._from(src, slot, side, side)
+    def texts(self, refs: list[tuple[str, int, str]], side: str) -> list[str]:
+        out: list[str] = []
+        for src, slot, _ in refs:
+            out += self._from(src, slot, side, side)
+        return out
 
     def _from(self, nid: str, slot: int, side: str, want: str) -> list[str]:
         g = self.graph
@@ -588,7 +736,7 @@ class _TextTracer:
                 self.path.append(f"{label} (sampled with {bundle})")
                 return self._from(src, sslot, side, want)
         # positive -> positive, negative -> negative, a pipe's field -> the input of that name
-        for name in (out_name, want):
+        for name in (want, out_name):  # a pipe edit (EditBasicPipe) overrides the field wanted
             if name and name in names and name not in other and (name != "conditioning" or out_type == _COND):
                 src, sslot = next((s, sl) for n, s, sl in links if n == name)
                 g.require(src, label)
@@ -746,26 +894,28 @@ class _StringEval:
         populated = inputs.get("populated_text")
         if isinstance(populated, str) and populated.strip():
             return populated
-        strings = [(n, v) for n, v in inputs.items()
-                   if (isinstance(v, str) and n not in _OPTIONS)
-                   or (is_link(v) and (g.input_type(nid, n) in ("STRING", None) or text_source(g, str(v[0]), int(v[1]))))]
+        literals = [(n, v) for n, v in inputs.items() if isinstance(v, str) and n not in _OPTIONS]
+        texts = [(n, v) for n, v in inputs.items() if is_link(v) and (
+            g.input_type(nid, n) in ("STRING", None) or text_source(g, str(v[0]), int(v[1])))]
+        strings = [(n, v) for n, v in inputs.items() if (n, v) in literals or (n, v) in texts]
+        others = [n for n, v in inputs.items() if (n, v) not in strings and n not in _OPTIONS]
+        kind = g.class_type(nid)
         find = next((n for n, _ in strings if n.lower() in _FIND), None)
         repl = next((n for n, _ in strings if n.lower() in _REPLACE), None)
-        if find and repl and len(strings) == 3:  # text with a find-and-replace
+        if find and repl and len(strings) == 3:  # a find-and-replace
             parts = {n: self._text(v) for n, v in strings}
             bad = next((p for p in parts.values() if isinstance(p, _Unreadable)), None)
             if bad is not None:
                 return bad
             body = next(p for n, p in parts.items() if n not in (find, repl))
             return body.replace(parts[find], parts[repl]) if parts[find] else body
-        if not strings and not g.links(nid):  # the text lives only in the UI workflow's widgets
-            ui = g.ui_text(nid)
-            if len(ui) == 1:
-                return ui[0]
-        joins = re.search(r"concat|join|combine|append|merge", g.class_type(nid), re.I)
-        # one text in, the same text out (primitives, string literals, ShowText), or a join of texts;
-        # anything else (an LLM, a random line picker, a styler) makes its text at run time: not knowable from the graph
-        if strings and (len(strings) == 1 or joins):
+        if len(strings) == 1 and _RANDOM.search(kind) and others == ["seed"]:  # a random line, fixed seed
+            seed = _number(g, inputs["seed"], self.budget)
+            text = self._text(strings[0][1])
+            if isinstance(text, _Unreadable) or not isinstance(seed, int) or isinstance(seed, bool):
+                return text if isinstance(text, _Unreadable) else _Unreadable(kind)
+            return random.Random(seed).choice(text.split("\n"))  # what random.seed(s); random.choice does
+        if _JOIN.search(kind) and strings:
             parts: list[str] = []
             for _n, v in strings:
                 sub = self._text(v)
@@ -775,7 +925,27 @@ class _StringEval:
             if str(inputs.get("clean_whitespace", "")).lower() == "true":
                 parts = [p.strip() for p in parts]
             return _delimiter(inputs).join(p for p in parts if p != "")
-        return _Unreadable(g.class_type(nid))
+        if not texts and literals and not any(is_link(inputs[n]) for n in others):  # a text literal node
+            outs = g.outputs(nid)
+            if len(literals) == 1:
+                return literals[0][1]
+            if len(outs) == len(literals) and slot < len(outs):  # one output per text (WAS Text String)
+                return literals[slot][1]
+        if len(texts) == 1 and not literals and not others and not _TRANSFORM.search(kind):
+            return self._text(texts[0][1])  # a pass-through: shows or forwards the text it gets
+        if not strings and not g.links(nid):  # the text lives only in the UI workflow's widgets
+            ui = g.ui_text(nid)
+            if len(ui) == 1:
+                return ui[0]
+        # anything else (an LLM, a token parser, a styler, a wildcard picker) makes its text at run time
+        return _Unreadable(kind)
+
+
+_RANDOM = re.compile(r"random", re.I)
+_JOIN = re.compile(r"concat|join|combine|append|merge", re.I)
+# single-input text nodes that rewrite what they get (token and wildcard expansion, templates, language models)
+_TRANSFORM = re.compile(r"token|parse|wildcard|dynamic|random|template|styl|llm|gpt|ollama|caption|translat|expand|enhanc",
+                        re.I)
 
 
 def _delimiter(inputs: Mapping[str, Any]) -> str:
@@ -838,15 +1008,27 @@ def _pass_size(graph: Graph, sampler: str, out: str, budget: _Budget) -> tuple[i
             for by in reversed(scales):  # LatentUpscaleBy: round(latent size * scale)
                 lw, lh = round(lw * by), round(lh * by)
             return lw * 8, lh * 8
-        by = _number(graph, inputs.get("scale_by"), budget)
-        if nid != sampler and _is_num(by):
-            scales.append(float(by))
+        by = _scale(graph, inputs, budget)
+        if by is not None and (nid != sampler or _is_sampler(graph, nid)):  # a pass that upscales as it samples too
+            scales.append(by)
         latent = next(((s, n) for n, s, sl in graph.links(nid)
                        if (graph.output(s, sl)[1] in _LATENT_TYPES or n in ("latent_image", "samples", "samples_to", "latent"))
                        and s in graph.nodes), None)
         if latent is None:
             return None
         nid = latent[0]
+    return None
+
+
+_SCALE_NAMES = ("scale_by", "upscale_factor", "upscale_by", "factor", "scale")
+
+
+def _scale(graph: Graph, inputs: Mapping[str, Any], budget: _Budget) -> float | None:
+    """The factor a node resizes by, when it says one (LatentUpscaleBy, an iterative upscaler...)."""
+    for key in _SCALE_NAMES:
+        v = _number(graph, inputs.get(key), budget)
+        if _is_num(v) and 0 < v <= 64:
+            return float(v)
     return None
 
 

@@ -61,6 +61,8 @@ class RawFields:
     exif: dict[str, str] = field(default_factory=dict)  # "ifd0:0x0110", "exif:0x9286" -> decoded text
     size: tuple[int, int] | None = None
     problems: list[str] = field(default_factory=list)
+    format: str | None = None  # PNG, WEBP, JPEG... as the file's bytes say
+    name: str | None = None  # the file's name, when known (ComfyUI names files after the saver's prefix)
 
 
 # ---- PNG chunks -----------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def _exif_text(tag: int, value: Any) -> str | None:
 def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
     """All text metadata of an image, from a file, its bytes, or an opened Pillow image."""
     if isinstance(source, Image.Image):
-        out = RawFields(size=source.size)
+        out = RawFields(size=source.size, format=source.format)
         info = getattr(source, "text", None) or {}
         for k, v in {**(source.info or {}), **info}.items():
             if isinstance(v, str):
@@ -214,6 +216,7 @@ def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
     if data.startswith(PNG_SIGNATURE):
         out = png_fields(data)
+        out.format = "PNG"
         try:
             with Image.open(io.BytesIO(strip_png_text(data))) as img:
                 out.exif = exif_fields(img)  # eXIf chunks exist too
@@ -227,15 +230,18 @@ def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
         return RawFields(problems=[f"not an image Pillow can open ({e})"])
 
 
-def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None) -> PromptReading:
+def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None,
+                name: str | None = None) -> PromptReading:
     """The generation prompt embedded in an image (any format above), or why there is none.
 
     Only an image with no metadata field at all is searched for A1111's stealth parameters (hidden in
     the pixels' low bits), as the extension itself does: a written field always wins.
     """
     if isinstance(source, (str, Path)):
+        name = name or Path(source).name
         source = Path(source).read_bytes()
     raw = raw_fields(source)
+    raw.name = name
     found = interpret(raw, types)
     if found.reason != NO_METADATA:
         return found
@@ -246,7 +252,7 @@ def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | N
     if hidden is None:
         return found
     fields = _stealth_fields(hidden)
-    got = interpret(RawFields(text=fields, size=raw.size), types)
+    got = interpret(RawFields(text=fields, size=raw.size, format=raw.format, name=name), types)
     if got.reason == NO_METADATA:
         return PromptReading(None, generator="a1111-stealth", reason="the hidden (stealth) parameters hold no prompt")
     got.path = ["stealth parameters in the pixels"] + got.path
@@ -352,17 +358,17 @@ def _comfyui(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
                 return PromptReading(None, generator="comfyui", reason=str(e))
             api = None
         if isinstance(api, Mapping):
-            return _read_comfy(api, ui, types, raw.size, "comfyui")
+            return _read_comfy(api, ui, types, raw.size, raw.format, raw.name, "comfyui")
         if api is not None and ui is None:
             return PromptReading(None, generator="comfyui",
                                  reason=f"the prompt chunk holds a JSON {type(api).__name__}, not a graph object")
     if ui is None:
         return PromptReading(None, generator="comfyui", reason="the workflow chunk holds no graph object")
-    return _read_comfy(None, ui, types, raw.size, "comfyui-workflow")
+    return _read_comfy(None, ui, types, raw.size, raw.format, raw.name, "comfyui-workflow")
 
 
 def _read_comfy(api: Mapping[str, Any] | None, ui: Mapping[str, Any] | None, types: NodeTypes | None,
-                size: tuple[int, int] | None, generator: str) -> PromptReading:
+                size: tuple[int, int] | None, image_format: str | None, name: str | None, generator: str) -> PromptReading:
     """Read the API graph (else the one converted from the UI workflow), nested graphs expanded, sockets from the UI."""
     try:
         if api is None:
@@ -372,28 +378,36 @@ def _read_comfy(api: Mapping[str, Any] | None, ui: Mapping[str, Any] | None, typ
         sockets = {"nodes": ui_nodes(ui)} if ui is not None else None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
         return PromptReading(None, generator=generator, reason=f"the workflow cannot be read as a graph ({e})")
-    got = read_graph(api, sockets, types, size)
+    got = read_graph(api, sockets, types, size, image_format, name)
     prefix = ["(from the UI workflow)"] if generator == "comfyui-workflow" else []
+    made = (got.metadata.get("width"), got.metadata.get("height"))
+    if generator == "comfyui-workflow" and got.prompt and size is not None and made != tuple(size):
+        # ComfyUI's savers write the API graph too; a file with only the UI workflow is a canvas export,
+        # whose pixels are a picture of the graph, unless it is exactly the size the graph makes
+        shown = f"{made[0]}x{made[1]}" if None not in made else "a size it does not say"
+        return PromptReading(None, got.metadata, generator, prefix + got.path,
+                             f"only the UI workflow is embedded, as in a canvas export: the image is {size[0]}x{size[1]}, "
+                             f"the graph makes {shown}, so its pixels are not what the prompt made")
     return PromptReading(got.prompt, got.metadata, generator, prefix + got.path, got.reason)
 
 
 def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
     text = raw.text.get("parameters") or raw.exif.get("exif:UserComment") or raw.exif.get("ifd0:UserComment")
-    if not text or not text.lstrip().startswith("{"):
-        return None
-    try:
-        d = _json(text, "parameters field")
-    except ValueError as e:
-        return PromptReading(None, reason=str(e))
-    if not isinstance(d, Mapping):
+    d = _json_object(text)
+    if d is None:  # not JSON: A1111 text may start with "{" too (dynamic prompts' {a|b})
         return None
     if isinstance(d.get("sui_image_params"), Mapping):
         p = d["sui_image_params"]
         meta = _pick(p, {"negativeprompt": "negative", "model": "checkpoint", "seed": "seed", "steps": "steps",
                          "cfgscale": "cfg", "sampler": "sampler", "scheduler": "scheduler", "width": "width",
                          "height": "height"})
-        return PromptReading(_str(p.get("prompt")), meta, "swarmui", ["parameters: sui_image_params.prompt"],
-                             None if _str(p.get("prompt")) else "the SwarmUI parameters have no prompt")
+        prompt = _str(p.get("prompt"))
+        if prompt and _SWARM_RUNTIME.search(prompt):
+            return PromptReading(None, meta, "swarmui", ["parameters: sui_image_params.prompt"],
+                                 "the SwarmUI prompt is a template whose parts are drawn at run time "
+                                 f"({_SWARM_RUNTIME.search(prompt).group(0)}...>); the text each image used is not stored")
+        return PromptReading(prompt, meta, "swarmui", ["parameters: sui_image_params.prompt"],
+                             None if prompt else "the SwarmUI parameters have no prompt")
     prompt = _str(d.get("Prompt", d.get("prompt")))
     if prompt is None and "Full Prompt" not in d:
         return None
@@ -403,9 +417,23 @@ def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptRea
     return PromptReading(prompt, meta, "fooocus", ["parameters: Prompt"], None if prompt else "the Fooocus parameters have no prompt")
 
 
+_SWARM_RUNTIME = re.compile(r"<(random|wildcard|setmacro|macro|setvar|var)\b[^:>]{0,32}:", re.I)
+
+
+def _json_object(text: str | None) -> Mapping[str, Any] | None:
+    """`text` as a JSON object, None when it is not one (plain text, broken or too deeply nested JSON)."""
+    if not text or not text.lstrip().startswith("{"):
+        return None
+    try:
+        d = _json(text, "field")
+    except ValueError:
+        return None
+    return d if isinstance(d, Mapping) else None
+
+
 def _a1111_parameters(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
     text = raw.text.get("parameters")
-    if not text or text.lstrip().startswith("{"):
+    if not text or _json_object(text) is not None:
         return None
     prompt, meta = parse_a1111(text)
     return PromptReading(prompt, meta, "a1111", ["parameters"], None if prompt else "the A1111 parameters have no prompt")

@@ -182,7 +182,7 @@ class DecodeDataset(torch.utils.data.Dataset):
             out.known = True
             return
         if out.prompt is None:
-            reading = read_prompt(data, self.node_types)
+            reading = read_prompt(data, self.node_types, item.path.name)
             out.prompt = reading.prompt
             out.metadata = {**reading.metadata, **out.metadata}
             if not reading.prompt:

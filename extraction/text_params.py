@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
 from typing import Any
 
 # <lora:name:0.8> or <lora:name:0.8:0.5> (unet / te strengths), also <lyco:...>, <hypernet:...>
@@ -152,6 +151,10 @@ _DREAM_FLAGS = {"-s": "steps", "--steps": "steps", "-S": "seed", "--seed": "seed
                 "--height": "height", "-m": "checkpoint", "--model": "checkpoint"}
 
 
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')  # one unambiguous alternative per character: linear
+_FIRST_FLAG = re.compile(r"(?:^|\s)--?[A-Za-z]")
+
+
 def parse_dream(text: str) -> tuple[str | None, dict[str, Any]]:
     """An InvokeAI dream line, `"a castle [blurry]" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms`.
 
@@ -161,18 +164,15 @@ def parse_dream(text: str) -> tuple[str | None, dict[str, Any]]:
     stripped = text.strip()
     if stripped.startswith("!") or re.fullmatch(r"<[^<>]* [^<>]*>", stripped):
         return None, {}
-    try:
-        words = shlex.split(text)
-    except ValueError:  # an unbalanced quote: take the text up to the first flag
-        words = [text.split(" -", 1)[0].strip().strip('"')]
-    if not words:
-        return None, {}
-    prompt_words, meta = [], {}
+    quoted = _QUOTED.match(stripped)
+    if quoted:
+        prompt_text, rest = quoted.group(1).replace('\\"', '"'), stripped[quoted.end():]
+    else:  # unquoted: the prompt runs up to the first switch
+        flag = _FIRST_FLAG.search(stripped)
+        prompt_text, rest = (stripped[: flag.start()], stripped[flag.start():]) if flag else (stripped, "")
+    words = rest.split()
+    meta: dict[str, Any] = {}
     i = 0
-    while i < len(words) and not (words[i] in _DREAM_FLAGS or (words[i].startswith("-") and len(words[i]) > 1
-                                                               and not words[i][1].isdigit())):
-        prompt_words.append(words[i])
-        i += 1
     while i < len(words):
         flag, value = words[i], words[i + 1] if i + 1 < len(words) else None
         i += 2 if flag in _DREAM_FLAGS else 1
@@ -190,7 +190,7 @@ def parse_dream(text: str) -> tuple[str | None, dict[str, Any]]:
                 meta["cfg"] = finite(value)
         else:
             meta[key] = value
-    prompt, negative = split_negative(" ".join(prompt_words))
+    prompt, negative = split_negative(prompt_text.strip().strip('"'))
     if negative:
         meta["negative"] = negative
-    return prompt or None, meta
+    return (prompt if re.search(r"\w", prompt) else None), meta
