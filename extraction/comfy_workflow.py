@@ -355,20 +355,11 @@ def expand_components(api: Mapping[str, Any], ui: Mapping[str, Any] | None, type
         inner_ui = dict(sub, components=components)
         inner = expand_components(_convert(flatten(inner_ui, types), types), inner_ui, types, depth + 1)
         rename = {iid: f"{cid}:{iid}" for iid in inner}
-
-        def fix(value: Any) -> Any:
-            if not is_link(value):
-                return value
-            src = str(value[0])
-            if src in bindings:
-                return bindings[src]
-            return [rename.get(src, src), value[1]]
-
         del api[cid]
         for iid, inode in inner.items():
             if inode["class_type"] in _BOUNDARY:
                 continue
-            fixed = {k: fix(v) for k, v in inode["inputs"].items()}
+            fixed = {k: _rebind(v, bindings, rename) for k, v in inode["inputs"].items()}
             api[rename[iid]] = {"class_type": inode["class_type"], "inputs": {k: v for k, v in fixed.items() if v is not None}}
         for other in api.values():
             inputs = other.get("inputs") if isinstance(other, Mapping) else None
@@ -378,9 +369,20 @@ def expand_components(api: Mapping[str, Any], ui: Mapping[str, Any] | None, type
                 if is_link(v) and str(v[0]) == cid:
                     slot = int(v[1])
                     src = sources[slot] if slot < len(sources) else None
-                    value = fix([src[0], src[1]]) if src is not None else None
+                    value = _rebind([src[0], src[1]], bindings, rename) if src is not None else None
                     if value is None:
                         del inputs[k]
                     else:
                         inputs[k] = value
     return api
+
+
+def _rebind(value: Any, bindings: Mapping[str, Any], rename: Mapping[str, str]) -> Any:
+    """An inner input of a component in the outer graph: a ComponentInput's link becomes the instance's value (or
+    its outer link), an inner node's link gets the node's new id."""
+    if not is_link(value):
+        return value
+    src = str(value[0])
+    if src in bindings:
+        return bindings[src]
+    return [rename.get(src, src), value[1]]

@@ -16,7 +16,6 @@ size limit, so a huge or broken chunk is a reason, never a crash or a hang.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import struct
@@ -26,8 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..core.images import ImageRefused, open_image, read_image_file
 from .comfy_graph import NodeTypes, read_graph
 from .comfy_workflow import api_from_workflow, expand_components, ui_nodes
 from .stealth import StealthError, read_stealth
@@ -213,21 +213,21 @@ def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
                 out.text.setdefault(str(k), v)
         out.exif = exif_fields(source)
         return out
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    data = read_image_file(source) if isinstance(source, (str, Path)) else bytes(source)
     if data.startswith(PNG_SIGNATURE):
         out = png_fields(data)
         out.format = "PNG"
         try:
-            with Image.open(io.BytesIO(strip_png_text(data))) as img:
+            with open_image(strip_png_text(data), formats=("PNG",)) as img:
                 out.exif = exif_fields(img)  # eXIf chunks exist too
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except ImageRefused:
             pass
         return out
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             return raw_fields(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return RawFields(problems=[f"not an image Pillow can open ({e})"])
+    except ImageRefused as e:
+        return RawFields(problems=[str(e)])
 
 
 def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None,
@@ -239,7 +239,10 @@ def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | N
     """
     if isinstance(source, (str, Path)):
         name = name or Path(source).name
-        source = Path(source).read_bytes()
+        try:
+            source = read_image_file(source)
+        except ImageRefused as e:
+            return PromptReading(None, reason=str(e))
     raw = raw_fields(source)
     raw.name = name
     found = interpret(raw, types)
@@ -272,9 +275,9 @@ def stealth_text(source: "bytes | Image.Image") -> str | None:
     if not lossless:
         return None
     try:
-        with Image.open(io.BytesIO(strip_png_text(data)), formats=["PNG", "WEBP"]) as img:
+        with open_image(strip_png_text(data), formats=("PNG", "WEBP"), limit=MAX_STEALTH_PIXELS) as img:
             return _stealth_from_image(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (ImageRefused, OSError, ValueError, SyntaxError, EOFError):  # undecodable pixels: nothing hidden to read
         return None
 
 
