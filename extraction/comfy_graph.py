@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -144,6 +144,7 @@ class GraphReading:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)  # output node -> ... -> sampler -> encoder(s)
     reason: str | None = None
+    output_size: tuple[int, int] | None = None  # what the output node that wrote the file saves, where known
 
 
 def is_link(value: Any) -> bool:
@@ -200,7 +201,7 @@ class Graph:
 
     def outputs(self, nid: str) -> list[tuple[str | None, str | None]]:
         ui = self.ui_sockets.get(nid)
-        if ui is not None:
+        if ui is not None and ui[0]:
             return list(ui[0])
         nt = self.node_type(nid)
         return list(nt.outputs) if nt is not None else []
@@ -372,7 +373,7 @@ def _choose(graph: Graph, candidates: list[str], by_out: Mapping[str, tuple[str,
     if len(prompts) == 1:
         chosen = keep[0]
         if chosen in readings:
-            return readings[chosen]
+            return replace(readings[chosen], output_size=sizes[chosen])
         return GraphReading(None, reason=f"the image is saved by {graph.label(chosen)} from a loaded image no sampler made")
     # a guess between them (the first saver, the last pass of a chain) would be wrong as often as the file is
     # the other one: identical metadata is embedded in an "original" and a "refined" image alike

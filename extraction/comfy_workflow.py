@@ -137,42 +137,50 @@ def _boundary_out(k: int, link_id: Any, kind: Any) -> dict[str, Any]:
 
 
 def _group_node(inst: Mapping[str, Any], d: Mapping[str, Any], types: NodeTypes) -> dict[str, Any]:
-    """A group node's inner workflow with its boundary (see the module doc)."""
+    """A group node's inner workflow with its boundary (see the module doc).
+
+    The definition's links are [from index, from slot, to index, to slot, ...]; a link from index null comes
+    from outside: that inner input is one of the instance's inputs. The instance's inputs are those, and the
+    inner sockets nothing feeds, in node and slot order; its widget values go to the inner widgets that no
+    link drives, in the same order."""
     inner = [n for n in d.get("nodes") or [] if isinstance(n, Mapping)]
-    values = inst.get("widgets_values") if isinstance(inst.get("widgets_values"), list) else []
-    nodes, links = [], []
-    handed = iter(values)
-    for idx, n in enumerate(inner):
-        own = n.get("widgets_values")
-        inputs = [dict(i, link=None) for i in n.get("inputs") or [] if isinstance(i, Mapping)]
-        wv = own
-        if isinstance(own, list) and values:  # the instance's values replace the widgets still shown as widgets
-            converted = {str(i["widget"].get("name")) for i in inputs if isinstance(i.get("widget"), Mapping)}
-            names = _widget_names(types.get(str(n.get("type"))), len(own))
-            wv = list(own)
-            for p, name in enumerate(names[: len(own)]):
-                hidden = name in converted or (name is None and p > 0 and names[p - 1] in converted)
-                if not hidden:
-                    wv[p] = next(handed, own[p])
-        nodes.append(dict(n, id=str(n.get("index", idx)), widgets_values=wv, inputs=inputs))
+    nodes = [dict(n, id=str(n.get("index", idx)), inputs=[dict(i, link=None) for i in n.get("inputs") or []
+                                                          if isinstance(i, Mapping)]) for idx, n in enumerate(inner)]
     by_id = {n["id"]: n for n in nodes}
-    linked_in, linked_out = set(), set()
+    links, linked_out, fed, from_outside = [], set(), set(), set()
     for k, lk in enumerate(d.get("links") or []):
         if not (isinstance(lk, (list, tuple)) and len(lk) >= 4):
             continue
-        o, os_, t, ts = str(lk[0]), _int(lk[1]), str(lk[2]), _int(lk[3])
-        target = by_id.get(t)
-        if lk[0] is None or target is None or ts >= len(target["inputs"]):
-            continue  # a link from outside the group: that input is exposed on the instance
-        target["inputs"][ts]["link"] = f"l{k}"
+        t, ts = str(lk[2]), _int(lk[3])
+        if t not in by_id or ts >= len(by_id[t]["inputs"]):
+            continue
+        fed.add((t, ts))
+        if lk[0] is None:  # from outside the group: an input of the instance
+            from_outside.add((t, ts))
+            continue
+        o, os_ = str(lk[0]), _int(lk[1])
+        by_id[t]["inputs"][ts]["link"] = f"l{k}"
         links.append([f"l{k}", o, os_, t, ts, lk[5] if len(lk) > 5 else None])
-        linked_in.add((t, ts))
         linked_out.add((o, os_))
+    values = iter(inst.get("widgets_values") if isinstance(inst.get("widgets_values"), list) else ())
+    for n in nodes:
+        own = n.get("widgets_values")
+        if not isinstance(own, list) or not own:
+            continue
+        driven = {str(i["widget"].get("name")) for s, i in enumerate(n["inputs"])
+                  if isinstance(i.get("widget"), Mapping) and (n["id"], s) in fed}
+        names = _widget_names(types.get(str(n.get("type"))), len(own))
+        wv = list(own)
+        for p, name in enumerate(names[: len(own)]):
+            if not (name in driven or (name is None and p > 0 and names[p - 1] in driven)):
+                wv[p] = next(values, own[p])
+        n["widgets_values"] = wv
     external = {(str(e[0]), _int(e[1])) for e in d.get("external") or [] if isinstance(e, (list, tuple)) and len(e) >= 2}
     # outputs of the instance: inner outputs not linked inside (or marked external), in node order
     exposed_out = [(n["id"], s, o.get("type") if isinstance(o, Mapping) else None) for n in nodes
                    for s, o in enumerate(n.get("outputs") or []) if (n["id"], s) not in linked_out or (n["id"], s) in external]
-    exposed_in = [(n["id"], s) for n in nodes for s, _ in enumerate(n.get("inputs") or []) if (n["id"], s) not in linked_in]
+    exposed_in = [(n["id"], s) for n in nodes for s, i in enumerate(n["inputs"])
+                  if (n["id"], s) in from_outside or ((n["id"], s) not in fed and "widget" not in i)]
     for k, (nid, s, kind) in enumerate(exposed_out):
         links.append([f"o{k}", nid, s, f"out{k}", 0, kind])
         nodes.append(_boundary_out(k, f"o{k}", kind))

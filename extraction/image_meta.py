@@ -383,14 +383,14 @@ def _read_comfy(api: Mapping[str, Any] | None, ui: Mapping[str, Any] | None, typ
         return PromptReading(None, generator=generator, reason=f"the workflow cannot be read as a graph ({e})")
     got = read_graph(api, sockets, types, size, image_format, name)
     prefix = ["(from the UI workflow)"] if generator == "comfyui-workflow" else []
-    made = (got.metadata.get("width"), got.metadata.get("height"))
-    if generator == "comfyui-workflow" and got.prompt and size is not None and made != tuple(size):
-        # ComfyUI's savers write the API graph too; a file with only the UI workflow is a canvas export,
-        # whose pixels are a picture of the graph, unless it is exactly the size the graph makes
-        shown = f"{made[0]}x{made[1]}" if None not in made else "a size it does not say"
+    made = got.output_size
+    if generator == "comfyui-workflow" and got.prompt and size is not None and (made is None or not _scaled(made, size)):
+        # ComfyUI's savers write the API graph too; a file with only the UI workflow is a canvas export, whose
+        # pixels are a picture of the graph, unless it is the size (or a scaling) of what the graph saves
+        shown = f"{made[0]}x{made[1]}" if made else "a size it does not say"
         return PromptReading(None, got.metadata, generator, prefix + got.path,
                              f"only the UI workflow is embedded, as in a canvas export: the image is {size[0]}x{size[1]}, "
-                             f"the graph makes {shown}, so its pixels are not what the prompt made")
+                             f"the graph saves {shown}, so its pixels are not what the prompt made")
     return PromptReading(got.prompt, got.metadata, generator, prefix + got.path, got.reason)
 
 
@@ -418,6 +418,12 @@ def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptRea
                      "Base Model": "checkpoint", "base_model": "checkpoint", "Steps": "steps", "steps": "steps",
                      "Guidance Scale": "cfg", "guidance_scale": "cfg", "Sampler": "sampler", "sampler": "sampler"})
     return PromptReading(prompt, meta, "fooocus", ["parameters: Prompt"], None if prompt else "the Fooocus parameters have no prompt")
+
+
+def _scaled(made: tuple[int, int], size: tuple[int, int]) -> bool:
+    """`size` is `made`, or `made` scaled by one factor (an image resized after it was saved), to a pixel."""
+    factor = size[0] / made[0]
+    return abs(made[1] * factor - size[1]) <= max(1.0, factor)
 
 
 _SWARM_RUNTIME = re.compile(r"<(random|wildcard|setmacro|macro|setvar|var)\b[^:>]{0,32}:", re.I)
