@@ -29,8 +29,8 @@ from PIL import Image
 
 from ..core.atomic import check_name
 from ..core.content import pil_pixels_hash
-from ..core.images import ImageRefused, decode_rgb, read_image_file
 from ..core.families import TextSpec
+from ..core.images import ImageRefused, decode_rgb, read_image_file
 from ..vault.entries import AddReport
 from ..vault.manifest import VAULT_SUFFIX, vault_name
 from ..vault.ops import writer_for_adding
@@ -182,7 +182,7 @@ class DecodeDataset(torch.utils.data.Dataset):
             out.known = True
             return
         if out.prompt is None:
-            reading = read_prompt(data, self.node_types)
+            reading = read_prompt(data, self.node_types, item.path.name)
             out.prompt = reading.prompt
             out.metadata = {**reading.metadata, **out.metadata}
             if not reading.prompt:
