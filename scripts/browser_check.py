@@ -185,10 +185,10 @@ async def drive(url: str, chromium: str, vaults: Path, work: Path, out: Path | N
         node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="[data-luna=package]")
         await cdp.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(path)])  # fires 'change'
 
-    async def until(cdp: DevTools, expr: str) -> None:
+    async def until(cdp: DevTools, expr: str, timeout: float = 90.0) -> None:
         """Wait for `expr`; on a timeout say what the sidebar said last."""
         try:
-            await cdp.wait_for(expr)
+            await cdp.wait_for(expr, timeout)
         except TimeoutError as e:
             said = await cdp.eval("JSON.stringify(window.lunaVaults && window.lunaVaults.said)")
             raise TimeoutError(f"{e}; the sidebar said: {said}") from None
@@ -270,7 +270,7 @@ async def drive(url: str, chromium: str, vaults: Path, work: Path, out: Path | N
         first = await cdp.eval("Number(document.querySelector('.luna-cell').dataset.id)")
         await cdp.eval("document.querySelector('.luna-cell').click()")
         await cdp.eval("document.querySelector('[data-luna=similar]').click()")
-        await until(cdp, f"{STATUS}.startsWith('more like')")
+        await until(cdp, f"{STATUS}.startsWith('more like')", 900)  # the first one builds the vault's search index
         result["similar_cells"] = await cdp.eval("document.querySelectorAll('.luna-cell .sim').length")
         await shot(cdp, "browser_more_like_this")
 

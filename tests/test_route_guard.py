@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import pytest
 
 from helpers import import_comfyui
@@ -88,27 +84,3 @@ def test_a_proxy_name_is_allowed_when_listed(monkeypatch: pytest.MonkeyPatch) ->
     proxied.check({"Host": "comfy.example.org", "Origin": "https://comfy.example.org", TOKEN_HEADER: "s3cret-token"},
                   change=True)
 
-
-def test_messages_name_vaults_not_server_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from luna_vault.nodes import routes
-
-    folder = tmp_path / "models" / "vaults"
-    monkeypatch.setattr(routes, "vault_folders", lambda: [folder])
-    msg = (f"vault {folder}/eyes.vault is damaged:\n  {folder}/eyes.vault/seg-1.safetensors is short; "
-           "see '/etc/passwd' or C:\\Users\\me\\x.lvault (limit 1..200, 3/4 done)")
-    assert routes.public(msg) == ("vault eyes.vault is damaged: eyes.vault/seg-1.safetensors is short; see 'passwd' or "
-                                  "x.lvault (limit 1..200, 3/4 done)")
-
-
-def test_uploads_a_killed_server_left_are_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from luna_vault.nodes import routes
-
-    old, fresh, other = tmp_path / ".upload-a.lvault", tmp_path / ".upload-b.lvault", tmp_path / "mine.lvault"
-    for f in (old, fresh, other):
-        f.write_bytes(b"x")
-    hours_ago = time.time() - 2 * 3600
-    os.utime(old, (hours_ago, hours_ago))
-    os.utime(other, (hours_ago, hours_ago))
-    monkeypatch.setattr(routes, "vault_folders", lambda: [tmp_path, tmp_path / "absent"])
-    routes._remove_stale_uploads()
-    assert not old.exists() and fresh.exists() and other.exists()  # an upload in progress is written to all the time
