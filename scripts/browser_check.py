@@ -234,6 +234,7 @@ async def drive(url: str, chromium: str, vaults: Path, work: Path, out: Path | N
           return !d.hidden && r.height > 20 && r.top >= 0 && r.bottom <= innerHeight && d.contains(hit); })()""")
         result["detail_id"] = await cdp.eval("Number(document.querySelector('[data-luna=detail] b').textContent.slice(1))")
         result["last_cell_id"] = await cdp.eval("Number([...document.querySelectorAll('.luna-cell')].at(-1).dataset.id)")
+        await cdp.wait_for("[...document.querySelectorAll('.luna-cell img')].slice(-8).every(i => i.complete)")
         await shot(cdp, "browser_detail")
         await cdp.eval("document.querySelector('[data-luna=copy]').click()")
         await until(cdp, f"{STATUS}.startsWith('copied') || {STATUS}.startsWith('could not')")
