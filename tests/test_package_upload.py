@@ -9,18 +9,13 @@ import zipfile
 
 import pytest
 
-from helpers import clustered
-from luna_vault.vault import EncoderFingerprint, build
-from luna_vault.vault.package import PackageError, card_from_head, pack, package_bytes_limit
+from helpers import small_package
+from luna_vault.vault.package import PackageError, card_from_head, package_bytes_limit
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    work = tmp_path_factory.mktemp("pkg")
-    build(work / "eyes.vault", clustered(40, 16, seed=1), [f"eye {i}" for i in range(40)],
-          encoder=EncoderFingerprint("enc", 16, "w"), category="eyes")
-    pack(work / "eyes.vault", work / "eyes.lvault")
-    return (work / "eyes.lvault").read_bytes()
+    return small_package(tmp_path_factory.mktemp("pkg"), seed=1)
 
 
 def _card_end(package: bytes) -> int:

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from helpers import clustered, import_comfyui
+from helpers import import_comfyui, small_package
 
 import_comfyui()
 from luna_vault.nodes import routes  # noqa: E402
-from luna_vault.vault import EncoderFingerprint, build  # noqa: E402
-from luna_vault.vault.package import PackageError, pack  # noqa: E402
+from luna_vault.vault.package import PackageError  # noqa: E402
 
 
 def test_messages_name_vaults_not_server_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,11 +40,7 @@ def test_uploads_a_killed_server_left_are_removed(monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    work = tmp_path_factory.mktemp("pkg")
-    build(work / "eyes.vault", clustered(40, 16, seed=2), [f"eye {i}" for i in range(40)],
-          encoder=EncoderFingerprint("enc", 16, "w"), category="eyes")
-    pack(work / "eyes.vault", work / "eyes.lvault")
-    return (work / "eyes.lvault").read_bytes()
+    return small_package(tmp_path_factory.mktemp("pkg"), seed=2)
 
 
 def _upload(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, free: int, names: list[str], **kw: Any) -> Any:
