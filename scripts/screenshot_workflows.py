@@ -73,6 +73,7 @@ class DevTools:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws, self.next_id = ws, 0
+        self.events: list[dict[str, Any]] = []  # the events that arrived while waiting for answers (Network.enable...)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         self.next_id += 1
@@ -84,6 +85,8 @@ class DevTools:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+            if "method" in msg and len(self.events) < 10_000:
+                self.events.append(msg)
 
     async def eval(self, expr: str) -> Any:
         res = await self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
@@ -110,13 +113,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(chromium: str, size: tuple[int, int]) -> AsyncIterator[DevTools]:
-    """Headless Chromium with one page, driven over the DevTools protocol; closed on exit."""
+async def chromium_page(chromium: str, size: tuple[int, int], args: tuple[str, ...] = ()) -> AsyncIterator[DevTools]:
+    """Headless Chromium with one page, driven over the DevTools protocol; closed on exit. `args`: more flags."""
     port = free_port()
     profile = tempfile.mkdtemp(prefix="luna-chromium-")
     proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                              f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
-                             f"--window-size={size[0]},{size[1]}", "about:blank"],
+                             f"--window-size={size[0]},{size[1]}", *args, "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as http:

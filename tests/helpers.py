@@ -92,3 +92,14 @@ def tiny_open_clip(folder: Path) -> tuple[Path, Path, Path]:
         paths.append(folder / f"tiny-{seed}.safetensors")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(paths[-1]))
     return cfg, paths[0], paths[1]
+
+
+def small_package(folder: Path, n: int = 40, seed: int = 1) -> bytes:
+    """The bytes of a .lvault package of a small text-mode vault 'eyes' built in `folder`."""
+    from luna_vault.vault import EncoderFingerprint, build
+    from luna_vault.vault.package import pack
+
+    build(folder / "eyes.vault", clustered(n, 16, seed=seed), [f"eye {i}" for i in range(n)],
+          encoder=EncoderFingerprint("enc", 16, "w"), category="eyes")
+    pack(folder / "eyes.vault", folder / "eyes.lvault")
+    return (folder / "eyes.lvault").read_bytes()

@@ -551,5 +551,57 @@ def describe_package(package: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["PACKAGE_SUFFIX", "PackageError", "card_readme", "contact_sheet_webp", "describe_package", "install",
-           "make_card", "pack", "write_card"]
+# ---- uploads: the card from a package's first bytes -----------------------------------------------
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local header (30 bytes), then its name and extra
+_ZIP_MAGIC = b"PK\x03\x04"
+_HEADER_ROOM = 512  # zip headers per member (local + central, names, zip64 extras), with room to spare
+
+
+def card_from_head(head: bytes) -> dict[str, Any] | None:
+    """The card of a package read from the first bytes of its file, or None while more bytes are needed.
+
+    For a package streamed to a server: `pack` writes card.json first (stored, its sizes in its header),
+    so a stream that is not a zip is refused at its 4th byte and one that is not a package once its card
+    has arrived, long before the rest. The full checks still run at `install`.
+    """
+    if not head.startswith(_ZIP_MAGIC[:len(head)]):
+        raise PackageError(f"not a package: a .lvault file is a zip, whose first bytes are 50 4b 03 04 ('PK'); this "
+                           f"file starts with {bytes(head[:4]).hex(' ')}")
+    if len(head) < _LOCAL_HEADER.size:
+        return None
+    _, _, flags, method, _, _, _, csize, usize, nlen, xlen = _LOCAL_HEADER.unpack_from(head)
+    start = _LOCAL_HEADER.size + nlen + xlen
+    if len(head) < _LOCAL_HEADER.size + nlen:
+        return None
+    name = bytes(head[_LOCAL_HEADER.size:_LOCAL_HEADER.size + nlen])
+    if name != CARD.encode():
+        raise PackageError(f"the package's first file is {name[:60].decode('utf-8', 'replace')!r}, not {CARD}: it was not written by `luna-vault "
+                           "pack` (a package from elsewhere can be checked with `luna-vault install`)")
+    if method != zipfile.ZIP_STORED or flags & 0x9 or csize != usize or usize > MAX_CARD_BYTES:
+        raise PackageError(f"{CARD} is compressed, encrypted, of unknown size or over {MAX_CARD_BYTES} bytes: "
+                           "`luna-vault pack` stores it plainly")
+    if len(head) < start + usize:
+        return None
+    try:
+        card = json.loads(bytes(head[start:start + usize]))
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, an over-long number, deep nesting
+        raise PackageError(f"{CARD} is not valid JSON ({type(e).__name__})") from e
+    if not isinstance(card, dict) or card.get("format") != PACKAGE_FORMAT or card.get("version") != PACKAGE_VERSION:
+        raise PackageError(f"{CARD} is not a version-{PACKAGE_VERSION} Luna vault package card")
+    files = card.get("files")
+    if not isinstance(files, list) or not files or len(files) > MAX_MEMBERS or not all(
+            isinstance(f, dict) and type(f.get("bytes")) is int and 0 <= f["bytes"] <= MAX_PACKAGE_BYTES for f in files):
+        raise PackageError(f"{CARD} does not list the package's files with their sizes")
+    return card
+
+
+def package_bytes_limit(card: dict[str, Any]) -> int:
+    """The most bytes a package with this card (from `card_from_head`) can hold: the vault files it lists,
+    the card, README and contact sheet at their limits, and the zip's headers."""
+    files = card["files"]
+    return (sum(f["bytes"] for f in files) + MAX_CARD_BYTES + MAX_README_BYTES + MAX_SHEET_BYTES
+            + _HEADER_ROOM * (len(files) + 4))
+
+
+__all__ = ["PACKAGE_SUFFIX", "PackageError", "card_from_head", "card_readme", "contact_sheet_webp", "describe_package",
+           "install", "make_card", "pack", "package_bytes_limit", "write_card"]
