@@ -348,7 +348,7 @@ def test_workflow_only_png_and_broken_prompt_chunk(tmp_path: Path) -> None:
     _img((1200, 700)).save(tmp_path / "canvas.png", pnginfo=info)
     r = read_prompt(tmp_path / "canvas.png")
     assert r.prompt is None and r.reason.startswith("only the UI workflow is embedded, as in a canvas export: the image "
-                                                    "is 1200x700, the graph makes 16x16")
+                                                    "is 1200x700, the graph saves 16x16")
     r = read_prompt(_png(tmp_path, "b.png", prompt='{"3": {"class_type": "KSampler", ', workflow=json.dumps(ui)))
     assert r.prompt == "opal eye"  # the broken API graph falls back to the workflow
     r = read_prompt(_png(tmp_path, "bad.png", prompt='{"3": {"class_type": "KSampler", '))
