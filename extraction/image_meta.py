@@ -343,6 +343,13 @@ def _comfyui(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
             prompt_text = body
         elif head == "workflow" and workflow_text is None and body.lstrip().startswith("{"):
             workflow_text = body
+        elif prompt_text is None and workflow_text is None and '"prompt"' in value[:64]:
+            # custom JPEG/WebP savers: one JSON object {"prompt": {...graph}, "workflow": {...}} in a comment
+            both = _json_object(value)
+            if both is not None and isinstance(both.get("prompt"), (Mapping, str)):
+                prompt_text = both["prompt"] if isinstance(both["prompt"], str) else json.dumps(both["prompt"])
+                if isinstance(both.get("workflow"), (Mapping, str)):
+                    workflow_text = both["workflow"] if isinstance(both["workflow"], str) else json.dumps(both["workflow"])
     if prompt_text is None and workflow_text is None:
         return None
     ui = None

@@ -465,3 +465,13 @@ def test_stealth_from_a_file_of_bytes() -> None:
     buf = io.BytesIO()
     Image.fromarray(write_stealth(px, "a heron\nSteps: 4", "alpha", True)).save(buf, "PNG")
     assert read_prompt(buf.getvalue()).prompt == "a heron"
+
+
+def test_a_comfyui_graph_in_a_jpeg_comment(tmp_path: Path) -> None:
+    """Custom savers write JPEG/WebP with one JSON object {"prompt": graph, "workflow": ...} in an EXIF comment."""
+    g = base(**{"3": ksampler("6"), "6": PIPE["6"]})
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + json.dumps({"prompt": g, "workflow": {"nodes": []}}).encode("utf-16-be")
+    Image.new("RGB", (512, 768)).save(tmp_path / "c.jpg", exif=exif)
+    r = read_prompt(tmp_path / "c.jpg")
+    assert (r.prompt, r.generator) == ("amber eye, macro", "comfyui")
