@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.images import ImageRefused, open_image, read_image_file
+from ..core.inflate import inflate
 from .comfy_graph import NodeTypes, read_graph
 from .comfy_workflow import api_from_workflow, expand_components, ui_nodes
 from .stealth import StealthError, read_stealth
@@ -121,14 +121,7 @@ def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str]:
 
 
 def _inflate(data: bytes, name: str) -> bytes:
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(data, MAX_CHUNK + 1)
-    except zlib.error as e:
-        raise ValueError(f"the '{name}' text chunk does not decompress ({e})") from e
-    if len(out) > MAX_CHUNK or d.unconsumed_tail:
-        raise ValueError(f"the '{name}' text chunk decompresses to more than {MAX_CHUNK >> 20} MB; not read")
-    return out
+    return inflate(data, MAX_CHUNK, f"the '{name}' text chunk")
 
 
 def strip_png_text(data: bytes) -> bytes:

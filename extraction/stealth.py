@@ -12,9 +12,10 @@ Only lossless images can carry it (PNG, lossless WebP); the caller decodes the p
 from __future__ import annotations
 
 import gzip
-import zlib
 
 import numpy as np
+
+from ..core.inflate import inflate
 
 SIGNATURES = {b"stealth_pnginfo": ("alpha", False), b"stealth_pngcomp": ("alpha", True),
               b"stealth_rgbinfo": ("rgb", False), b"stealth_rgbcomp": ("rgb", True)}
@@ -72,14 +73,10 @@ def read_stealth(pixels: np.ndarray) -> str | None:
 
 
 def _gunzip(data: bytes) -> bytes:
-    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        out = d.decompress(data, MAX_PAYLOAD + 1)
-    except zlib.error as e:
-        raise StealthError(f"the hidden parameters do not decompress ({e})") from e
-    if len(out) > MAX_PAYLOAD or d.unconsumed_tail:
-        raise StealthError(f"the hidden parameters decompress to more than {MAX_PAYLOAD >> 20} MB")
-    return out
+        return inflate(data, MAX_PAYLOAD, "the hidden parameters", gzip=True)
+    except ValueError as e:
+        raise StealthError(str(e)) from e
 
 
 def write_stealth(pixels: np.ndarray, text: str, mode: str = "alpha", compressed: bool = False) -> np.ndarray:
