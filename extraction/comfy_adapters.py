@@ -176,17 +176,18 @@ class ComfyClipTextEncoder:
 
 def _bakeable_extras(enc: Encoded, family: str, prompt: str) -> bool:
     """True when the conditioning carries an all-ones attention mask (rebuilt on read), False when nothing beyond
-    tokens and pooled; DimensionError naming the key (and its size per prompt) when a baked vault cannot hold it."""
-    mask = False
+    tokens and pooled; DimensionError naming every key (and its size per prompt) a baked vault cannot hold."""
+    mask, extra = False, []
     for key, value in sorted(enc.extras.items()):
         if not isinstance(value, torch.Tensor):
             continue
         if key == "attention_mask" and is_token_mask(value, enc.cond.shape[0]) and bool(value.all()):
             mask = True
             continue
-        size = value.numel() * 2
+        kb = value.numel() * 2 / 1024
+        extra.append(f"{key} {list(value.shape)} ({f'{kb / 1024:.1f} MB' if kb >= 1024 else f'{kb:.0f} KB'} per prompt in fp16)")
+    if extra:
         raise DimensionError(
-            f"{family} conditioning for {prompt!r} carries {key} {list(value.shape)} ({size / 1e6:.1f} MB per prompt in "
-            "fp16) beside its tokens, which a baked vault does not store; build the vault in text mode (no CLIP on "
-            "the Builder, no --bake) and connect the CLIP to the query")
+            f"{family} conditioning for {prompt!r} carries {', '.join(extra)} beside its tokens, which a baked vault does "
+            "not store; build the vault in text mode (no CLIP on the Builder, no --bake) and connect the CLIP to the query")
     return mask
