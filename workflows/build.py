@@ -562,8 +562,47 @@ def wf_flux_detailer(info: dict[str, Any]) -> Workflow:
     return w
 
 
+QWEN_UNET = "qwen_image_fp8_e4m3fn.safetensors"
+QWEN_CLIP = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+QWEN_VAE = "qwen_image_vae.safetensors"
+
+
+def wf_qwen_image_detailer(info: dict[str, Any]) -> Workflow:
+    """Qwen-Image as ComfyUI's own template loads it: UNet + CLIPLoader (type qwen_image) + VAE files,
+    ModelSamplingAuraFlow (shift 3.1), KSampler at cfg 2.5; the vault is queried in text mode with the Qwen CLIP."""
+    w = Workflow("luna_qwen_image_detailer_vault", info)
+    img, cx, cy, cs, crop = crop_inputs(w)
+    unet = w.add("UNETLoader", (0, 640), unet_name=QWEN_UNET, weight_dtype="default")
+    clip = w.add("CLIPLoader", (0, 770), clip_name=QWEN_CLIP, type="qwen_image", device="default")
+    vae = w.add("VAELoader", (0, 930), vae_name=QWEN_VAE)
+    cv = w.add("CLIPVisionLoader", (0, 1040), clip_name=CLIP_VISION)
+    shift = w.add("ModelSamplingAuraFlow", (0, 1150), model=(unet, 0), shift=3.1)
+    pos = w.add("CLIPTextEncode", (360, 640), title="Prompt (Qwen CLIP)", text="extreme close-up of an eye, detailed iris",
+                clip=(clip, 0))
+    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text="", clip=(clip, 0))
+    q = w.add("LunaVaultQuery", (760, 640), image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
+              blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(clip, 0), filter="")
+    prev = w.add("PreviewImage", (1140, 640), title="Matched images", images=(q, 3))
+    x = 1140
+    up = w.add("ImageScale", (x, 170), title="Crop to 1024 px", image=(crop, 0), upscale_method="lanczos", width=1024,
+               height=1024, crop="disabled")
+    enc = w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=(vae, 0))
+    ks = w.add("KSampler", (x + 360, 170), model=(shift, 0), positive=(q, 0), negative=(neg, 0), latent_image=(enc, 0),
+               seed=42, steps=20, cfg=2.5, sampler_name="euler", scheduler="simple", denoise=0.4)
+    tail = paste_back(w, x + 720, (ks, 0), (vae, 0), img, cx, cy, cs, "luna_qwen_image_detailed")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault (Qwen CLIP, text mode)",
+                    [unet, clip, vae, cv, shift, pos, neg, q, prev], [up, enc, ks, *tail])
+    w.note("## Qwen-Image crop detailer with a Luna vault\n\nFiles: `models/diffusion_models/qwen_image_fp8_e4m3fn.safetensors`, "
+           "`models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors` (CLIPLoader type *qwen_image*), "
+           "`models/vae/qwen_image_vae.safetensors`, and the CLIP vision model your vault was built with. *Luna Vault "
+           "Query* encodes the matched prompts with the Qwen CLIP (any text-mode vault works, whatever model made its "
+           "images) and blends them into your prompt. The detail pass re-draws the crop at 1024 px (cfg 2.5, denoise 0.4).",
+           (0, -260), (760, 200))
+    return w
+
+
 WORKFLOWS = [wf_crop_detailer_vault, wf_detailer_segs, wf_build_from_generation, wf_build_from_folder,
-             wf_vision_translator, wf_ipadapter, wf_query_preview, wf_flux_detailer]
+             wf_vision_translator, wf_ipadapter, wf_query_preview, wf_flux_detailer, wf_qwen_image_detailer]
 
 
 def object_info_from_comfyui() -> dict[str, Any]:
