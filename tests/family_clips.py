@@ -43,6 +43,11 @@ class Encoder:
     depth_key: str  # num_layers (T5) or num_hidden_layers (CLIP, Llama, Qwen, Gemma)
     real: int  # layers in the released model
     test: int  # layers built here (the fewest ComfyUI's layer choice allows)
+    child: str = ""  # its attribute in the CLIP's text model, when not `model`
+
+    @property
+    def attribute(self) -> str:
+        return self.child or self.model
 
 
 @dataclass(frozen=True)
@@ -123,9 +128,9 @@ FAMILIES: dict[str, FamilySpec] = {f.name: f for f in (
     FamilySpec("chroma", "CLIPLoader", "chroma", ("t5xxl_fp16.safetensors",), (T5,), _chroma),
     FamilySpec("wan", "CLIPLoader", "wan", ("umt5_xxl_fp8_e4m3fn_scaled.safetensors",),
                (Encoder("umt5xxl", "num_layers", 24, 1),), _wan, spiece="umt5"),
-    FamilySpec("hunyuan_image", "DualCLIPLoader", "hunyuan_image",
+    FamilySpec("hunyuan_image", "DualCLIPLoader", "hunyuan_image",  # Qwen's layer -3: needs 4
                ("qwen_2.5_vl_7b.safetensors", "byt5_small_glyphxl_fp16.safetensors"),
-               (Encoder("qwen25_7b", "num_hidden_layers", 28, 4), Encoder("", "num_layers", 12, 1)),  # Qwen: layer -3
+               (Encoder("qwen25_7b", "num_hidden_layers", 28, 4), Encoder("", "num_layers", 12, 1, "byt5_small")),
                _hunyuan_image),
     FamilySpec("flux", "DualCLIPLoader", "flux", ("clip_l.safetensors", "t5xxl_fp16.safetensors"), (CLIP_L, T5), _flux),
 )}

@@ -191,3 +191,15 @@ def test_a_family_never_seen_works_in_text_mode_without_a_code_change(tmp_path: 
                                               r"attention_mask \[77\] \(0 KB per prompt in fp16\), conditioning_glyph \[7, 640\] "
                                               r"\(9 KB per prompt in fp16\) beside its tokens"):
         _ = ComfyClipTextEncoder(clip).spec
+
+
+def test_any_comfyui_loader_type_is_accepted_by_name() -> None:
+    """The CLI loads text encoder files with any of ComfyUI's own loader types, read from ComfyUI itself."""
+    from helpers import COMFYUI
+    from luna_vault.extraction.comfy_loader import load_text_encoder
+
+    with pytest.raises(ValueError, match=r"clip type 'qwen' unknown to the ComfyUI at .*; choose one of stable_diffusion, "
+                                         r".*, qwen_image, hunyuan_image"):
+        load_text_encoder(clip_files=["missing.safetensors"], clip_type="qwen", comfyui=COMFYUI)
+    with pytest.raises(FileNotFoundError):  # a known type goes on to load the files
+        load_text_encoder(clip_files=[str(COMFYUI / "missing.safetensors")], clip_type="qwen_image", comfyui=COMFYUI)
