@@ -330,3 +330,9 @@ def test_baked_vault_without_pooled_and_with_a_rebuilt_mask(tmp_path: Path) -> N
     with pytest.raises(TextFamilyMismatchError, match=r"stores lumina2.LuminaModel\[gemma2_2b\] conditioning \(\[\*, 8\] "
                                                       r"\(no pooled\)\) but yours is \[\*, 2048\] \+ pooled 1280 \(sdxl\)"):
         check_baked_family(v.text, [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]], "l")
+    from luna_vault.core.errors import VaultError
+    from luna_vault.projector.data import target_for_vault
+
+    with pytest.raises(VaultError, match=r"bakes lumina2.LuminaModel\[gemma2_2b\] conditioning \(no pooled output\); the "
+                                         r"projector predicts tokens \+ a pooled output only"):
+        target_for_vault(v)
