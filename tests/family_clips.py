@@ -138,7 +138,8 @@ FAMILIES: dict[str, FamilySpec] = {f.name: f for f in (
 
 def sentencepiece_model(kind: str) -> bytes:
     """A small SentencePiece model with the special-token ids of Gemma 2 (pad 0, eos 1, bos 2, unk 3) or
-    umT5 (pad 0, eos 1, unk 2, no bos); byte fallback, so every prompt tokenizes."""
+    umT5 (pad 0, eos 1, unk 2, no bos): whole pieces for the words the tests use (about as many tokens per word as the
+    real ones), byte fallback for anything else, so every prompt tokenizes."""
     import sentencepiece
 
     ids = {"gemma": {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3},
@@ -146,7 +147,7 @@ def sentencepiece_model(kind: str) -> bytes:
     rng = random.Random(0)
     lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(400)]
     out = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=300,
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=1000,
                                              model_type="unigram", hard_vocab_limit=False, byte_fallback=True,
                                              minloglevel=2, **ids)
     return out.getvalue()
