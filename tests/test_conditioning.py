@@ -98,6 +98,8 @@ def test_encoding_cache_avoids_re_encoding() -> None:
     for p in "abc":
         small.get("k", p, toy_encode)
     assert len(small) == 1
+    hidream = (128 * 4096 + 32 * 128 * 4096 + 2048) * 4  # one HiDream prompt in float32: T5 tokens, Llama layers, pooled
+    assert EncodingCache().max_bytes >= 5 * hidream  # a query's k = 5 prompts stay cached for every family
 
 
 def _user(t: int = 77, d: int = 8, pooled: bool = True) -> list:
