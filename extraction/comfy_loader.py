@@ -16,8 +16,6 @@ from typing import Any
 from ..core.comfy_home import ComfyUINotFound, find_comfyui
 from .comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 
-CLIP_TYPES = ("stable_diffusion", "sdxl", "flux", "sd3")
-
 
 def import_comfy(root: Path) -> Any:
     """Import ComfyUI's `comfy` package from `root` (CPU mode when there is no CUDA)."""
@@ -52,7 +50,8 @@ def load_clip_vision(path: str | os.PathLike[str], comfyui: str | os.PathLike[st
 
 def load_text_encoder(checkpoint: str | os.PathLike[str] | None = None, clip_files: list[str] | None = None,
                       clip_type: str = "stable_diffusion", comfyui: str | os.PathLike[str] | None = None) -> ComfyClipTextEncoder:
-    """The CLIP of a checkpoint, or standalone CLIP files (CLIPLoader/DualCLIPLoader types), as a TextEncoder."""
+    """The CLIP of a checkpoint, or standalone CLIP files with a loader type (any of ComfyUI's own: stable_diffusion,
+    sdxl, flux, sd3, qwen_image, hidream, lumina2, chroma, wan, hunyuan_image, ...), as a TextEncoder."""
     root = find_comfyui(comfyui)
     assert root is not None
     sd = import_comfy(root)
@@ -62,9 +61,10 @@ def load_text_encoder(checkpoint: str | os.PathLike[str] | None = None, clip_fil
         if clip is None:
             raise ValueError(f"checkpoint {checkpoint} has no CLIP text encoder")
     elif clip_files:
-        if clip_type not in CLIP_TYPES:
-            raise ValueError(f"clip type {clip_type!r} unknown; choose one of {CLIP_TYPES}")
-        ctype = getattr(sd.CLIPType, clip_type.upper())
+        types = [t.name.lower() for t in sd.CLIPType]  # this ComfyUI's loader types, whatever its version
+        if clip_type.lower() not in types:
+            raise ValueError(f"clip type {clip_type!r} unknown to the ComfyUI at {root}; choose one of {', '.join(types)}")
+        ctype = sd.CLIPType[clip_type.upper()]
         clip = sd.load_clip(ckpt_paths=[str(p) for p in clip_files], clip_type=ctype)
     else:
         raise ValueError("give a checkpoint or CLIP files to load a text encoder from")

@@ -29,7 +29,6 @@ from PIL import Image
 
 from ..core.atomic import check_name
 from ..core.content import pil_pixels_hash
-from ..core.families import TextSpec
 from ..core.images import ImageRefused, decode_rgb, read_image_file
 from ..vault.entries import AddReport
 from ..vault.manifest import VAULT_SUFFIX, vault_name
@@ -37,7 +36,7 @@ from ..vault.ops import writer_for_adding
 from ..vault.store import Vault, vault_exists
 from ..vault.thumbnails import make_thumbnail
 from .comfy_graph import NodeTypes
-from .encoders import ImageEncoder, TextEncoder, resize_crop
+from .encoders import ImageEncoder, TextEncoder, resize_crop, text_spec
 from .image_meta import PNG_SIGNATURE, read_prompt, strip_png_text
 from .readers import Item, describe, display_path, list_images
 
@@ -350,7 +349,7 @@ class Extractor:
             report.write_seconds += time.perf_counter() - t
 
     def _commit(self, target: _Target, report: ExtractReport) -> None:
-        text = TextSpec.for_family(self.text_encoder.family) if self.text_encoder is not None else None
+        text = text_spec(self.text_encoder) if self.text_encoder is not None else None
         writer = writer_for_adding(target.path, "append", self.encoder.fingerprint, target.category, text)
         with writer:
             encode = self.text_encoder.encode if self.text_encoder is not None else None

@@ -116,6 +116,8 @@ class LunaVaultQuery(io.ComfyNode):
             f"crop {b}: {r.vault}  " + ", ".join(f"{m.similarity:.3f} #{m.id}" for m in r.matches)
             for b, r in enumerate(result.results)
         )
+        if result.notes:
+            summary += "\n" + "\n".join(f"note: {n}" for n in result.notes)
         if use_tuned:
             summary = (f"tuned settings: k {k}, strength {strength:g}, temperature {temperature:g}, {blend_mode} "
                        f"({source})\n{summary}")

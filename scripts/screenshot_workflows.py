@@ -1,6 +1,6 @@
 """Screenshots of every example workflow loaded in ComfyUI's real web UI (headless Chromium).
 
-`python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows]`
+`python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows] [--only NAME ...]`
 Starts a headless ComfyUI (../shared/comfyui) serving its installed front end with this pack, opens
 it in headless Chromium (Debian's `chromium` package) over the DevTools protocol, loads each
 example_workflows/*.json with `app.loadGraphData`, and saves a PNG per workflow (plus a JPEG thumbnail beside
@@ -188,10 +188,11 @@ def main() -> None:
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     ap.add_argument("--out", default=str(REPO / "docs" / "workflows"))
     ap.add_argument("--size", default="2200x1300", help="viewport WIDTHxHEIGHT")
+    ap.add_argument("--only", nargs="*", help="workflow names to shoot (default: every example workflow)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workflows = sorted((REPO / "example_workflows").glob("*.json"))
+    workflows = sorted(p for p in (REPO / "example_workflows").glob("*.json") if not args.only or p.stem in args.only)
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(Path(tmp), frontend=True)

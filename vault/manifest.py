@@ -265,7 +265,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
         text = TextSpec.from_json(d["text"])
         _text(text.family, "text family")
         _int(text.dim, "text dim", 1, MAX_DIM)
-        _int(text.pooled_dim, "text pooled dim", 1, MAX_DIM)
+        _int(text.pooled_dim, "text pooled dim", 0, MAX_DIM)  # 0: a family without a pooled output
     vault_id = d.get("vault_id")
     if not legacy and not (isinstance(vault_id, str) and _VAULT_ID.match(vault_id)):
         raise ValueError(f"vault_id {vault_id!r} is not the hex id a writer records")

@@ -756,7 +756,10 @@ def _check_baked(out: Any, spec: TextSpec, prompt: str) -> tuple[np.ndarray, np.
     cond, pooled = out
     cond = np.asarray(cond.detach().cpu().float().numpy() if hasattr(cond, "detach") else cond, dtype=np.float32)
     if pooled is None:
-        raise DimensionError(f"the text encoder returned no pooled output for {prompt!r}; {spec.family} needs one")
+        if spec.pooled_dim == 0:  # a family without a pooled output (Qwen-Image, Lumina 2, Chroma, Wan)
+            pooled = np.zeros(0, np.float32)
+        else:
+            raise DimensionError(f"the text encoder returned no pooled output for {prompt!r}; {spec.family} needs one")
     pooled = np.asarray(pooled.detach().cpu().float().numpy() if hasattr(pooled, "detach") else pooled, dtype=np.float32)
     cond = cond.reshape(-1, cond.shape[-1])
     pooled = pooled.reshape(-1)
