@@ -30,10 +30,9 @@ an area, a timestep range). Nothing here knows a family: every rule reads the te
   average = ConditioningAverage(to=user, from=retrieved, to_strength=1-s): tokens sliced or
   zero-padded to the user's length and lerped, pooled lerped; every other key is the user's (the
   retrieved side's masks and extra encoder layers are not averaged, as in ComfyUI: the notes say so).
-  concat = ConditioningConcat(user, retrieved): tokens appended, the user's keys kept, with one
-  addition: an attention mask is extended over the appended tokens (ConditioningConcat keeps the
-  user's mask of the old length, and Lumina 2 reads its token count from it, so it would ignore
-  every appended token).
+  concat = ConditioningConcat(user, retrieved): tokens appended, the user's keys kept as they are,
+  the attention mask included (it keeps the old length: Lumina 2 reads its token count from it and
+  so does not see the appended tokens; the notes say so once, average or combine serve such a model).
   combine = ConditioningCombine(user, retrieved): the retrieved entry keeps its own text-encoder keys,
   gets `strength` s (the sampler weighs its noise prediction by it) and the user's other keys
   (`guidance`, SDXL's size, an area, a timestep range) copied onto it, as if the user had passed the
@@ -387,19 +386,6 @@ def _unused_retrieved_keys(r_extras: Mapping[str, Any], mode: str, notes: Notes 
                     "combine or replace use it")
 
 
-def _concat_mask(u_extras: Mapping[str, Any], r_extras: Mapping[str, Any], b: int, t_user: int, t_ret: int) -> Any:
-    """The attention mask over user ‖ retrieved tokens (ones where a side has none); _MISSING when neither side has a
-    token mask."""
-    u_mask, r_mask = u_extras.get("attention_mask"), r_extras.get("attention_mask")
-    u_ok, r_ok = is_token_mask(u_mask, t_user) and u_mask.dim() == 2, is_token_mask(r_mask, t_ret) and r_mask.dim() == 2
-    if not (u_ok or r_ok):
-        return _MISSING
-    dtype = (u_mask if u_ok else r_mask).dtype
-    left = _batch_to(u_mask, b, "your attention mask") if u_ok else torch.ones(b, t_user, dtype=dtype)
-    right = _batch_to(r_mask.to(dtype), b, "the retrieved attention mask") if r_ok else torch.ones(b, t_ret, dtype=dtype)
-    return torch.cat([left.to(right.device), right], dim=1)
-
-
 def blend(user: Conditioning | None, retrieved: Conditioning, mode: str = "average", strength: float = 0.3,
           notes: Notes | None = None, family: str | None = None) -> Conditioning:
     """Blend the retrieved conditioning into the user's (see the module doc for each mode, per key). `notes`
@@ -434,10 +420,11 @@ def blend(user: Conditioning | None, retrieved: Conditioning, mode: str = "avera
         t1 = _batch_to(u_cond, b, "your conditioning")
         t0 = _batch_to(r_cond.to(u_cond.device, u_cond.dtype), b, "the retrieved conditioning")
         extras = dict(u_extras)
-        if mode == "concat":  # ConditioningConcat, the attention mask extended over the appended tokens
-            mask = _concat_mask(u_extras, r_extras, b, t1.shape[1], t0.shape[1])
-            if mask is not _MISSING:
-                extras["attention_mask"] = mask
+        if mode == "concat":  # exactly ConditioningConcat: your keys, your attention mask as it is
+            if is_token_mask(u_extras.get("attention_mask"), t1.shape[1]):
+                note(notes, "your attention_mask covers only your own tokens in concat mode, as ConditioningConcat "
+                            "leaves it: a model that reads its token count from the mask (Lumina 2) does not see the "
+                            "appended ones; use average or combine with such a model")
             out.append([torch.cat([t1, t0], dim=1), extras])
             continue
         # average: exactly ConditioningAverage(to=user, from=retrieved, conditioning_to_strength=1 - strength)

@@ -277,9 +277,11 @@ def test_blend_modes_per_key() -> None:
     assert all(avg[0][1][k] is v or torch.equal(avg[0][1][k], v) for k, v in want[0][1].items())
     assert notes == ["conditioning_llama3 of the retrieved prompts is not used in average mode: yours is kept, as "
                      "ConditioningAverage does; combine or replace use it"]  # the all-ones mask says nothing: no note
-    cat = blend(user, ret, "concat", 0.3)  # ConditioningConcat, with the mask extended over the appended tokens
+    notes = []
+    cat = blend(user, ret, "concat", 0.3, notes)  # ConditioningConcat: the user's keys as they are, the mask included
     assert torch.equal(cat[0][0], torch.cat([user[0][0], ret[0][0]], dim=1))
-    assert cat[0][1]["attention_mask"].tolist() == [[1] * 9 + [0] * 3 + [1] * 20]
+    assert cat[0][1]["attention_mask"].tolist() == [[1] * 9 + [0] * 3]
+    assert [n for n in notes if n.startswith("your attention_mask covers only your own tokens in concat mode")]
     assert torch.equal(cat[0][1]["conditioning_llama3"], user[0][1]["conditioning_llama3"]) and cat[0][1]["guidance"] == 3.5
     comb = blend(user, ret, "combine", 0.4)  # the retrieved entry: its own text keys, the user's other keys, strength
     assert len(comb) == 2 and comb[0][1] == user[0][1]
@@ -296,13 +298,13 @@ def test_blend_modes_per_key() -> None:
                      "the retrieved ones replace"]
 
 
-def test_concat_mask_when_only_the_retrieved_side_has_one() -> None:
+def test_concat_keeps_keys_as_conditioning_concat_does() -> None:
     user = [[torch.randn(1, 6, 8), {"pooled_output": None}]]
     mask = torch.tensor([[1, 1, 1, 0]])
-    cat = blend(user, [[torch.randn(2, 4, 8), {"pooled_output": None, "attention_mask": mask.expand(2, 4)}]], "concat")
-    assert cat[0][0].shape == (2, 10, 8) and cat[0][1]["attention_mask"].tolist() == [[1] * 9 + [0]] * 2
-    plain = blend(user, [[torch.randn(1, 4, 8), {"pooled_output": None}]], "concat")
-    assert "attention_mask" not in plain[0][1]
+    notes: list[str] = []
+    cat = blend(user, [[torch.randn(2, 4, 8), {"pooled_output": None, "attention_mask": mask.expand(2, 4)}]], "concat",
+                notes=notes)
+    assert cat[0][0].shape == (2, 10, 8) and "attention_mask" not in cat[0][1] and notes == []
 
 
 def test_the_encoding_cache_refuses_another_family_under_one_key() -> None:

@@ -77,19 +77,13 @@ def max_diff(a: list, b: list) -> float:
 
 
 def core_blend(user: list, ret: list, mode: str, strength: float) -> list:
-    """What ComfyUI's core nodes give: ConditioningAverage / ConditioningConcat (the attention mask extended over the
-    appended tokens: see core/conditioning.py), and for combine / replace the retrieved conditioning passed through
-    the node the user's went through (ConditioningSetTimestepRange), with `strength` for combine."""
+    """What ComfyUI's core nodes give: ConditioningAverage / ConditioningConcat as they are, and for combine /
+    replace the retrieved conditioning passed through the node the user's went through
+    (ConditioningSetTimestepRange), with `strength` for combine."""
     if mode == "average":
         return comfy_nodes.ConditioningAverage().addWeighted(user, ret, 1.0 - strength)[0]
     if mode == "concat":
-        out = comfy_nodes.ConditioningConcat().concat(user, ret)[0]
-        u_mask, r_mask = user[0][1].get("attention_mask"), ret[0][1].get("attention_mask")
-        if u_mask is not None or r_mask is not None:
-            b, tu, tr = out[0][0].shape[0], user[0][0].shape[1], ret[0][0].shape[1]
-            out[0][1]["attention_mask"] = torch.cat([u_mask if u_mask is not None else torch.ones(b, tu, dtype=torch.int64),
-                                                     r_mask if r_mask is not None else torch.ones(b, tr, dtype=torch.int64)], 1)
-        return out
+        return comfy_nodes.ConditioningConcat().concat(user, ret)[0]
     r_cond, r_extras = ret[0]
     extras = {**r_extras, "strength": strength} if mode == "combine" else dict(r_extras)
     passed = comfy_nodes.ConditioningSetTimestepRange().set_range([[r_cond, extras]], 0.0, 0.8)[0]
