@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--bake", action="store_true", help="also store each new prompt's conditioning (needs --checkpoint or --clip)")
     sp.add_argument("--checkpoint", help="checkpoint whose CLIP encodes prompts for --bake")
     sp.add_argument("--clip", action="append", help="standalone CLIP file(s) for --bake (repeat for SDXL: clip_l + clip_g)")
-    sp.add_argument("--clip-type", default="sdxl", help="with --clip: stable_diffusion, sdxl, flux or sd3 (default sdxl)")
+    sp.add_argument("--clip-type", default="sdxl", help="with --clip: any of ComfyUI's CLIPLoader types (stable_diffusion, sdxl, flux, sd3, qwen_image, lumina2, hidream, wan, chroma, ...; default sdxl)")
     sp.add_argument("--category", help="category for items whose sidecar has none (default: their folder name)")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--workers", type=int, help="decoding processes (default: min(4, CPUs))")

@@ -33,9 +33,9 @@ import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from test_vault_trust import edit_manifest, manifest
 
 from helpers import clustered
-from test_vault_trust import edit_manifest, manifest
 from luna_vault.cli import main
 from luna_vault.core.content import pil_pixels_hash, pixels_hash
 from luna_vault.core.images import ImageRefused, decode_rgb, header_size
@@ -184,7 +184,7 @@ def fake_gs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     gs.chmod(0o755)
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(gs))
-    with pytest.raises(Exception):  # the canary works: Pillow left to itself hands an EPS to "gs"
+    with pytest.raises(subprocess.CalledProcessError):  # the canary works: Pillow left to itself hands an EPS to "gs"
         Image.open(io.BytesIO(eps_bytes())).load()
     assert marker.exists()
     marker.unlink()
@@ -317,7 +317,7 @@ def test_links_pipes_and_devices_in_a_vault_are_refused_unopened(tmp_path: Path,
         (v / seg).unlink()
         make(v / seg)
         done = threading.Event()
-        th = threading.Thread(target=lambda: (main(["info", str(v)]), done.set()), daemon=True)
+        th = threading.Thread(target=lambda v=v, done=done: (main(["info", str(v)]), done.set()), daemon=True)
         th.start()
         th.join(60)
         assert done.is_set(), "opening a vault whose segment is a pipe hung"
