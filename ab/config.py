@@ -15,6 +15,7 @@
       vault-0.3: {set: {LunaVaultQuery.strength: 0.3}}
       ipadapter: {vault: off, set: {IPAdapterAdvanced.weight: 0.6}}
     set: {KSampler.steps: 20}          # edits every arm shares (applied before each arm's own)
+    relevance: {ciede2000: 2.0}        # the smallest difference that matters, per score (defaults: ab/stats.py)
     bind: {}                           # where images, regions and seeds go; found in the template if left out
 """
 
@@ -32,7 +33,7 @@ SCORES = ("clip_similarity", "ciede2000", "hue_distance", "vault_agreement", "ss
 HIGHER_IS_BETTER = {"clip_similarity": True, "ciede2000": False, "hue_distance": False, "vault_agreement": True,
                     "ssim": None}  # SSIM: closeness to the first pass, not a quality (too high = over-constrained)
 _KEYS = {"name", "template", "servers", "vault", "seeds", "references", "baseline", "arms", "bind", "agreement_k",
-         "tune_on", "set"}
+         "tune_on", "set", "relevance"}
 NO_CATEGORY = "(none)"
 _ARM_KEYS = {"set", "remove", "vault"}
 _BIND_KEYS = {"image", "x", "y", "width", "height", "seed", "output", "clip_vision"}
@@ -74,6 +75,7 @@ class AbConfig:
     agreement_k: int = 5
     tune_on: str = "clip_similarity"
     common: Arm | None = None  # the top-level `set:`, applied to every arm first
+    relevance: dict[str, float] = field(default_factory=dict)  # per score: the smallest difference that matters
 
     def template_graph(self) -> dict[str, Any]:
         """The template as an API-format graph (the same reading and checks as generation templates)."""
@@ -136,11 +138,18 @@ def load_config(path: str | Path) -> AbConfig:
     k = raw.get("agreement_k", 5)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
         raise AbConfigError(f"{path}: agreement_k must be 1..100, got {k!r}")
+    relevance = raw.get("relevance", {})
+    scored = [s for s in SCORES if HIGHER_IS_BETTER[s] is not None]
+    if not isinstance(relevance, dict) or not all(
+            s in scored and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+            for s, v in relevance.items()):
+        raise AbConfigError(f"{path}: relevance maps scores ({', '.join(scored)}) to the smallest difference that "
+                            f"matters (a number >= 0), got {relevance!r}")
     return AbConfig(
         path=path, name=name, template=_path(base, raw["template"], "template", path), servers=servers,
         references=refs, seeds=list(seeds), arms=arms, baseline=baseline, bind=bind,
         vault=_path(base, raw["vault"], "vault", path) if raw.get("vault") else None,
-        agreement_k=k, tune_on=tune_on, common=common)
+        agreement_k=k, tune_on=tune_on, common=common, relevance={s: float(v) for s, v in relevance.items()})
 
 
 def _references(items: Any, base: Path, where: Path) -> list[Reference]:

@@ -1,8 +1,10 @@
 """The A/B report: one self-contained HTML page (images and plots inline), plus CSV and JSON.
 
-Per reference a row of the reference region and each arm's output; per category, each score's paired
-difference to the baseline against the vault strength with its bootstrap 95% interval; a table of means,
-differences and win rates. Few samples are said plainly at the top.
+At the top one verdict line per arm (better / worse / no difference that matters / unclear, per score,
+with the interval and the pairs), then per seed (collapsible) a row of the reference region and each
+arm's output; per category, each score's paired difference to the baseline against the vault strength
+with its bootstrap 95% interval, and a table of means, differences, wins, ties and losses coloured by
+the same verdicts. Few samples are said plainly at the top.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..core.atomic import atomic_write_bytes
 from . import scores as sc
 from .arms import AbTemplate, checkpoint_of
 from .config import HIGHER_IS_BETTER, SCORES, AbConfig
-from .stats import FEW, summarise
+from .stats import FEW, VERDICT_TEXT, arm_verdict, relevance, summarise
 
 if TYPE_CHECKING:
     from .run import AbRun, Scorer
@@ -84,7 +86,8 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
     out = run.out
     arms = [a.name for a in config.arms]
     present = [s for s in SCORES if any(r.get(s) is not None for r in run.rows)]
-    summary = summarise(run.rows, arms, config.baseline, present)
+    thresholds = relevance(config.agreement_k, config.relevance)
+    summary = summarise(run.rows, arms, config.baseline, present, thresholds)
     strengths = {}
     for a in arms:
         value = template.settings[a].get("strength")
@@ -103,7 +106,9 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
             "vault": str(config.vault) if config.vault else None, "scored_with": {
                 "clip_vision_node": template.encoder[0] if template.encoder else None, "vault": template.probe_vault or None},
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": run.timings,
-            "warnings": warnings, "notes": run.notes, "failed": run.failed}
+            "warnings": warnings, "notes": run.notes, "failed": run.failed,
+            "relevance": {s: thresholds[s] for s in present if s in thresholds},
+            "verdicts": {a: verdict_line(a, summary["all"][a], config.baseline) for a in arms if a != config.baseline}}
     files = {"json": str(out / "ab_summary.json"), "csv": str(out / "ab_scores.csv"), "html": str(out / "ab_report.html")}
     atomic_write_bytes(Path(files["json"]), json.dumps({"meta": meta, "summary": summary, "rows": run.rows},
                                                        indent=1, default=float).encode())
@@ -118,6 +123,82 @@ def write_report(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "
     return files
 
 
+ARM_TEXT = {**VERDICT_TEXT, "mixed": "mixed (better on one score, worse on another)", "unclear": "unclear (add pairs)"}
+
+
+def _num(v: float) -> str:
+    return f"{v:+.3g}"
+
+
+def _score_text(score: str, p: dict[str, Any]) -> str:
+    ci = p.get("ci")
+    interval = f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else " (1 pair)"
+    return f"{LABELS[score]} {_num(p['diff'])}{interval}: {VERDICT_TEXT[p['verdict']]}"
+
+
+def verdict_line(arm: str, by_score: dict[str, Any], baseline: str) -> str:
+    """One line: the arm's verdict against the baseline, then each score's difference, interval and verdict."""
+    scored = {s: p for s, p in by_score.items() if p.get("verdict")}
+    pairs = max((p["pairs"] for p in scored.values()), default=0)
+    head = f"{arm}: {ARM_TEXT[arm_verdict(scored)]} against {baseline} over {pairs} pair{'s' * (pairs != 1)}"
+    tail = f" (under {FEW} pairs: provisional)" if pairs < FEW else ""
+    return head + tail + (" — " + "; ".join(_score_text(s, p) for s, p in scored.items()) if scored else "")
+
+
+def _verdicts_html(summary: dict[str, Any], arms: list[str], baseline: str) -> str:
+    e = html.escape
+    items = []
+    for arm in arms:
+        if arm == baseline:
+            continue
+        scored = {s: p for s, p in summary[arm].items() if p.get("verdict")}
+        pairs = max((p["pairs"] for p in scored.values()), default=0)
+        word = arm_verdict(scored)
+        spans = "; ".join(f"<span class='{p['verdict']}' data-score='{s}' data-verdict='{p['verdict']}'>"
+                          f"{e(_score_text(s, p))}</span>" for s, p in scored.items())
+        items.append(f"<li data-arm='{e(arm)}' data-verdict='{word}'><b>{e(arm)}</b>: <span class='{word}'>"
+                     f"{e(ARM_TEXT[word])}</span> against {e(baseline)} over {pairs} pair{'s' * (pairs != 1)}"
+                     f"{f' (under {FEW} pairs: provisional)' if pairs < FEW else ''}{' — ' + spans if spans else ''}</li>")
+    return "<h2>Verdict</h2><ul class='verdicts'>" + "".join(items) + "</ul>"
+
+
+def _outputs_html(config: AbConfig, run: "AbRun", scorer: "Scorer", present: list[str]) -> list[str]:
+    """Per seed (the first open, the others folded), each reference beside every arm's output."""
+    e = html.escape
+    arms = [a.name for a in config.arms]
+    by_key = {(r["arm"], r["reference"], r["seed"]): r for r in run.rows}
+    parts = []
+    for n, seed in enumerate(config.seeds):
+        rows = []
+        for ref in config.references:
+            figs = [f"<figure><img src='{_data_uri(scorer.refs[ref.name]['crop'])}'>reference {e(ref.name)}</figure>"]
+            for arm in arms:
+                row = by_key.get((arm, ref.name, seed))
+                if row is None:
+                    figs.append(f"<figure><div style='width:{THUMB}px;height:{THUMB // 2}px;border:1px dashed #bbb'>"
+                                f"</div>{e(arm)}: missing</figure>")
+                    continue
+                img, _ = sc.output_region(sc.load_rgb(run.out / row["image"]), ref.size, ref.region)
+                cap = "<br>".join(f"{SHORT[s]} {row[s]:.3f}" for s in present if row.get(s) is not None)
+                figs.append(f"<figure><img src='{_data_uri(img)}'><b>{e(arm)}</b><br>{cap}</figure>")
+            rows.append(f"<div>{''.join(figs)}</div>")
+        parts.append(f"<details class='seed' data-seed='{seed}'{' open' if n == 0 else ''}><summary>Seed {seed}: the "
+                     f"detailed region of each arm beside its reference</summary>{''.join(rows)}</details>")
+    return parts
+
+
+def _cell(p: dict[str, Any]) -> str:
+    txt = _fmt(p.get("mean"))
+    if p.get("diff") is None:
+        return f"<td>{txt}</td>"
+    ci = p.get("ci")
+    txt += (f"<br>Δ {_num(p['diff'])}" + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else " (1 pair)"))
+    if p.get("verdict") is None:
+        return f"<td>{txt}</td>"
+    txt += f"<br>wins {p['wins']} · ties {p['ties']} · losses {p['losses']}"
+    return f"<td class='{p['verdict']}' data-verdict='{p['verdict']}'>{txt}</td>"
+
+
 def _html(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "Scorer", summary: dict[str, Any],
           present: list[str], strengths: dict[str, float], meta: dict[str, Any]) -> str:
     arms = [a.name for a in config.arms]
@@ -127,7 +208,10 @@ def _html(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "Scorer"
              "table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "th{background:#f3f3f3}td.l,th.l{text-align:left}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;"
              "margin:8px 0}.fail{background:#fde2e2;border:1px solid #d88;padding:8px 12px;margin:8px 0}"
-             ".good{color:#17692f;font-weight:600}.bad{color:#a11;font-weight:600}figure{display:inline-block;margin:4px;"
+             ".better{color:#17692f;font-weight:600}.worse{color:#a11;font-weight:600}.same,.few{color:#777}"
+             ".mixed{color:#8a5a00;font-weight:600}ul.verdicts{font-size:15px;line-height:1.6}"
+             "details.seed{margin:6px 0}details.seed summary{cursor:pointer;font-weight:600}"
+             "figure{display:inline-block;margin:4px;"
              "text-align:center;font-size:11px}figure img{display:block;border:1px solid #bbb}</style></head><body>",
              f"<h1>Is the vault helping? — {e(config.name)}</h1>",
              f"<p>Template <code>{e(config.template.name)}</code> ({e(template.hash)}), checkpoint "
@@ -140,52 +224,32 @@ def _html(config: AbConfig, template: AbTemplate, run: "AbRun", scorer: "Scorer"
     for f in run.failed:
         parts.append(f"<div class='fail'>arm <b>{e(f['arm'])}</b>, reference {e(f['reference'])}, seed {f['seed']}: "
                      f"{e(str(f['error']))}</div>")
+    if present:
+        parts.append(_verdicts_html(summary["all"], arms, config.baseline))
+    thresholds = ", ".join(f"{LABELS[s]} {v:g}" for s, v in meta["relevance"].items())
     parts.append("<h2>How to read this</h2><p>Each score compares an output's detailed region with the reference region. "
                  "↑ = higher is better, ↓ = lower is better. <i>Δ</i> is the arm minus the baseline on the same reference and "
-                 "seed, with a bootstrap 95% interval; an interval that excludes 0 is a difference the samples support. "
-                 "<i>wins</i> is the share of pairs where the arm did better. SSIM to the first pass has no better side: "
-                 "close to 1 means the pass barely changed the region (an image prompt that pins the layout).</p>")
-    parts.append(f"<h2>Outputs (seed {config.seeds[0]}): the detailed region of each arm beside its reference</h2>")
-    first = config.seeds[0]
-    by_key = {(r["arm"], r["reference"], r["seed"]): r for r in run.rows}
-    for ref in config.references:
-        figs = [f"<figure><img src='{_data_uri(scorer.refs[ref.name]['crop'])}'>reference {e(ref.name)}</figure>"]
-        for arm in arms:
-            row = by_key.get((arm, ref.name, first))
-            if row is None:
-                figs.append(f"<figure><div style='width:{THUMB}px;height:{THUMB // 2}px;border:1px dashed #bbb'></div>"
-                            f"{e(arm)}: missing</figure>")
-                continue
-            img, _ = sc.output_region(sc.load_rgb(run.out / row["image"]), ref.size, ref.region)
-            cap = "<br>".join(f"{SHORT[s]} {row[s]:.3f}" for s in present if row.get(s) is not None)
-            figs.append(f"<figure><img src='{_data_uri(img)}'><b>{e(arm)}</b><br>{cap}</figure>")
-        parts.append(f"<div>{''.join(figs)}</div>")
+                 "seed, with a bootstrap 95% interval. A score's verdict is <span class='better'>better</span> or "
+                 "<span class='worse'>worse</span> when the interval excludes 0 and the mean difference reaches the "
+                 "smallest difference that matters, <span class='same'>no difference that matters</span> when the whole "
+                 "interval lies within that difference either side of 0, and <i>unclear</i> otherwise (more pairs decide). "
+                 f"The smallest differences that matter: {e(thresholds)} (<code>relevance:</code> in the config changes "
+                 "them). A pair is a <i>win</i> or a <i>loss</i> when the arm did better or worse by at least that much, "
+                 "else a <i>tie</i>. SSIM to the first pass has no better side: close to 1 means the pass barely changed the "
+                 "region (an image prompt that pins the layout).</p>")
+    parts.append("<h2>Outputs</h2>")
+    parts += _outputs_html(config, run, scorer, present)
     for cat, by_arm in summary.items():
-        if cat != "all" or len(summary) == 1:
-            parts.append(f"<h2>{'All references' if cat == 'all' else 'Category ' + e(cat)}</h2>")
-        else:
-            parts.append("<h2>All references</h2>")
+        parts.append(f"<h2>{'All references' if cat == 'all' else 'Category ' + e(cat)}</h2>")
         if present:
             parts.append(_plot(by_arm, arms, strengths, present, config.baseline))
         head = "".join(f"<th>{e(LABELS[s])}</th>" for s in present)
-        parts.append(f"<table><tr><th class='l'>arm</th><th>strength</th>{head}</tr>")
+        parts.append(f"<table data-category='{e(cat)}'><tr><th class='l'>arm</th><th>strength</th>{head}</tr>")
         for arm in arms:
-            cells = []
-            for s in present:
-                p = by_arm[arm][s]
-                txt = _fmt(p.get("mean"))
-                if p.get("diff") is not None:
-                    ci = p.get("ci")
-                    better = HIGHER_IS_BETTER[s]
-                    cls = ""
-                    if ci and better is not None and (ci[0] > 0 or ci[1] < 0):
-                        cls = "good" if (ci[0] > 0) == better else "bad"
-                    txt += (f"<br><span class='{cls}'>Δ {p['diff']:+.3g}</span>"
-                            + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else " (1 pair)")
-                            + (f"<br>wins {p['win_rate']:.0%} of {p['pairs']}" if p.get("win_rate") is not None else ""))
-                cells.append(f"<td>{txt}</td>")
+            cells = "".join(_cell(by_arm[arm][s]).replace("<td", f"<td data-arm='{e(arm)}' data-score='{s}'", 1)
+                            for s in present)
             parts.append(f"<tr><td class='l'>{e(arm)}{' (baseline)' if arm == config.baseline else ''}</td>"
-                         f"<td>{_fmt(strengths.get(arm), 2)}</td>{''.join(cells)}</tr>")
+                         f"<td>{_fmt(strengths.get(arm), 2)}</td>{cells}</tr>")
         parts.append("</table>")
     t = run.timings
     parts.append(f"<h2>Time</h2><p>ComfyUI executing: {t.get('comfy_s', 0):.1f} s over {len(run.rows)} outputs; "

@@ -6,10 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import emit
+from .common import UsageError, emit, read_yaml_file
+from .paths import output_folder
 
 
 def cmd_ab(a: argparse.Namespace) -> int:
+    read_yaml_file(a.config, "A/B config")
+    if a.out:
+        output_folder(a.out, "--out")
+    if not a.give_up_after > 0:
+        raise UsageError(f"--give-up-after is a number of seconds > 0, got {a.give_up_after:g}")
     from ..ab.config import AbConfigError, load_config
     from ..ab.run import print_failures, run_ab
     from ..ab.tune import write_defaults
@@ -21,8 +27,7 @@ def cmd_ab(a: argparse.Namespace) -> int:
         run = run_ab(config, out, servers=a.server or None, depth=a.depth, retries=a.retries, progress=not a.json,
                      retry_failed=a.retry_failed, give_up_after=a.give_up_after)
     except DispatchError as e:
-        print(f"error: {e}; finished outputs are kept in {out}", file=sys.stderr)
-        return 1
+        raise DispatchError(f"{e}; finished outputs are kept in {out}") from e
     print_failures(run)
     t = run.timings
     lines = [f"{out}: {len(run.rows)} outputs scored ({run.missing} missing); report {run.files.get('html')}",

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..core.comfy_home import find_comfyui, vault_folders
 from ..core.conditioning import EncodingCache, blend, retrieved_conditioning, text_lookup
 from ..extraction.encoders import RandomImageEncoder
 from ..vault import Vault, build, get_index, search
 from ..vault.index import exact_search
 from ..vault.thumbnails import make_thumbnail
 from .common import emit, progress_bar
+from .paths import output_folder
 
 COLOURS = {
     "blue": (40, 90, 200), "green": (40, 150, 70), "brown": (110, 60, 25), "hazel": (140, 110, 40),
@@ -84,7 +86,7 @@ def toy_text_encoder(prompt: str, dim: int = 768, tokens: int = 77) -> tuple[tor
 
 def run_demo(a: argparse.Namespace) -> int:
     t_all = time.perf_counter()
-    work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="luna-demo-"))
+    keep, work = _where(a)
     work.mkdir(parents=True, exist_ok=True)
     vault_path = work / "demo-eyes.vault"
     timings: dict[str, float] = {}
@@ -140,7 +142,7 @@ def run_demo(a: argparse.Namespace) -> int:
 
         p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
         summary = {
-            "vault": str(vault_path) if a.out else None,  # without --out the vault is removed at the end
+            "vault": str(vault_path.resolve()) if keep else None,  # else it was made in a temporary folder, removed now
             "entries": len(vault), "prompts": vault.n_prompts, "skipped": len(report.skipped),
             "encoder": encoder.fingerprint.name, "dim": vault.dim, "index": index.describe(),
             "bytes_per_entry": vault.disk_bytes() / len(vault),
@@ -181,11 +183,22 @@ def run_demo(a: argparse.Namespace) -> int:
             f"  query k={a.k}              p50 {p50:.3f} ms, p99 {p99:.3f} ms with prompts + metadata "
             f"(brute-force scan of all vectors, batched: {exact_ms:.3f} ms/query)",
             f"  conditioning assembly   {timings['conditioning_ms']:.1f} ms for 8 crops",
-            f"total {time.perf_counter() - t_all:.1f} s; vault kept at {vault_path}" if a.out else
-            f"total {time.perf_counter() - t_all:.1f} s (pass --out DIR to keep the vault)",
+            f"total {time.perf_counter() - t_all:.1f} s; vault kept at {vault_path.resolve()}" if keep else
+            f"total {time.perf_counter() - t_all:.1f} s (no ComfyUI found to keep the vault in: pass --out DIR to keep it)",
         ]
         emit(summary, a.json, "\n".join(lines))
         return 0 if math.isfinite(p50) else 1
     finally:
-        if not a.out:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _where(a: argparse.Namespace) -> tuple[bool, Path]:
+    """(keep, folder) for the demo vault: --out, else ComfyUI's vault folder (kept, so the nodes list it), else
+    a temporary folder removed at the end."""
+    if a.out:
+        return True, output_folder(a.out, "--out")
+    root = find_comfyui(a.comfyui, required=False)
+    if root is not None:
+        return True, vault_folders(root)[0]
+    return False, Path(tempfile.mkdtemp(prefix="luna-demo-"))

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import UsageError, emit
+from .common import UsageError, emit, read_yaml_file
+from .paths import input_file, output_folder
 
 
 def _eta(seconds: float) -> str:
@@ -29,6 +30,11 @@ def _check_template(template: Any, campaign: Any) -> list[str]:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    read_yaml_file(a.campaign, "campaign file")
+    if a.workflow:
+        input_file(a.workflow, "--workflow")
+    if a.out:
+        output_folder(a.out, "--out")
     from ..generation.campaign import Campaign
     from ..generation.dispatch import LEDGER, Ledger
 
@@ -75,12 +81,17 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from ..generation.campaign import Campaign
-    from ..generation.dispatch import Dispatcher, DispatchError
-    from ..generation.workflow import WorkflowTemplate
-
     if not a.server:
         raise UsageError("give at least one --server host:port")
+    if not a.give_up_after > 0:
+        raise UsageError(f"--give-up-after is a number of seconds > 0, got {a.give_up_after:g}")
+    read_yaml_file(a.campaign, "campaign file")
+    input_file(a.workflow, "--workflow")
+    output_folder(a.out, "--out")
+    from ..generation.campaign import Campaign
+    from ..generation.dispatch import Dispatcher
+    from ..generation.workflow import WorkflowTemplate
+
     camp = Campaign.load(a.campaign)
     tpl = WorkflowTemplate.load(a.workflow)
     jobs = camp.plan()
@@ -88,11 +99,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         jobs = jobs[:a.limit]
     for note in _check_template(tpl, camp):
         print(f"note: {note}", file=sys.stderr)
-    try:
-        report = Dispatcher(jobs, tpl, a.server, a.out, depth=a.depth, retries=a.retries, progress=not a.json).run(a.retry_failed)
-    except DispatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    report = Dispatcher(jobs, tpl, a.server, a.out, depth=a.depth, retries=a.retries, give_up_after=a.give_up_after,
+                        progress=not a.json).run(a.retry_failed)  # gives up with one line (exit 2); run again to resume
     text = (f"{a.out}: {report.images:,} images written this run ({report.skipped:,} jobs were already done), "
             f"{report.done:,}/{len(jobs):,} jobs done in {report.seconds:.0f} s; per server: "
             + ", ".join(f"{k} {v:,}" for k, v in report.per_server.items()))

@@ -1,37 +1,28 @@
-"""CLI verbs on vaults: build, append, query, info, verify, merge, delete, rebuild, upgrade."""
+"""CLI verbs on vaults: build, append, info, verify, merge, delete, rebuild, upgrade, pack, install, card.
+
+Each verb resolves and checks the paths it names first (cli.paths), then imports the vault library.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ..core.errors import VaultCorruptError, VaultFormatError
-from ..vault import (
-    EncoderFingerprint,
-    Vault,
-    append,
-    build,
-    compact,
-    delete_where,
-    detect_category,
-    get_index,
-    merge,
-    rebuild_index,
-    search,
-    upgrade,
-)
-from ..vault.entries import AddReport
-from ..vault.thumbnails import make_thumbnail
 from .common import UsageError, emit, progress_bar, read_embeddings, read_jsonl
+from .paths import existing_vault, input_file, new_vault, output_file, output_folder, vaults_folder
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..vault import EncoderFingerprint, Vault
+    from ..vault.entries import AddReport
 
 
 def _load_entries(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.ndarray, list[Any], list[Any], list[Any] | None, dict[str, str]]:
+    input_file(entries, "entries file")  # both files checked before either is read
     emb, header = read_embeddings(embeddings)
     rows = read_jsonl(entries)
     if len(rows) != len(emb):
@@ -41,6 +32,8 @@ def _load_entries(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.n
     metas = [{k: v for k, v in r.items() if k not in ("prompt", "thumbnail")} if r else None for r in rows]
     thumbs = None
     if thumbnails:
+        from ..vault.thumbnails import make_thumbnail
+
         base = Path(entries).parent
         thumbs = []
         for r in rows:
@@ -53,13 +46,14 @@ def _load_entries(embeddings: str, entries: str, thumbnails: bool) -> tuple[np.n
 
 
 def _open_image(path: Path) -> Any:
-    from PIL import Image
+    from ..core.images import decode_rgb, read_image_file
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return decode_rgb(read_image_file(path), what=path.name)  # the image gate: format by its bytes, size bounded
 
 
 def _fingerprint(dim: int, header: dict[str, str], name: str | None, weights_hash: str | None) -> EncoderFingerprint:
+    from ..vault import EncoderFingerprint
+
     return EncoderFingerprint(name or header.get("encoder_name") or "unknown", dim,
                               weights_hash or header.get("encoder_hash", ""))
 
@@ -78,95 +72,60 @@ def _report_json(path: str, report: AddReport, seconds: float, vault: Vault) -> 
             "entries": len(vault), "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in report.skipped]}
 
 
-def _warm_index(path: str, show: bool) -> None:
+def _warm_index(path: Path, show: bool) -> None:
+    from ..vault import Vault, get_index
+
     with progress_bar("indexing", "vec", show) as cb:
         vault = Vault.open(path)
         if len(vault):
             get_index(vault, progress=cb)
 
 
-def _finish(path: str, report: AddReport, t0: float, a: argparse.Namespace) -> int:
-    """After build/append/merge: build the search index now (unless --no-index), then report."""
+def _finish(path: Path, report: AddReport, t0: float, a: argparse.Namespace) -> int:
+    """After build/append/merge: build the search index now (unless --no-index), then report where it wrote."""
+    from ..vault import Vault
+
     if not a.no_index:
         _warm_index(path, not a.json)
     seconds = time.perf_counter() - t0
-    emit(_report_json(path, report, seconds, Vault.open(path)), a.json, _report_text(path, report, seconds))
+    where = str(path.resolve())
+    emit(_report_json(where, report, seconds, Vault.open(path)), a.json, _report_text(where, report, seconds))
     return 0
 
 
 def cmd_build(a: argparse.Namespace) -> int:
+    path = new_vault(a.vault, a.comfyui)
+    from ..vault import build
+    from ..vault.store import check_new_vault_folder
+
+    check_new_vault_folder(path, a.overwrite)  # before the files are read
     emb, prompts, metas, thumbs, header = _load_entries(a.embeddings, a.entries, a.thumbnails)
     fp = _fingerprint(emb.shape[1], header, a.encoder_name, a.encoder_hash)
     t = time.perf_counter()
     with progress_bar("building", "entry", not a.json) as cb:
-        report = build(a.vault, emb, prompts, metas, thumbs, encoder=fp, category=a.category, overwrite=a.overwrite,
+        report = build(path, emb, prompts, metas, thumbs, encoder=fp, category=a.category, overwrite=a.overwrite,
                        index=a.index, progress=cb)
-    return _finish(a.vault, report, t, a)
+    return _finish(path, report, t, a)
 
 
 def cmd_append(a: argparse.Namespace) -> int:
+    path = existing_vault(a.vault, a.comfyui)
+    from ..vault import Vault, append
+
+    Vault.open(path)  # a vault, before the files are read
     emb, prompts, metas, thumbs, header = _load_entries(a.embeddings, a.entries, a.thumbnails)
     fp = _fingerprint(emb.shape[1], header, a.encoder_name, a.encoder_hash)
     t = time.perf_counter()
     with progress_bar("appending", "entry", not a.json) as cb:
-        report = append(a.vault, emb, prompts, metas, thumbs, encoder=fp, progress=cb)
-    return _finish(a.vault, report, t, a)
-
-
-def _parse_rows(rows: str | None, n: int) -> list[int]:
-    """'0,3,10-12' -> [0, 3, 10, 11, 12], each row checked against 0..n-1; one-line errors otherwise."""
-    if rows is None:
-        return list(range(n))
-    out: list[int] = []
-    for part in rows.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d{1,12})(?:-(\d{1,12}))?", part)
-        if not m:
-            raise UsageError(f"--rows {rows!r}: {part!r} is not a row or a range; write rows like 0,3,10-12 "
-                             f"(rows count from 0; this file has rows 0..{n - 1})")
-        a, b = int(m.group(1)), int(m.group(2)) if m.group(2) else int(m.group(1))
-        if b < a:
-            raise UsageError(f"--rows {rows!r}: the range {part} runs backwards")
-        if b >= n:
-            raise UsageError(f"--rows {rows!r}: row {b} is outside 0..{n - 1}")
-        if len(out) + b - a + 1 > 1_000_000:
-            raise UsageError(f"--rows {rows!r}: more than a million rows")
-        out.extend(range(a, b + 1))
-    return out
-
-
-def cmd_query(a: argparse.Namespace) -> int:
-    emb, header = read_embeddings(a.embeddings)
-    picked = _parse_rows(a.rows, len(emb))
-    queries = emb[picked]
-    fp = _fingerprint(emb.shape[1], header, None, a.encoder_hash)
-    fp = fp if fp.weights_hash else None
-    opened = [Vault.open(v) for v in a.vaults]
-    t = time.perf_counter()
-    if len(opened) == 1:
-        results, detection = search(opened[0], queries, k=a.k, filter=a.filter, encoder=fp), None
-    else:
-        detection, results = detect_category(opened, queries, k=a.k, filter=a.filter, encoder=fp)
-    ms = (time.perf_counter() - t) * 1e3
-    data = {"queries": [{"row": r, **res.to_json()} for r, res in zip(picked, results)], "milliseconds": round(ms, 3)}
-    if detection is not None:
-        data["skipped_vaults"] = detection.skipped
-    lines = []
-    for r, res in zip(picked, results):
-        head = f"query row {r} -> vault '{res.vault}'"
-        if res.scores:
-            head += "  (scores: " + ", ".join(f"{n} {s:.3f}" for n, s in res.scores.items()) + ")"
-        lines.append(head)
-        for m in res.matches:
-            extra = ", ".join(f"{key}={m.metadata[key]}" for key in ("checkpoint", "seed", "quality") if key in m.metadata)
-            lines.append(f"  {m.similarity:7.4f}  #{m.id:<8d} {m.prompt}" + (f"   [{extra}]" if extra else ""))
-    lines.append(f"{len(results)} queries in {ms:.1f} ms")
-    emit(data, a.json, "\n".join(lines))
-    return 0
+        report = append(path, emb, prompts, metas, thumbs, encoder=fp, progress=cb)
+    return _finish(path, report, t, a)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    v = Vault.open(a.vault)
+    path = existing_vault(a.vault, a.comfyui)
+    from ..vault import Vault, get_index
+
+    v = Vault.open(path)
     info = v.info()
     index = get_index(v)
     info["index_state"] = index.describe()
@@ -195,8 +154,12 @@ def _tuning_lines(st: Any) -> list[str]:
 
 def cmd_verify(a: argparse.Namespace) -> int:
     """Exit 0: the vault checks out; 1: problems found (listed); 2: not a vault or cannot run."""
+    path = existing_vault(a.vault, a.comfyui)
+    from ..core.errors import VaultCorruptError, VaultFormatError
+    from ..vault import Vault
+
     try:
-        v = Vault.open(a.vault)
+        v = Vault.open(path)
     except (VaultCorruptError, VaultFormatError) as e:  # a vault that does not even open has problems to report
         emit({"vault": a.vault, "ok": False, "problems": [str(e)]}, a.json, f"{a.vault}: 1 problem(s)\n  {e}")
         return 1
@@ -208,38 +171,68 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
+    out = new_vault(a.out, a.comfyui, "OUT")
+    sources = [existing_vault(s, a.comfyui) for s in a.sources]
+    from ..vault import merge
+    from ..vault.store import check_new_vault_folder
+
+    check_new_vault_folder(out, a.overwrite)
+    if any(s.resolve() == out.resolve() for s in sources):
+        raise UsageError(f"merge writes a new vault: {out} is also one of the sources; give another OUT")
     t = time.perf_counter()
     with progress_bar("merging", "entry", not a.json) as cb:
-        report = merge(a.out, a.sources, category=a.category, drop_baked=a.drop_baked, overwrite=a.overwrite, progress=cb)
-    return _finish(a.out, report, t, a)
+        report = merge(out, sources, category=a.category, drop_baked=a.drop_baked, overwrite=a.overwrite, progress=cb)
+    return _finish(out, report, t, a)
 
 
 def cmd_delete(a: argparse.Namespace) -> int:
-    v = Vault.open(a.vault)
+    path = existing_vault(a.vault, a.comfyui)
+    from ..vault import Vault, delete_where
+    from ..vault.filters import parse_filter
+
+    if not parse_filter(a.filter):
+        raise UsageError("--filter is empty: say which entries to delete, e.g. --filter 'quality<0.3'")
+    v = Vault.open(path)
     matching = int(v.filter_mask(a.filter).sum())
     if matching and matching == len(v) and not a.yes:
         raise UsageError(f"the filter '{a.filter}' matches all {matching} live entries of {a.vault}: add --yes to delete "
                          "them all")
-    n = delete_where(a.vault, a.filter)
-    v = Vault.open(a.vault)
+    n = delete_where(path, a.filter)
+    v = Vault.open(path)
     emit({"vault": a.vault, "deleted": n, "entries": len(v)}, a.json, f"{a.vault}: deleted {n} entries matching '{a.filter}'; {len(v)} remain")
     return 0
 
 
 def cmd_upgrade(a: argparse.Namespace) -> int:
-    m = upgrade(a.vault)
-    emit({"vault": a.vault, "format_version": m.format_version, "entries": m.entries}, a.json,
-         f"{a.vault}: rewritten as format version {m.format_version} ({m.entries} entries, ids unchanged)")
+    path = existing_vault(a.vault, a.comfyui)
+    from ..core.errors import VaultFormatError
+    from ..vault import Vault, upgrade
+
+    try:
+        m = Vault.open(path).manifest  # opens only in the current format version: nothing to do
+        upgraded = False
+    except VaultFormatError:  # an older version (a newer one or a foreign file is refused again by upgrade)
+        m, upgraded = upgrade(path), True
+    text = (f"{a.vault}: rewritten as format version {m.format_version} ({m.entries} entries, ids unchanged)" if upgraded
+            else f"{a.vault}: already format version {m.format_version}; nothing to upgrade")
+    emit({"vault": a.vault, "format_version": m.format_version, "entries": m.entries, "upgraded": upgraded}, a.json, text)
     return 0
 
 
 def cmd_rebuild(a: argparse.Namespace) -> int:
+    path = existing_vault(a.vault, a.comfyui)
+    if a.recall is not None and not 0 < a.recall <= 1:
+        raise UsageError(f"--recall is a recall@5 target between 0 and 1 (e.g. 0.98), got {a.recall}")
+    from ..vault import Vault, compact, rebuild_index
+    from ..vault.index import RECALL_TARGET
+
+    Vault.open(path)
     t = time.perf_counter()
     if a.compact_:
         with progress_bar("compacting", "entry", not a.json) as cb:
-            compact(a.vault, progress=cb)
+            compact(path, progress=cb)
     with progress_bar("indexing", "vec", not a.json) as cb:
-        idx = rebuild_index(a.vault, spec=a.index, progress=cb, recall_target=a.recall)
+        idx = rebuild_index(path, spec=a.index, progress=cb, recall_target=RECALL_TARGET if a.recall is None else a.recall)
     d = idx.describe()
     d["seconds"] = round(time.perf_counter() - t, 3)
     emit(d, a.json, f"{a.vault}: index {d['spec']}" + ("" if idx.exact else f", nprobe {d['nprobe']}, k_factor {d['k_factor']}, recall@5 {d['recall_at_5']:.3f}") + f" ({d['seconds']:.1f} s)")
@@ -247,29 +240,36 @@ def cmd_rebuild(a: argparse.Namespace) -> int:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
+    path = existing_vault(a.vault, a.comfyui)
+    out = output_file(a.out, "-o", overwrite=a.overwrite)
     from ..vault.package import pack
 
     t = time.perf_counter()
     with progress_bar("packing", "B", not a.json) as cb:
-        card = pack(a.vault, a.out, author=a.author, licence=a.licence, description=a.description,
+        card = pack(path, out, author=a.author, licence=a.licence, description=a.description,
                     overwrite=a.overwrite, progress=cb)
     seconds = time.perf_counter() - t
-    size = Path(a.out).stat().st_size
-    emit({"package": a.out, "bytes": size, "seconds": round(seconds, 3), "card": card}, a.json,
-         f"{a.out}: {card['entries']:,} entries, {size / 1e6:.1f} MB in {seconds:.1f} s ({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)")
+    size = out.stat().st_size
+    emit({"package": str(out.resolve()), "bytes": size, "seconds": round(seconds, 3), "card": card}, a.json,
+         f"{out.resolve()}: {card['entries']:,} entries, {size / 1e6:.1f} MB in {seconds:.1f} s ({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)")
     return 0
 
 
 def cmd_install(a: argparse.Namespace) -> int:
-    from ..vault.package import describe_package, install
-
+    package = input_file(a.package, "package")
     if a.card_only:
-        card = describe_package(a.package)
+        from ..vault.package import describe_package
+
+        card = describe_package(package)
         emit(card, a.json, json.dumps(card, indent=1, ensure_ascii=False))
         return 0
+    to = vaults_folder(a.to, a.comfyui, "--to")
+    from ..vault import Vault
+    from ..vault.package import install
+
     t = time.perf_counter()
     with progress_bar("checking and installing", "B", not a.json) as cb:
-        path = install(a.package, a.to, name=a.name, overwrite=a.overwrite, progress=cb)
+        path = install(package, to, name=a.name, overwrite=a.overwrite, progress=cb).resolve()
     seconds = time.perf_counter() - t
     v = Vault.open(path)
     emit({"vault": str(path), "entries": len(v), "seconds": round(seconds, 3)}, a.json,
@@ -279,8 +279,10 @@ def cmd_install(a: argparse.Namespace) -> int:
 
 
 def cmd_card(a: argparse.Namespace) -> int:
+    path = existing_vault(a.vault, a.comfyui)
+    out = output_folder(a.out, "-o") if a.out else None
     from ..vault.package import write_card
 
-    folder = write_card(a.vault, a.out, author=a.author, licence=a.licence, description=a.description)
+    folder = write_card(path, out, author=a.author, licence=a.licence, description=a.description)
     emit({"folder": str(folder)}, a.json, f"card written to {folder} (card.json, README.md, contact_sheet.webp)")
     return 0

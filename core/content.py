@@ -22,7 +22,22 @@ def pixels_hash(rgb: np.ndarray) -> bytes:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"pixels_hash expects uint8 RGB [H, W, 3], got {arr.dtype} {list(arr.shape)}")
     h, w, _ = arr.shape
-    return hashlib.sha256(f"{h}x{w}x3:".encode() + arr.tobytes()).digest()[:HASH_BYTES]
+    digest = hashlib.sha256(f"{h}x{w}x3:".encode())
+    digest.update(memoryview(arr).cast("B"))  # the same bytes as arr.tobytes(), without copying them
+    return digest.digest()[:HASH_BYTES]
+
+
+def pil_pixels_hash(img: Any, band_bytes: int = 8 << 20) -> bytes:
+    """pixels_hash of an RGB Pillow image, fed to the hash a band of rows at a time (the same bytes as
+    np.asarray(img), which for a large image costs two full copies)."""
+    if img.mode != "RGB":
+        raise ValueError(f"pil_pixels_hash expects an RGB image, got mode {img.mode}")
+    w, h = img.size
+    digest = hashlib.sha256(f"{h}x{w}x3:".encode())
+    rows = max(1, band_bytes // max(1, 3 * w))
+    for y in range(0, h, rows):
+        digest.update(img.crop((0, y, w, min(h, y + rows))).tobytes())
+    return digest.digest()[:HASH_BYTES]
 
 
 def image_hash(image: Any) -> bytes:

@@ -3,7 +3,8 @@
 These take the objects ComfyUI's loaders return and never import `comfy` themselves, so they work
 inside a running ComfyUI (nodes) and with ComfyUI used as a library (CLI, see comfy_loader).
 Text goes through `clip.tokenize` + `clip.encode_from_tokens_scheduled`, the CLIPTextEncode path,
-so baked or text-mode conditioning equals what the user's graph produces for the same prompt.
+so baked or text-mode conditioning equals what the user's graph produces for the same prompt, every key
+included; the text family is read from the CLIP object itself (core.families).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.conditioning import Encoded, as_encoded, is_token_mask
 from ..core.encoder import EncoderFingerprint
-from ..core.families import family_for_dims
+from ..core.errors import DimensionError
+from ..core.families import FAMILIES, TextSpec, family_name, likely_families, remember, shapes_text
 from .encoders import check_image_batch, make_fingerprint, sampled_weights_hash
 
 _fingerprints: "weakref.WeakKeyDictionary[Any, EncoderFingerprint]" = weakref.WeakKeyDictionary()
@@ -84,8 +87,39 @@ class ComfyClipVisionEncoder:
         return fp if fp.name == self.name else replace(fp, name=self.name)
 
 
+def text_model_class(clip: Any) -> tuple[str, tuple[str, ...]]:
+    """The class path of a CLIP's text model and the encoders inside it, e.g.
+    ('comfy.text_encoders.hidream.HiDreamTEModel', ('clip_l', 'clip_g', 't5xxl', 'llama')). Classes ComfyUI makes
+    inside a factory function (`hidream_clip(...)` returns `HiDreamTEModel_`) stand for their first named base."""
+    model = getattr(clip, "cond_stage_model", None)
+    if model is None:
+        return "", ()
+    cls = next(c for c in type(model).__mro__ if "<locals>" not in c.__qualname__)
+    parts = tuple(name for name, child in model.named_children() if any(True for _ in child.parameters()))
+    return f"{cls.__module__}.{cls.__qualname__}", parts
+
+
+def clip_family(clip: Any, probe: Encoded | None = None) -> str:
+    """A CLIP's text family, from the CLIP object: its text model's class and encoders (see core.families). A
+    stand-in without a ComfyUI text model (tests, other hosts) is named by its shapes: a built-in family's name
+    when they match one, else its class and shapes."""
+    model_class, parts = text_model_class(clip)
+    if model_class:
+        return family_name(model_class, parts)
+    if probe is None:
+        return f"{type(clip).__module__}.{type(clip).__qualname__}"
+    pooled = int(probe.pooled.shape[-1]) if probe.pooled is not None else None
+    builtin = [n for n in likely_families(int(probe.cond.shape[-1]), pooled) if n in FAMILIES]
+    return builtin[0] if len(builtin) == 1 else (
+        f"{type(clip).__module__}.{type(clip).__qualname__} {shapes_text(int(probe.cond.shape[-1]), pooled)}")
+
+
 class ComfyClipTextEncoder:
-    """TextEncoder over a ComfyUI CLIP, through the same calls CLIPTextEncode makes."""
+    """TextEncoder over a ComfyUI CLIP, through the same calls CLIPTextEncode makes.
+
+    `encode_conditioning` gives everything CLIPTextEncode gives for a prompt (text mode); `encode` gives the
+    tokens and pooled output a baked vault stores, and refuses a prompt whose conditioning has more than that.
+    The family is read from the CLIP object (its text model's class), so any family ComfyUI can load works."""
 
     def __init__(self, clip: Any) -> None:
         if not hasattr(clip, "tokenize") or not hasattr(clip, "encode_from_tokens_scheduled"):
@@ -96,9 +130,8 @@ class ComfyClipTextEncoder:
         with _lock:
             ident = _text_keys.get(self.clip)
         if ident is None:
-            cond, pooled = self._encode("")
-            family = family_for_dims(int(cond.shape[-1]), int(pooled.shape[-1]) if pooled is not None else None)
-            ident = (f"comfy-clip-{uuid.uuid4().hex[:12]}", family)  # one key per CLIP object (LoRA clones differ)
+            probe = self._encode("") if not text_model_class(self.clip)[0] else None
+            ident = (f"comfy-clip-{uuid.uuid4().hex[:12]}", clip_family(self.clip, probe))  # one key per CLIP object
             with _lock:
                 _text_keys[self.clip] = ident
         return ident
@@ -112,11 +145,49 @@ class ComfyClipTextEncoder:
         return self._identity()[1]
 
     @torch.no_grad()
-    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, prompt: str) -> Encoded:
         conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
         cond, extras = conditioning[0]
-        pooled = extras.get("pooled_output")
-        return cond[0].float().cpu(), (pooled[0].float().cpu() if pooled is not None else None)
+        extras = dict(extras)
+        return as_encoded((cond, extras.pop("pooled_output", None), extras), prompt)
+
+    def encode_conditioning(self, prompt: str) -> Encoded:
+        """What CLIPTextEncode gives for `prompt` (its first entry), batch dim removed: tokens, pooled, other keys."""
+        enc = self._encode(prompt)
+        remember(self.family, int(enc.cond.shape[-1]), int(enc.pooled.shape[-1]) if enc.pooled is not None else None)
+        return enc
+
+    @property
+    def spec(self) -> TextSpec:
+        """What a baked vault of this family stores (from the empty prompt's conditioning); refuses a family whose
+        conditioning carries more than tokens, pooled output and an all-ones attention mask."""
+        probe = self.encode_conditioning("")
+        mask = _bakeable_extras(probe, self.family, "")
+        return TextSpec(self.family, int(probe.cond.shape[-1]), int(probe.pooled.shape[-1]) if probe.pooled is not None else 0,
+                        attention_mask=mask)
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self._encode(prompt)
+        """(tokens [T, D], pooled [P] or None) for baking; DimensionError when the prompt's conditioning has other
+        keys a baked vault cannot store."""
+        enc = self.encode_conditioning(prompt)
+        _bakeable_extras(enc, self.family, prompt)
+        return enc.cond, enc.pooled
+
+
+def _bakeable_extras(enc: Encoded, family: str, prompt: str) -> bool:
+    """True when the conditioning carries an all-ones attention mask (rebuilt on read), False when nothing beyond
+    tokens and pooled; DimensionError naming every key (and its size per prompt) a baked vault cannot hold."""
+    mask, extra = False, []
+    for key, value in sorted(enc.extras.items()):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key == "attention_mask" and is_token_mask(value, enc.cond.shape[0]) and bool(value.all()):
+            mask = True
+            continue
+        kb = value.numel() * 2 / 1024
+        extra.append(f"{key} {list(value.shape)} ({f'{kb / 1024:.1f} MB' if kb >= 1024 else f'{kb:.0f} KB'} per prompt in fp16)")
+    if extra:
+        raise DimensionError(
+            f"{family} conditioning for {prompt!r} carries {', '.join(extra)} beside its tokens, which a baked vault does "
+            "not store; build the vault in text mode (no CLIP on the Builder, no --bake) and connect the CLIP to the query")
+    return mask

@@ -26,8 +26,9 @@ Every dead end is a precise reason; cycles, missing nodes and oversized graphs s
 from __future__ import annotations
 
 import json
+import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -44,6 +45,8 @@ _PLAIN = {"MODEL", "CLIP", "VAE", "IMAGE", "LATENT", "MASK", "INT", "FLOAT", "ST
           "SIGMAS", "CONTROL_NET", "UPSCALE_MODEL", "CLIP_VISION", "CLIP_VISION_OUTPUT", "STYLE_MODEL", "GLIGEN",
           "SCRIPT", "COMBO", None}
 _PICTURE = {"IMAGE", "CLIP_VISION", "CLIP_VISION_OUTPUT", "LATENT"}
+_VALUES = {"INT", "FLOAT", "BOOLEAN", "COMBO"}  # widget values that never carry prompt text
+_STRUCT = (_PLAIN - _VALUES - {"STRING", None}) | {_COND}  # sockets that carry models, pictures or conditioning
 POSITIVE_NAMES = ("positive", "conditioning", "cond", "cond1", "conditioning_1", "positive_cond")
 NEGATIVE_NAMES = ("negative", "negative_cond", "uncond")
 SEED_NAMES = ("seed", "noise_seed")
@@ -141,6 +144,7 @@ class GraphReading:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)  # output node -> ... -> sampler -> encoder(s)
     reason: str | None = None
+    output_size: tuple[int, int] | None = None  # what the output node that wrote the file saves, where known
 
 
 def is_link(value: Any) -> bool:
@@ -163,6 +167,12 @@ class Graph:
             raise GraphError("the graph holds no nodes (no object with a class_type)")
         self.types = types or NodeTypes.builtin()
         self.ui_sockets = _ui_sockets(ui) if isinstance(ui, Mapping) else {}
+        self.ui_widgets = _ui_widgets(ui) if isinstance(ui, Mapping) else {}
+        self.memo: dict[str, dict[Any, Any]] = {}
+
+    def ui_text(self, nid: str) -> list[str]:
+        """Prose in the UI workflow's widget values of a node (for nodes whose text the API graph lacks)."""
+        return [v for v in self.ui_widgets.get(nid, []) if isinstance(v, str) and _looks_like_text(v)]
 
     def class_type(self, nid: str) -> str:
         return str(self.nodes[nid]["class_type"]) if nid in self.nodes else "?"
@@ -191,7 +201,7 @@ class Graph:
 
     def outputs(self, nid: str) -> list[tuple[str | None, str | None]]:
         ui = self.ui_sockets.get(nid)
-        if ui is not None:
+        if ui is not None and ui[0]:
             return list(ui[0])
         nt = self.node_type(nid)
         return list(nt.outputs) if nt is not None else []
@@ -245,6 +255,14 @@ def _ui_sockets(ui: Mapping[str, Any]) -> dict[str, tuple[list[tuple[str | None,
     return out
 
 
+def _ui_widgets(ui: Mapping[str, Any]) -> dict[str, list[Any]]:
+    nodes = ui.get("nodes")
+    if not isinstance(nodes, list):
+        return {}
+    return {str(n["id"]): list(n["widgets_values"]) for n in nodes[:MAX_NODES]
+            if isinstance(n, Mapping) and "id" in n and isinstance(n.get("widgets_values"), list)}
+
+
 # ---- reading ---------------------------------------------------------------------------------------
 class _Budget:
     def __init__(self) -> None:
@@ -257,38 +275,212 @@ class _Budget:
 
 
 def read_graph(api: Mapping[str, Any], ui: Mapping[str, Any] | None = None, types: NodeTypes | None = None,
-               image_size: tuple[int, int] | None = None) -> GraphReading:
+               image_size: tuple[int, int] | None = None, image_format: str | None = None,
+               file_name: str | None = None) -> GraphReading:
     """The prompt of the sampler pass that made the image, with negative, model, LoRAs and settings.
 
-    `image_size` (width, height) picks the pass when several output nodes save images of different
-    sizes (a hires-fix graph that saves both passes). Never raises on bad input: a GraphReading with
-    `reason` says why there is no prompt.
+    When a graph saves several images, the file itself says which one it is: its name (ComfyUI names
+    files after the saver's prefix), its format (a WebP comes from a WebP saver) and its size (a hires
+    fix saves both passes at different sizes). Where they do
+    not tell passes of different prompts apart, there is no prompt, with the reason. Never raises on
+    bad input: a GraphReading with `reason` says why there is no prompt.
     """
     try:
         graph = Graph(api, types, ui)
-        return _read(graph, image_size)
+        return _read(graph, _File(tuple(image_size) if image_size else None, image_format, file_name))
     except GraphError as e:
         return GraphReading(None, reason=str(e))
     except RecursionError:
         return GraphReading(None, reason="the graph is nested too deeply to follow")
 
 
-def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
+@dataclass
+class _File:
+    """What the image file itself says about which output wrote it."""
+
+    size: tuple[int, int] | None = None
+    format: str | None = None  # PNG, WEBP, JPEG
+    name: str | None = None  # the file name, e.g. ComfyUI's "{prefix}_00012_.png"
+
+
+def _read(graph: Graph, file: _File) -> GraphReading:
     budget = _Budget()
     outputs = _output_nodes(graph)
-    passes = []
-    for out in outputs:
-        found = _find_sampler(graph, out, budget)
-        if found is not None:
-            passes.append((out, *found))
+    found = {out: _find_sampler(graph, out, budget) for out in outputs}
+    # the file is one of the images the graph saves or shows: a pass, or a copy of a loaded image
+    candidates = [o for o in outputs if found[o] is not None or _shows_loaded_image(graph, o, budget)]
+    passes = [(o, *found[o]) for o in candidates if found[o] is not None]
     if not passes:  # no saver in the graph: samplers that show their own result (Efficiency's KSampler)
         passes = [(s, s, [f"{graph.label(s)} (shows its image)"]) for s in _final_samplers(graph)]
+        candidates = [p[0] for p in passes]
     if not passes:
         if not outputs:
             return GraphReading(None, reason="the graph has no output node that saves or previews an image")
         return GraphReading(None, reason="the graph has no sampler upstream of its image output ("
                             + ", ".join(graph.label(o) for o in outputs[:4]) + ")")
-    out, sampler, trail = _choose_pass(graph, passes, image_size, budget)
+    readings = {p[0]: _composite(graph, p[0], _pass_reading(graph, *p, budget), budget) for p in passes}
+    return _choose(graph, candidates, {p[0]: p for p in passes}, readings, file, budget)
+
+
+def _composite(graph: Graph, out: str, reading: GraphReading, budget: _Budget) -> GraphReading:
+    """The reading of an output whose picture is put together from several passes (a stitched comic, a batch, a
+    blend): theirs when they share the prompt, none when they differ."""
+    passes: list[str] = []
+    queue, seen = [out], {out}
+    while queue:
+        budget.tick()
+        nid = queue.pop(0)
+        for name, src, slot in graph.links(nid):
+            kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
+            if src in seen or src not in graph.nodes or kind not in _IMAGE_TYPES | _LATENT_TYPES:
+                continue
+            seen.add(src)
+            if _is_sampler(graph, src):
+                passes.append(src)
+            else:
+                queue.append(src)
+    if len(passes) < 2 or reading.prompt is None:
+        return reading
+    others = {_pass_reading(graph, out, p, [], budget).prompt for p in passes}
+    if others <= {reading.prompt}:
+        return reading
+    return GraphReading(None, path=reading.path, reason=f"{graph.label(out)} saves a picture put together from "
+                        f"{len(passes)} passes with different prompts (" + ", ".join(graph.label(p) for p in passes[:4]) + ")")
+
+
+_PREVIEW = re.compile(r"preview", re.I)
+_COMFY_NAME = re.compile(r"^(.*)_\d{5}_?$")  # ComfyUI's savers: "{prefix}_{counter:05}_.png"
+MIN_SIZE_EVIDENCE = 64  # smaller images are crops or thumbnails kept for their metadata: their size says nothing
+
+
+def _choose(graph: Graph, candidates: list[str], by_out: Mapping[str, tuple[str, str, list[str]]],
+            readings: Mapping[str, GraphReading], file: _File, budget: _Budget) -> GraphReading:
+    """The reading of the output that wrote this file, told by the file's name, format and size; outputs
+    with different prompts that the file does not tell apart give no prompt."""
+    keep = _named(graph, candidates, file.name)
+    if file.format:
+        keep = [o for o in keep if file.format.upper() in _formats(graph, o)] or keep
+    sizes = {o: _output_size(graph, o, budget) for o in keep}
+    evidence = file.size is not None and min(file.size) >= MIN_SIZE_EVIDENCE
+    exact = [o for o in keep if evidence and sizes[o] == tuple(file.size)]
+    if exact:  # those of this size, and those whose size nobody can say
+        keep = [o for o in keep if o in exact or sizes[o] is None]
+    elif evidence:  # a size they could have: unknown, or the same shape scaled
+        keep = [o for o in keep if sizes[o] is None or _same_shape(sizes[o], file.size)] or keep
+    # saved images before previews: previews go to ComfyUI's temp folder, datasets are made of what was saved
+    keep = [o for o in keep if not _PREVIEW.search(graph.class_type(o))] or keep
+    prompts = {readings[o].prompt if o in readings else None for o in keep}
+    if len(prompts) == 1:
+        chosen = keep[0]
+        if chosen in readings:
+            return replace(readings[chosen], output_size=sizes[chosen])
+        return GraphReading(None, reason=f"the image is saved by {graph.label(chosen)} from a loaded image no sampler made")
+    # a guess between them (the first saver, the last pass of a chain) would be wrong as often as the file is
+    # the other one: identical metadata is embedded in an "original" and a "refined" image alike
+    return GraphReading(None, path=[graph.label(o) for o in keep[:6]],
+                        reason=f"the graph saves {len(keep)} images with different prompts ("
+                        + ", ".join(graph.label(o) for o in keep[:4]) + ") and the file's name, size and format do "
+                        "not tell which one this is")
+
+
+def _named(graph: Graph, candidates: list[str], name: str | None) -> list[str]:
+    """The candidates whose file names look like this one (a saver's prefix, or ComfyUI's temp names for previews)."""
+    if not name:
+        return candidates
+    m = _COMFY_NAME.match(name.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    if m is None:
+        return candidates
+    stem = m.group(1)
+    if stem.startswith("ComfyUI_temp_"):
+        return [o for o in candidates if _PREVIEW.search(graph.class_type(o))] or candidates
+    named = [o for o in candidates if isinstance(graph.inputs(o).get("filename_prefix"), str)
+             and graph.inputs(o)["filename_prefix"].replace("\\", "/").rsplit("/", 1)[-1] == stem]
+    return named or candidates
+
+
+def _same_shape(made: tuple[int, int], size: tuple[int, int]) -> bool:
+    """The same aspect ratio within 2% (an upscaled or resized output)."""
+    return abs(made[0] * size[1] - made[1] * size[0]) <= 0.02 * made[1] * size[0]
+
+
+def _shows_loaded_image(graph: Graph, out: str, budget: _Budget) -> bool:
+    """Whether the output's picture path ends at a node that loads a picture (no picture, mask or pipe input):
+    it saves or shows a copy of an input image, not something a sampler made."""
+    nid = out
+    for _ in range(64):
+        budget.tick()
+        pics = [(n, s, sl) for n, s, sl in graph.links(nid)
+                if (graph.output(s, sl)[1] or graph.input_type(nid, n)) in _IMAGE_TYPES | _LATENT_TYPES]
+        if not pics:
+            return nid != out and _loads_picture(graph, nid)
+        if pics[0][1] not in graph.nodes:
+            return False
+        nid = pics[0][1]
+    return False
+
+
+def _declares_picture(graph: Graph, nid: str) -> bool | None:
+    """Whether a node has an IMAGE or LATENT input socket (its UI sockets or its type say), None if nobody knows."""
+    ui = graph.ui_sockets.get(nid)
+    nt = graph.node_type(nid)
+    declared = set(ui[1].values()) if ui is not None else {t for _, t in nt.inputs} if nt is not None else None
+    return None if declared is None else bool(declared & (_IMAGE_TYPES | _LATENT_TYPES))
+
+
+def _loads_picture(graph: Graph, nid: str) -> bool:
+    """A node that makes a picture from no picture, mask or pipe input: one that declares none (LoadImage), or,
+    where nobody knows its sockets, one named a loader. A node whose picture input is missing never ran."""
+    if any(graph.input_type(nid, n) == "MASK" or _is_bundle(graph, nid, n, s, sl) for n, s, sl in graph.links(nid)):
+        return False
+    declared = _declares_picture(graph, nid)
+    if declared is None:
+        return bool(re.search(r"load", graph.class_type(nid), re.I))
+    return not declared
+
+
+def _output_size(graph: Graph, out: str, budget: _Budget) -> tuple[int, int] | None:
+    """The pixel size an output node saves: through decoders and passes that keep the size, and resizes that say
+    their size or factor, to the latent the pass sampled; None where a node on the way may change it unsaid."""
+    nid, scale = out, 1.0
+    for _ in range(64):
+        budget.tick()
+        pics = [(n, s, sl) for n, s, sl in graph.links(nid)
+                if (graph.output(s, sl)[1] or graph.input_type(nid, n)) in _IMAGE_TYPES | _LATENT_TYPES]
+        if not pics or pics[0][1] not in graph.nodes:
+            return None
+        src = pics[0][1]
+        inputs = graph.inputs(src)
+        takes_latent = any((graph.output(s, sl)[1] or graph.input_type(src, n)) in _LATENT_TYPES
+                           for n, s, sl in graph.links(src))
+        if _is_sampler(graph, src) and takes_latent:
+            size = _pass_size(graph, src, out, budget)
+            return (round(size[0] * scale), round(size[1] * scale)) if size else None
+        w, h = _number(graph, inputs.get("width"), budget), _number(graph, inputs.get("height"), budget)
+        by = _scale(graph, inputs, budget)
+        if _is_num(w) and _is_num(h) and w > 0 and h > 0:
+            return round(w * scale), round(h * scale)
+        if by is not None:
+            scale *= by
+        elif not (_is_sampler(graph, src) or (takes_latent and "IMAGE" in {t for _, t in graph.outputs(src)})):
+            return None  # neither a pass that keeps the size, a decoder, nor a resize that says its size
+        nid = src
+    return None
+
+
+def _formats(graph: Graph, out: str) -> set[str]:
+    """The file formats an output node writes: named in its class or its settings (VHS `image/webp`, an
+    `extension: jpg`), else PNG, as ComfyUI's savers write."""
+    names = [graph.class_type(out)] + [v for v in graph.inputs(out).values() if isinstance(v, str) and len(v) < 64]
+    found = set()
+    for text in names:
+        for fmt, pattern in (("WEBP", r"webp"), ("JPEG", r"jpe?g"), ("PNG", r"png"), ("GIF", r"gif")):
+            if re.search(pattern, text, re.I):
+                found.add(fmt)
+    return found or {"PNG"}
+
+
+def _pass_reading(graph: Graph, out: str, sampler: str, trail: list[str], budget: _Budget) -> GraphReading:
+    """Prompt, negative, model and settings of one sampler pass."""
     sides = _conditioning_inputs(graph, sampler, budget)
     if sides is None:
         return GraphReading(None, path=trail,
@@ -303,7 +495,7 @@ def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
         why = tracer.problem or f"the positive conditioning of {graph.label(sampler)} carries no text"
         return GraphReading(None, path=path, reason=why)
     neg_tracer = _TextTracer(graph, budget)
-    negative = neg_tracer.texts(neg_ref, "negative") if neg_ref is not None else []
+    negative = neg_tracer.texts(neg_ref, "negative")
     meta = _settings(graph, sampler, budget)
     size = _pass_size(graph, sampler, out, budget)
     if size is not None:
@@ -313,17 +505,21 @@ def _read(graph: Graph, image_size: tuple[int, int] | None) -> GraphReading:
     neg = _join(negative) if negative else None
     if neg:
         meta["negative"] = neg
+    system = [head for head, _ in map(_split_system, positive) if head]
+    if system:
+        meta["system_prompt"] = "\n".join(dict.fromkeys(system))
     return GraphReading(prompt, neg, meta, path)
 
 
 def _join(texts: Iterable[str]) -> str:
-    return ", ".join(dict.fromkeys(_user_part(t) for t in texts if t and _user_part(t)))
+    return ", ".join(dict.fromkeys(user for user in (_split_system(t)[1] for t in texts if t) if user))
 
 
-def _user_part(text: str) -> str:
-    """The prompt without a model's system instruction (Lumina 2: "You are an assistant... <Prompt Start> ...")."""
+def _split_system(text: str) -> tuple[str, str]:
+    """(system instruction, the user's prompt): Lumina 2 and other LLM encoders prepend "You are an assistant
+    designed to generate ... <Prompt Start>" to the prompt."""
     head, sep, tail = text.partition("<Prompt Start>")
-    return (tail if sep else head).strip()
+    return (head.strip(), tail.strip()) if sep else ("", head.strip())
 
 
 def _output_nodes(graph: Graph) -> list[str]:
@@ -358,36 +554,102 @@ def _id_key(nid: str) -> tuple[int, str]:
 
 
 def _is_sampler(graph: Graph, nid: str) -> bool:
-    """Makes a LATENT (or an IMAGE, for detailers) from a model or a guider and conditioning."""
+    """Makes a LATENT (or an IMAGE, for detailers) from a model or a guider and conditioning, given directly or
+    in a pipe (Impact's BASIC_PIPE / DETAILER_PIPE, an upscaler provider...)."""
     nt = graph.node_type(nid)
     if nt is not None and nt.role:
         return nt.role in ("sampler", "detailer")
     kinds = {graph.input_type(nid, n) for n, _, _ in graph.links(nid)}
     names = {n for n, _, _ in graph.links(nid)}
-    return ("GUIDER" in kinds or ("MODEL" in kinds and (_COND in kinds or names & set(POSITIVE_NAMES)))
-            or (names >= {"model", "positive"}))
+    if "GUIDER" in kinds or ("MODEL" in kinds and (_COND in kinds or names & set(POSITIVE_NAMES))):
+        return True
+    outs = {t for _, t in graph.outputs(nid)}
+    if outs and not outs & (_IMAGE_TYPES | _LATENT_TYPES):
+        return False
+    return names >= {"model", "positive"} or any(_carries_sampling(graph, src, 0, set())
+                                                 for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl))
+
+
+def _is_bundle(graph: Graph, nid: str, name: str, src: str, slot: int) -> bool:
+    """A link that carries a pipe (a socket type of a pack's own), not a plain value, picture or text."""
+    return (graph.output(src, slot)[1] or graph.input_type(nid, name)) not in _PLAIN | {_COND}
+
+
+def _carries_sampling(graph: Graph, nid: str, depth: int, seen: set[str]) -> bool:
+    """Whether a pipe built upstream of `nid` holds both a model and conditioning."""
+    if nid in seen or depth > 16 or nid not in graph.nodes:
+        return False
+    seen.add(nid)
+    kinds = {graph.input_type(nid, n) for n, _, _ in graph.links(nid)}
+    names = {n for n, _, _ in graph.links(nid)}
+    if ("MODEL" in kinds or "model" in names) and (_COND in kinds or names & set(POSITIVE_NAMES)):
+        return True
+    return any(_carries_sampling(graph, src, depth + 1, seen)
+               for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl))
+
+
+def _sampling_bundles(graph: Graph, nid: str) -> list[str]:
+    """The inputs of `nid` that bring pipes holding a model and conditioning (else its first pipe input)."""
+    bundles = [(n, src, sl) for n, src, sl in graph.links(nid) if _is_bundle(graph, nid, n, src, sl)]
+    sampling = [n for n, src, _sl in bundles if _carries_sampling(graph, src, 0, set())]
+    return sampling or [n for n, _, _ in bundles[:1]]
+
+
+def _sampling_bundle(graph: Graph, nid: str) -> str | None:
+    found = _sampling_bundles(graph, nid)
+    return found[0] if found else None
+
+
+def _sampler_behind(graph: Graph, trail: list[str], budget: _Budget) -> str | None:
+    """A sampler reached from the nodes of a dead-ended image walk through pipes and pictures (SEGSPaste gets
+    its re-drawn parts as SEGS from SEGSDetailer), never through masks or plain values."""
+    queue, seen = list(trail), set(trail)
+    while queue:
+        budget.tick()
+        nid = queue.pop(0)
+        for name, src, slot in graph.links(nid):
+            kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
+            if src in seen or src not in graph.nodes or not (kind in _IMAGE_TYPES | _LATENT_TYPES
+                                                             or _is_bundle(graph, nid, name, src, slot)):
+                continue
+            if _is_sampler(graph, src):
+                return src
+            seen.add(src)
+            queue.append(src)
+    return None
 
 
 def _find_sampler(graph: Graph, out: str, budget: _Budget) -> tuple[str, list[str]] | None:
-    """The sampler whose result reaches the output node, and the nodes on the way."""
+    """The sampler pass nearest the output node on its picture path (a detailer re-drawing a region is one),
+    and the nodes on the way. Where the path ends without one, a pass whose re-drawn parts the path's nodes
+    take as a pipe (SEGSPaste from SEGSDetailer)."""
     trail = [graph.label(out)]
     seen = {out}
+    walked = [out]
     nid = out
     for _ in range(MAX_NODES):
         budget.tick()
         nxt = None
         for name, src, slot in graph.links(nid):
-            graph.require(src, graph.label(nid))
+            if src not in graph.nodes:  # a muted or missing node: this output cannot have been made
+                return None
             kind = graph.output(src, slot)[1] or graph.input_type(nid, name)
             if kind in _IMAGE_TYPES or kind in _LATENT_TYPES or (kind is None and name in ("images", "image", "samples", "latent")):
                 nxt = src
                 break
+        if nxt is None and nid != out and _declares_picture(graph, nid):
+            return None  # its picture input is missing (a muted source): it never ran
         if nxt is None or nxt in seen:
-            return None
+            behind = _sampler_behind(graph, walked, budget)
+            return (behind, trail + [graph.label(behind) + " (its re-drawn parts)"]) if behind is not None else None
         seen.add(nxt)
-        if _is_sampler(graph, nxt) and not _is_detailer(graph, nxt):
-            return nxt, trail + [graph.label(nxt)]
-        trail.append(graph.label(nxt) + (" (detailer: the image it details)" if _is_detailer(graph, nxt) else ""))
+        walked.append(nxt)
+        trail.append(graph.label(nxt))
+        if _is_sampler(graph, nxt):
+            if not any((graph.output(s, sl)[1] or graph.input_type(nxt, n)) in _IMAGE_TYPES | _LATENT_TYPES
+                       for n, s, sl in graph.links(nxt)) and _declares_picture(graph, nxt):
+                return None
+            return nxt, trail
         nid = nxt
     return None
 
@@ -402,17 +664,10 @@ def _is_detailer(graph: Graph, nid: str) -> bool:
     return takes_image and "IMAGE" in outs and "LATENT" not in outs
 
 
-def _choose_pass(graph: Graph, passes: list[tuple[str, str, list[str]]], image_size: tuple[int, int] | None,
-                 budget: _Budget) -> tuple[str, str, list[str]]:
-    if len(passes) == 1 or image_size is None:
-        return passes[0]
-    matching = [p for p in passes if _pass_size(graph, p[1], p[0], budget) == tuple(image_size)]
-    return matching[0] if matching else passes[0]
-
-
 def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
-                         ) -> tuple[tuple[str, int, str], tuple[str, int, str] | None, list[str]] | None:
-    """((node, slot, input) feeding the positive side, same for negative or None, path through guiders)."""
+                         ) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]], list[str]] | None:
+    """([(node, slot, input)] feeding the positive side, the same for the negative, path through guiders).
+    A pass fed by several pipes that hold conditioning (a base and a mask sampler) has each of them."""
     via: list[str] = []
     nid = sampler
     for _ in range(8):
@@ -424,18 +679,15 @@ def _conditioning_inputs(graph: Graph, sampler: str, budget: _Budget
             for n in (pos, neg):
                 if n is not None:
                     graph.require(links[n][0], graph.label(nid))
-            return ((*links[pos], pos), (*links[neg], neg) if neg else None, via)
+            return ([(*links[pos], pos)], [(*links[neg], neg)] if neg else [], via)
         guider = next((name for name, (src, slot) in links.items() if graph.output(src, slot)[1] == "GUIDER"
                        or name == "guider"), None)
-        if guider is None:  # a sampler fed by a bundle (Impact's BASIC_PIPE, Efficiency's SDXL_TUPLE)
-            bundle = next((name for name, (src, slot) in links.items()
-                           if (graph.output(src, slot)[1] or graph.input_type(nid, name)) not in _PLAIN), None)
-            if bundle is None:
+        if guider is None:  # a sampler fed by bundles (Impact's pipes, a base and a mask sampler, Efficiency's SDXL_TUPLE)
+            bundles = _sampling_bundles(graph, nid)
+            if not bundles:
                 return None
-            graph.require(links[bundle][0], graph.label(nid))
-            return ((*links[bundle], bundle), (*links[bundle], bundle), via)
-        if guider is None:
-            return None
+            refs = [(*links[b], b) for b in bundles]
+            return (refs, refs, via)
         graph.require(links[guider][0], graph.label(nid))
         nid = links[guider][0]
         via.append(graph.label(nid))
@@ -452,9 +704,11 @@ class _TextTracer:
         self.unknowable = False  # some text comes from a node whose output only exists at run time
         self._seen: set[tuple[str, int, str]] = set()
 
-    def texts(self, ref: tuple[str, int, str], side: str) -> list[str]:
-        src, slot, _ = ref
-        return self._from(src, slot, side, side)
+    def texts(self, refs: list[tuple[str, int, str]], side: str) -> list[str]:
+        out: list[str] = []
+        for src, slot, _ in refs:
+            out += self._from(src, slot, side, side)
+        return out
 
     def _from(self, nid: str, slot: int, side: str, want: str) -> list[str]:
         g = self.graph
@@ -475,8 +729,15 @@ class _TextTracer:
                 return self._string(nid, text_input)
         names = {n for n, _, _ in links}
         other = set(NEGATIVE_NAMES) if side == "positive" else set(POSITIVE_NAMES[:1])
+        # a pass that samples inside (SEGSDetailer) handing on what it made: the conditioning it sampled with
+        if out_type not in (_COND, None) and want not in names and _is_sampler(g, nid):
+            bundle = _sampling_bundle(g, nid)
+            if bundle is not None and bundle != out_name:
+                src, sslot = next((s, sl) for n, s, sl in links if n == bundle)
+                self.path.append(f"{label} (sampled with {bundle})")
+                return self._from(src, sslot, side, want)
         # positive -> positive, negative -> negative, a pipe's field -> the input of that name
-        for name in (out_name, want):
+        for name in (want, out_name):  # a pipe edit (EditBasicPipe) overrides the field wanted
             if name and name in names and name not in other and (name != "conditioning" or out_type == _COND):
                 src, sslot = next((s, sl) for n, s, sl in links if n == name)
                 g.require(src, label)
@@ -490,14 +751,25 @@ class _TextTracer:
                 g.require(s, label)
                 texts += self._from(s, sl, side, want)
             return texts
-        if out_type in (_COND, None) and self._is_encoder(nid):
-            texts = self._encoder_text(nid)
-            self.path.append(f"{label}: encoder")
-            if not texts and self.problem is None:
-                self.problem = f"the encoder {label} has no text"
-            return texts
-        bundles = [(n, s, sl) for n, s, sl in links if g.input_type(nid, n) not in _PLAIN]
-        if bundles:  # unpack a pipe: follow what it came from, still wanting the same field
+        # a pipe built from text (a component's or loader's own prompt widgets): the field wanted, as written
+        literal = g.inputs(nid).get(want)
+        if want not in names and isinstance(literal, str) and _looks_like_text(literal) and out_type not in (_COND, None):
+            self.path.append(f"{label} ({want}: its text)")
+            return [literal]
+        if out_type in (_COND, None) or (out_type not in _STRUCT and self._clip_fed(nid)):
+            text_inputs = self._text_inputs(nid)
+            texts = []
+            for n in text_inputs:
+                texts += self._string(nid, n)
+            if texts or (text_inputs and out_type in (_COND, None)):
+                self.path.append(f"{label}: encoder")
+                if not texts and self.problem is None:
+                    self.problem = f"the encoder {label} has no text"
+                return texts
+        # a pipe, or an encoder whose text sits upstream (regions built on a base prompt node): follow what it came
+        # from, still wanting the same field
+        bundles = [(n, s, sl) for n, s, sl in links if _is_bundle(g, nid, n, s, sl) and not text_source(g, s, sl)]
+        if bundles:
             self.path.append(f"{label} (unpacking {want})")
             texts = []
             for _n, s, sl in bundles:
@@ -509,33 +781,33 @@ class _TextTracer:
         if self.problem is None:
             if any(g.input_type(nid, n) in _PICTURE for n, _, _ in links):
                 self.problem = f"the {side} conditioning is made from an image by {label}, not from text"
+            elif self._clip_fed(nid):
+                self.problem = f"the encoder {label} has no text"
             else:
                 self.problem = f"the {side} conditioning comes from {label}, which this reader cannot follow to a text"
         return []
 
-    def _is_encoder(self, nid: str) -> bool:
+    def _clip_fed(self, nid: str) -> bool:
+        """Takes a CLIP (an encoder), or is a node whose sockets nobody knows."""
         g = self.graph
         nt = g.node_type(nid)
         if nt is not None and nt.multiline:
             return True
-        kinds = {g.input_type(nid, n) for n, _, _ in g.links(nid)}
-        has_text = any(isinstance(v, str) for v in g.inputs(nid).values()) or any(
-            g.input_type(nid, n) == "STRING" for n, _, _ in g.links(nid))
-        return ("CLIP" in kinds or nt is None) and has_text
+        return nt is None and nid not in g.ui_sockets or any(
+            g.input_type(nid, n) == "CLIP" or n == "clip" for n, _, _ in g.links(nid))
 
-    def _encoder_text(self, nid: str) -> list[str]:
+    def _text_inputs(self, nid: str) -> list[str]:
+        """The inputs that hold the prompt: declared multiline text, else prose values and links from text sources."""
         g = self.graph
         nt = g.node_type(nid)
-        names: list[str]
+        inputs = g.inputs(nid)
         if nt is not None and nt.multiline:
-            names = [n for n, _ in nt.inputs if n in nt.multiline]
-        else:  # unknown encoder: its string inputs that look like prose, not file or option names
-            names = [n for n, v in g.inputs(nid).items()
-                     if (isinstance(v, str) and _looks_like_text(v)) or (is_link(v) and g.input_type(nid, n) == "STRING")]
-        texts = []
-        for n in names:
-            texts += self._string(nid, n)
-        return texts
+            declared = [n for n, _ in nt.inputs if n in nt.multiline and n in inputs]
+            if declared:
+                return declared
+        return [n for n, v in inputs.items()
+                if (isinstance(v, str) and _looks_like_text(v))
+                or (is_link(v) and (g.input_type(nid, n) == "STRING" or text_source(g, str(v[0]), int(v[1]))))]
 
     def _string(self, nid: str, name: str) -> list[str]:
         value = self.graph.inputs(nid).get(name)
@@ -559,13 +831,43 @@ def _looks_like_text(v: str) -> bool:
     return " " in v or "," in v or len(v) > 24
 
 
+def text_source(graph: Graph, nid: str, slot: int, depth: int = 0) -> bool:
+    """Whether output `slot` of `nid` is text, whatever its type is called (STRING, ASCII, TEXT, *...): a STRING
+    output, or a node fed by nothing but values and other text sources that holds some text of its own."""
+    memo = graph.memo.setdefault("text_source", {})
+    key = (nid, slot)
+    if key in memo:
+        return memo[key]
+    memo[key] = False  # a cycle is not a text source
+    kind = graph.output(nid, slot)[1]
+    if kind == "STRING":
+        found = True
+    elif kind in _STRUCT or nid not in graph.nodes or depth > 32:
+        found = False
+    else:
+        values = list(graph.inputs(nid).values())
+        links = graph.links(nid)
+        feeds_ok = all(graph.output(s, sl)[1] in _VALUES or graph.input_type(nid, n) in _VALUES
+                       or text_source(graph, s, sl, depth + 1) for n, s, sl in links)
+        has_text = any(isinstance(v, str) for v in values) or bool(links) or bool(graph.ui_text(nid))
+        found = feeds_ok and has_text and not any(graph.output(s, sl)[1] in _STRUCT for _, s, sl in links)
+    memo[key] = found
+    return found
+
+
 @dataclass
 class _Unreadable:
     node: str
 
 
+_OPTIONS = ("delimiter", "separator", "sep", "joiner", "mode", "clean_whitespace", "linebreak_addition")
+_FIND = ("find", "search", "old", "substring", "target")
+_REPLACE = ("replace", "replacement", "new", "replace_with")
+
+
 class _StringEval:
-    """The value of a STRING output: primitives, concatenation, wildcard nodes' populated text."""
+    """The value of a text output: literals, primitives, concatenation, find-and-replace, wildcard nodes'
+    populated text, and the text a node holds only in the UI workflow's widgets."""
 
     def __init__(self, graph: Graph, budget: _Budget) -> None:
         self.graph, self.budget = graph, budget
@@ -583,6 +885,9 @@ class _StringEval:
         finally:
             self._stack.discard(nid)
 
+    def _text(self, value: Any) -> str | _Unreadable:
+        return value if isinstance(value, str) else self.value(str(value[0]), int(value[1]))
+
     def _value(self, nid: str, slot: int) -> str | _Unreadable:
         g = self.graph
         inputs = g.inputs(nid)
@@ -590,25 +895,68 @@ class _StringEval:
         populated = inputs.get("populated_text")
         if isinstance(populated, str) and populated.strip():
             return populated
-        parts: list[str] = []
-        delimiter = inputs.get("delimiter", inputs.get("separator", ", "))
-        strings = [(n, v) for n, v in inputs.items()
-                   if (isinstance(v, str) and n not in ("delimiter", "separator", "mode", "clean_whitespace"))
-                   or (is_link(v) and g.input_type(nid, n) in ("STRING", None))]
-        joins = re.search(r"concat|join|combine|append|merge", g.class_type(nid), re.I)
-        # one text in, the same text out (primitives, string literals, ShowText), or a join of texts;
-        # anything else (an LLM, a random line picker) makes its text at run time: not knowable from the graph
-        if strings and (len(strings) == 1 or joins):
+        literals = [(n, v) for n, v in inputs.items() if isinstance(v, str) and n not in _OPTIONS]
+        texts = [(n, v) for n, v in inputs.items() if is_link(v) and (
+            g.input_type(nid, n) in ("STRING", None) or text_source(g, str(v[0]), int(v[1])))]
+        strings = [(n, v) for n, v in inputs.items() if (n, v) in literals or (n, v) in texts]
+        others = [n for n, v in inputs.items() if (n, v) not in strings and n not in _OPTIONS]
+        kind = g.class_type(nid)
+        find = next((n for n, _ in strings if n.lower() in _FIND), None)
+        repl = next((n for n, _ in strings if n.lower() in _REPLACE), None)
+        if find and repl and len(strings) == 3:  # a find-and-replace
+            parts = {n: self._text(v) for n, v in strings}
+            bad = next((p for p in parts.values() if isinstance(p, _Unreadable)), None)
+            if bad is not None:
+                return bad
+            body = next(p for n, p in parts.items() if n not in (find, repl))
+            return body.replace(parts[find], parts[repl]) if parts[find] else body
+        if len(strings) == 1 and _RANDOM.search(kind) and others == ["seed"]:  # a random line, fixed seed
+            seed = _number(g, inputs["seed"], self.budget)
+            text = self._text(strings[0][1])
+            if isinstance(text, _Unreadable) or not isinstance(seed, int) or isinstance(seed, bool):
+                return text if isinstance(text, _Unreadable) else _Unreadable(kind)
+            return random.Random(seed).choice(text.split("\n"))  # what random.seed(s); random.choice does
+        if _JOIN.search(kind) and strings:
+            parts: list[str] = []
             for _n, v in strings:
-                if isinstance(v, str):
-                    parts.append(v)
-                else:
-                    sub = self.value(str(v[0]), int(v[1]))
-                    if isinstance(sub, _Unreadable):
-                        return sub
-                    parts.append(sub)
-            return (delimiter if isinstance(delimiter, str) else ", ").join(p for p in parts if p != "")
-        return _Unreadable(g.class_type(nid))
+                sub = self._text(v)
+                if isinstance(sub, _Unreadable):
+                    return sub
+                parts.append(sub)
+            if str(inputs.get("clean_whitespace", "")).lower() == "true":
+                parts = [p.strip() for p in parts]
+            return _delimiter(inputs).join(p for p in parts if p != "")
+        if not texts and literals and not any(is_link(inputs[n]) for n in others):  # a text literal node
+            outs = g.outputs(nid)
+            if len(literals) == 1:
+                return literals[0][1]
+            if len(outs) == len(literals) and slot < len(outs):  # one output per text (WAS Text String)
+                return literals[slot][1]
+        if len(texts) == 1 and not literals and not others and not _TRANSFORM.search(kind):
+            return self._text(texts[0][1])  # a pass-through: shows or forwards the text it gets
+        if not strings and not g.links(nid):  # the text lives only in the UI workflow's widgets
+            ui = g.ui_text(nid)
+            if len(ui) == 1:
+                return ui[0]
+        # anything else (an LLM, a token parser, a styler, a wildcard picker) makes its text at run time
+        return _Unreadable(kind)
+
+
+_RANDOM = re.compile(r"random", re.I)
+_JOIN = re.compile(r"concat|join|combine|append|merge", re.I)
+# single-input text nodes that rewrite what they get (token and wildcard expansion, templates, language models)
+_TRANSFORM = re.compile(r"token|parse|wildcard|dynamic|random|template|styl|llm|gpt|ollama|caption|translat|expand|enhanc",
+                        re.I)
+
+
+def _delimiter(inputs: Mapping[str, Any]) -> str:
+    """How a join node separates its texts: its delimiter input, a line break option, else nothing (a + b)."""
+    for key in ("delimiter", "separator", "sep", "joiner"):
+        if isinstance(inputs.get(key), str):
+            return "\n" if inputs[key] in ("\\n", "\n") else inputs[key]
+    if any("linebreak" in k.lower() and str(v).lower() == "true" for k, v in inputs.items()):
+        return "\n"
+    return ""
 
 
 # ---- settings, size, model ---------------------------------------------------------------------------
@@ -661,15 +1009,27 @@ def _pass_size(graph: Graph, sampler: str, out: str, budget: _Budget) -> tuple[i
             for by in reversed(scales):  # LatentUpscaleBy: round(latent size * scale)
                 lw, lh = round(lw * by), round(lh * by)
             return lw * 8, lh * 8
-        by = _number(graph, inputs.get("scale_by"), budget)
-        if nid != sampler and _is_num(by):
-            scales.append(float(by))
+        by = _scale(graph, inputs, budget)
+        if by is not None and (nid != sampler or _is_sampler(graph, nid)):  # a pass that upscales as it samples too
+            scales.append(by)
         latent = next(((s, n) for n, s, sl in graph.links(nid)
                        if (graph.output(s, sl)[1] in _LATENT_TYPES or n in ("latent_image", "samples", "samples_to", "latent"))
                        and s in graph.nodes), None)
         if latent is None:
             return None
         nid = latent[0]
+    return None
+
+
+_SCALE_NAMES = ("scale_by", "upscale_factor", "upscale_by", "factor", "scale")
+
+
+def _scale(graph: Graph, inputs: Mapping[str, Any], budget: _Budget) -> float | None:
+    """The factor a node resizes by, when it says one (LatentUpscaleBy, an iterative upscaler...)."""
+    for key in _SCALE_NAMES:
+        v = _number(graph, inputs.get(key), budget)
+        if _is_num(v) and 0 < v <= 64:
+            return float(v)
     return None
 
 
@@ -690,8 +1050,8 @@ def _model_path(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
             break
         guider = next((s for n, (s, sl) in links.items() if n == "guider" or graph.output(s, sl)[1] == "GUIDER"), None)
         if guider is None:  # a bundle that carries the model (Efficiency's SDXL_TUPLE, Impact's pipes)
-            start = next(((s, sl) for n, (s, sl) in links.items()
-                          if (graph.output(s, sl)[1] or graph.input_type(nid, n)) not in _PLAIN), None)
+            bundle = _sampling_bundle(graph, nid)
+            start = links[bundle] if bundle is not None else None
             break
         nid = guider
     meta: dict[str, Any] = {}
@@ -726,89 +1086,3 @@ def _model_path(graph: Graph, sampler: str, budget: _Budget) -> dict[str, Any]:
     if loras:
         meta["loras"] = loras
     return meta
-
-
-# ---- the UI-format workflow ----------------------------------------------------------------------------
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-
-
-def api_from_workflow(ui: Mapping[str, Any], types: NodeTypes | None = None) -> dict[str, Any]:
-    """An API-format graph from a UI-format workflow (for images that carry only the workflow).
-
-    Links become [node, slot] inputs (through reroutes and bypassed nodes), widget values get their
-    names from the node types (the frontend's order: required then optional, an extra value after
-    a widget with control_after_generate); PrimitiveNode values land in the inputs they feed.
-    Muted nodes are dropped. Widgets of node types nobody knows keep positional names (widget_0, ...).
-    """
-    types = types or NodeTypes.builtin()
-    nodes = [n for n in (ui.get("nodes") or [])[:MAX_NODES] if isinstance(n, Mapping) and "id" in n]
-    by_id = {str(n["id"]): n for n in nodes}
-    links: dict[Any, tuple[str, int, str | None]] = {}
-    for lk in ui.get("links") or []:
-        if isinstance(lk, (list, tuple)) and len(lk) >= 5:
-            links[lk[0]] = (str(lk[1]), int(lk[2]), str(lk[5]) if len(lk) > 5 else None)
-        elif isinstance(lk, Mapping) and "id" in lk:
-            links[lk["id"]] = (str(lk.get("origin_id")), int(lk.get("origin_slot", 0)), lk.get("type"))
-
-    def source(link_id: Any, depth: int = 0) -> tuple[str, int] | Any:
-        """The real producer behind a link (through reroutes and bypassed nodes), or a primitive's value."""
-        if link_id not in links or depth > 64:
-            return None
-        nid, slot, kind = links[link_id]
-        node = by_id.get(nid)
-        if node is None:
-            return None
-        if node.get("type") == "Reroute" or node.get("mode") == 4:
-            for inp in node.get("inputs") or []:
-                if isinstance(inp, Mapping) and inp.get("link") is not None and (
-                        node.get("type") == "Reroute" or inp.get("type") == kind):
-                    return source(inp["link"], depth + 1)
-            return None
-        if node.get("type") == "PrimitiveNode":
-            values = node.get("widgets_values") or []
-            return ("value", values[0]) if values else None
-        return nid, slot
-
-    api: dict[str, Any] = {}
-    for nid, node in by_id.items():
-        ctype = str(node.get("type"))
-        if ctype in FRONTEND_ONLY or node.get("mode") in (2, 4):
-            continue
-        inputs: dict[str, Any] = {}
-        for inp in node.get("inputs") or []:
-            if not isinstance(inp, Mapping) or inp.get("link") is None or inp.get("name") is None:
-                continue
-            src = source(inp["link"])
-            if isinstance(src, tuple) and len(src) == 2 and src[0] == "value":
-                inputs[str(inp["name"])] = src[1]
-            elif src is not None:
-                inputs[str(inp["name"])] = [src[0], src[1]]
-        values = node.get("widgets_values")
-        if isinstance(values, Mapping):
-            for k, v in values.items():
-                inputs.setdefault(str(k), v)
-        elif isinstance(values, list):
-            for name, value in zip(_widget_names(types.get(ctype), len(values)), values):
-                if name is not None:
-                    inputs.setdefault(name, value)
-        api[nid] = {"class_type": ctype, "inputs": inputs}
-    return api
-
-
-_CONTROL = re.compile(r"^(seed|noise_seed)$")
-
-
-def _widget_names(nt: NodeType | None, count: int) -> list[str | None]:
-    """Names for a node's widgets_values, in the frontend's order."""
-    if nt is None:
-        return [f"widget_{i}" for i in range(count)]
-    names: list[str | None] = []
-    for name, kind in nt.inputs:
-        if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
-            continue
-        names.append(name)
-        if kind == "INT" and _CONTROL.match(name):
-            names.append(None)  # the frontend's "control after generate" value
-        if name == "image" and kind == "COMBO":
-            names.append(None)  # LoadImage's upload button
-    return names

@@ -1,7 +1,7 @@
 """ComfyUI used as a library (outside a running server): load the user's CLIP vision and CLIP files.
 
-The CLI finds ComfyUI from `--comfyui DIR`, `$LUNA_COMFYUI`, or automatically when this pack sits
-in `ComfyUI/custom_nodes/`, and then loads `clip_vision/*.safetensors` and checkpoint CLIPs with
+The CLI finds ComfyUI as every verb does (core.comfy_home: `--comfyui DIR`, the ComfyUI whose
+`custom_nodes/` holds this pack, `$LUNA_COMFYUI`), and then loads `clip_vision/*.safetensors` and checkpoint CLIPs with
 ComfyUI's own loaders, so a batch job embeds exactly as the node path does.
 """
 
@@ -13,31 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..core.comfy_home import ComfyUINotFound, find_comfyui
 from .comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
-
-CLIP_TYPES = ("stable_diffusion", "sdxl", "flux", "sd3")
-
-
-class ComfyUINotFound(FileNotFoundError):
-    """No ComfyUI folder could be found or imported."""
-
-
-def find_comfyui(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The ComfyUI folder to use: explicit, $LUNA_COMFYUI, or the one this pack is installed in."""
-    candidates = [Path(explicit)] if explicit else []
-    if os.environ.get("LUNA_COMFYUI"):
-        candidates.append(Path(os.environ["LUNA_COMFYUI"]))
-    here = Path(__file__).resolve().parents[1]  # the pack folder
-    if here.parent.name == "custom_nodes":
-        candidates.append(here.parent.parent)
-    for c in candidates:
-        if (c / "comfy" / "sd.py").is_file():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates) or "nothing (no --comfyui, no $LUNA_COMFYUI, pack not in custom_nodes)"
-    raise ComfyUINotFound(
-        f"cannot find ComfyUI (tried {tried}); pass --comfyui /path/to/ComfyUI to use its loaders, "
-        "or --open-clip MODEL to embed with open_clip instead"
-    )
 
 
 def import_comfy(root: Path) -> Any:
@@ -58,11 +35,13 @@ def import_comfy(root: Path) -> Any:
 
 def load_clip_vision(path: str | os.PathLike[str], comfyui: str | os.PathLike[str] | None = None) -> ComfyClipVisionEncoder:
     """A ComfyUI clip_vision file (e.g. CLIP-ViT-H-14 .safetensors) as an ImageEncoder."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"CLIP vision file {path} " + ("is a folder; give the model file" if Path(path).is_dir()
+                                                               else "does not exist"))
     root = find_comfyui(comfyui)
+    assert root is not None
     import_comfy(root)
     clip_vision = importlib.import_module("comfy.clip_vision")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"CLIP vision file {path} does not exist")
     model = clip_vision.load(str(path))
     if model is None:
         raise ValueError(f"{path} is not a CLIP vision model ComfyUI recognises")
@@ -71,8 +50,10 @@ def load_clip_vision(path: str | os.PathLike[str], comfyui: str | os.PathLike[st
 
 def load_text_encoder(checkpoint: str | os.PathLike[str] | None = None, clip_files: list[str] | None = None,
                       clip_type: str = "stable_diffusion", comfyui: str | os.PathLike[str] | None = None) -> ComfyClipTextEncoder:
-    """The CLIP of a checkpoint, or standalone CLIP files (CLIPLoader/DualCLIPLoader types), as a TextEncoder."""
+    """The CLIP of a checkpoint, or standalone CLIP files with a loader type (any of ComfyUI's own: stable_diffusion,
+    sdxl, flux, sd3, qwen_image, hidream, lumina2, chroma, wan, hunyuan_image, ...), as a TextEncoder."""
     root = find_comfyui(comfyui)
+    assert root is not None
     sd = import_comfy(root)
     if checkpoint:
         out = sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=True, output_model=False)
@@ -80,9 +61,10 @@ def load_text_encoder(checkpoint: str | os.PathLike[str] | None = None, clip_fil
         if clip is None:
             raise ValueError(f"checkpoint {checkpoint} has no CLIP text encoder")
     elif clip_files:
-        if clip_type not in CLIP_TYPES:
-            raise ValueError(f"clip type {clip_type!r} unknown; choose one of {CLIP_TYPES}")
-        ctype = getattr(sd.CLIPType, clip_type.upper())
+        types = [t.name.lower() for t in sd.CLIPType]  # this ComfyUI's loader types, whatever its version
+        if clip_type.lower() not in types:
+            raise ValueError(f"clip type {clip_type!r} unknown to the ComfyUI at {root}; choose one of {', '.join(types)}")
+        ctype = sd.CLIPType[clip_type.upper()]
         clip = sd.load_clip(ckpt_paths=[str(p) for p in clip_files], clip_type=ctype)
     else:
         raise ValueError("give a checkpoint or CLIP files to load a text encoder from")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.encoder import EncoderFingerprint
+from ..core.families import TextSpec
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,12 +37,19 @@ class ImageEncoder(Protocol):
 class TextEncoder(Protocol):
     """What conditioning assembly and baking need from a text encoder."""
 
-    family: str  # sd15 / sdxl / flux
+    family: str  # the text family (core.families): sd15 / sdxl / flux, or a name read from the CLIP
     key: str  # identifies the encoder in caches
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """prompt -> (cond [T, D], pooled [P] or None), as CLIPTextEncode would give for it."""
         ...
+
+
+def text_spec(encoder: TextEncoder) -> TextSpec:
+    """What a vault baked with `encoder` stores: its own `spec` (ComfyUI CLIPs read it from the CLIP), else the
+    built-in family its `family` names."""
+    spec = getattr(encoder, "spec", None)
+    return spec if isinstance(spec, TextSpec) else TextSpec.for_family(encoder.family)
 
 
 def sampled_weights_hash(tensors: Iterable[tuple[str, torch.Tensor]], samples: int = 256) -> str:

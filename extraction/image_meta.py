@@ -16,24 +16,26 @@ size limit, so a huge or broken chunk is a reason, never a crash or a hang.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image
 
-from .comfy_graph import NodeTypes, api_from_workflow, read_graph
+from ..core.images import ImageRefused, open_image, read_image_file
+from ..core.inflate import inflate
+from .comfy_graph import NodeTypes, read_graph
+from .comfy_workflow import api_from_workflow, expand_components, ui_nodes
+from .stealth import StealthError, read_stealth
+from .text_params import finite, parse_a1111, parse_dream, seed, split_negative
 
 MAX_CHUNK = 32 << 20  # one text chunk, decompressed
 MAX_TEXT = 64 << 20  # all text chunks of a file
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([0-9.]+))?[^>]*>")
-_A1111_KV = re.compile(r"\s*([\w ]+):\s*(\"(?:\\.|[^\\\"])*\"|[^,]*)(?:,|$)")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class RawFields:
     exif: dict[str, str] = field(default_factory=dict)  # "ifd0:0x0110", "exif:0x9286" -> decoded text
     size: tuple[int, int] | None = None
     problems: list[str] = field(default_factory=list)
+    format: str | None = None  # PNG, WEBP, JPEG... as the file's bytes say
+    name: str | None = None  # the file's name, when known (ComfyUI names files after the saver's prefix)
 
 
 # ---- PNG chunks -----------------------------------------------------------------------------------------
@@ -117,14 +121,7 @@ def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str]:
 
 
 def _inflate(data: bytes, name: str) -> bytes:
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(data, MAX_CHUNK + 1)
-    except zlib.error as e:
-        raise ValueError(f"the '{name}' text chunk does not decompress ({e})") from e
-    if len(out) > MAX_CHUNK or d.unconsumed_tail:
-        raise ValueError(f"the '{name}' text chunk decompresses to more than {MAX_CHUNK >> 20} MB; not read")
-    return out
+    return inflate(data, MAX_CHUNK, f"the '{name}' text chunk")
 
 
 def strip_png_text(data: bytes) -> bytes:
@@ -202,51 +199,122 @@ def _exif_text(tag: int, value: Any) -> str | None:
 def raw_fields(source: "str | Path | bytes | Image.Image") -> RawFields:
     """All text metadata of an image, from a file, its bytes, or an opened Pillow image."""
     if isinstance(source, Image.Image):
-        out = RawFields(size=source.size)
+        out = RawFields(size=source.size, format=source.format)
         info = getattr(source, "text", None) or {}
         for k, v in {**(source.info or {}), **info}.items():
             if isinstance(v, str):
                 out.text.setdefault(str(k), v)
         out.exif = exif_fields(source)
         return out
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    data = read_image_file(source) if isinstance(source, (str, Path)) else bytes(source)
     if data.startswith(PNG_SIGNATURE):
         out = png_fields(data)
+        out.format = "PNG"
         try:
-            with Image.open(io.BytesIO(strip_png_text(data))) as img:
+            with open_image(strip_png_text(data), formats=("PNG",)) as img:
                 out.exif = exif_fields(img)  # eXIf chunks exist too
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except ImageRefused:
             pass
         return out
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             return raw_fields(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return RawFields(problems=[f"not an image Pillow can open ({e})"])
+    except ImageRefused as e:
+        return RawFields(problems=[str(e)])
 
 
-def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None) -> PromptReading:
-    """The generation prompt embedded in an image (any format above), or why there is none."""
-    return interpret(raw_fields(source), types)
+def read_prompt(source: "str | Path | bytes | Image.Image", types: NodeTypes | None = None,
+                name: str | None = None) -> PromptReading:
+    """The generation prompt embedded in an image (any format above), or why there is none.
+
+    Only an image with no metadata field at all is searched for A1111's stealth parameters (hidden in
+    the pixels' low bits), as the extension itself does: a written field always wins.
+    """
+    if isinstance(source, (str, Path)):
+        name = name or Path(source).name
+        try:
+            source = read_image_file(source)
+        except ImageRefused as e:
+            return PromptReading(None, reason=str(e))
+    raw = raw_fields(source)
+    raw.name = name
+    found = interpret(raw, types)
+    if found.reason != NO_METADATA:
+        return found
+    try:
+        hidden = stealth_text(source)
+    except StealthError as e:
+        return PromptReading(None, generator="a1111-stealth", reason=str(e))
+    if hidden is None:
+        return found
+    fields = _stealth_fields(hidden)
+    got = interpret(RawFields(text=fields, size=raw.size, format=raw.format, name=name), types)
+    if got.reason == NO_METADATA:
+        return PromptReading(None, generator="a1111-stealth", reason="the hidden (stealth) parameters hold no prompt")
+    got.path = ["stealth parameters in the pixels"] + got.path
+    got.generator = f"{got.generator}-stealth" if got.generator else "a1111-stealth"
+    return got
+
+
+MAX_STEALTH_PIXELS = 64 << 20  # pixels decoded to look for stealth parameters
+
+
+def stealth_text(source: "bytes | Image.Image") -> str | None:
+    """The stealth parameters hidden in a lossless image (PNG, lossless WebP), None when there are none."""
+    if isinstance(source, Image.Image):
+        return _stealth_from_image(source)
+    data = bytes(source)
+    lossless = data.startswith(PNG_SIGNATURE) or (data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8L")
+    if not lossless:
+        return None
+    try:
+        with open_image(strip_png_text(data), formats=("PNG", "WEBP"), limit=MAX_STEALTH_PIXELS) as img:
+            return _stealth_from_image(img)
+    except (ImageRefused, OSError, ValueError, SyntaxError, EOFError):  # undecodable pixels: nothing hidden to read
+        return None
+
+
+def _stealth_from_image(img: Image.Image) -> str | None:
+    w, h = img.size
+    if w * h > MAX_STEALTH_PIXELS or min(w, h) < 1:
+        return None
+    alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    pixels = np.asarray(img.convert("RGBA" if alpha else "RGB"))
+    return read_stealth(pixels)
+
+
+def _stealth_fields(text: str) -> dict[str, str]:
+    """Hidden text as the fields a file would carry: NovelAI hides its PNG text chunks as JSON, A1111 its parameters."""
+    if text.lstrip().startswith("{"):
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError):
+            d = None
+        if isinstance(d, Mapping) and ("Comment" in d or "Description" in d):
+            return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in d.items()}
+    return {"parameters": text}
 
 
 def interpret(raw: RawFields, types: NodeTypes | None = None) -> PromptReading:
     """Try each tool's fields in turn; the first prompt found wins, else the most specific reason."""
-    reasons: list[str] = []
+    first: PromptReading | None = None
     for reader in (_comfyui, _swarm_or_fooocus_json, _a1111_parameters, _novelai, _invokeai, _exif_comment):
         found = reader(raw, types)
         if found is None:
             continue
         if found.prompt:
             return found
-        if found.reason:
-            reasons.append(found.reason)
-    if reasons:
-        return PromptReading(None, reason=reasons[0])
+        if found.reason and first is None:
+            first = found
+    if first is not None:  # the most specific reason: the first tool whose fields are there, with its path
+        return first
     if raw.problems:
         return PromptReading(None, reason="; ".join(raw.problems))
-    return PromptReading(None, reason="the image carries no generation metadata (no ComfyUI graph, A1111 "
-                                      "parameters, EXIF comment, NovelAI, InvokeAI, SwarmUI or Fooocus fields)")
+    return PromptReading(None, reason=NO_METADATA)
+
+
+NO_METADATA = ("the image carries no generation metadata (no ComfyUI graph, A1111 parameters (written or stealth), "
+               "NovelAI, InvokeAI, SwarmUI or Fooocus fields)")
 
 
 def _json(text: str, what: str) -> Any:
@@ -268,6 +336,13 @@ def _comfyui(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
             prompt_text = body
         elif head == "workflow" and workflow_text is None and body.lstrip().startswith("{"):
             workflow_text = body
+        elif prompt_text is None and workflow_text is None and '"prompt"' in value[:64]:
+            # custom JPEG/WebP savers: one JSON object {"prompt": {...graph}, "workflow": {...}} in a comment
+            both = _json_object(value)
+            if both is not None and isinstance(both.get("prompt"), (Mapping, str)):
+                prompt_text = both["prompt"] if isinstance(both["prompt"], str) else json.dumps(both["prompt"])
+                if isinstance(both.get("workflow"), (Mapping, str)):
+                    workflow_text = both["workflow"] if isinstance(both["workflow"], str) else json.dumps(both["workflow"])
     if prompt_text is None and workflow_text is None:
         return None
     ui = None
@@ -286,38 +361,56 @@ def _comfyui(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
                 return PromptReading(None, generator="comfyui", reason=str(e))
             api = None
         if isinstance(api, Mapping):
-            got = read_graph(api, ui, types, raw.size)
-            return PromptReading(got.prompt, got.metadata, "comfyui", got.path, got.reason)
+            return _read_comfy(api, ui, types, raw.size, raw.format, raw.name, "comfyui")
         if api is not None and ui is None:
             return PromptReading(None, generator="comfyui",
                                  reason=f"the prompt chunk holds a JSON {type(api).__name__}, not a graph object")
     if ui is None:
         return PromptReading(None, generator="comfyui", reason="the workflow chunk holds no graph object")
+    return _read_comfy(None, ui, types, raw.size, raw.format, raw.name, "comfyui-workflow")
+
+
+def _read_comfy(api: Mapping[str, Any] | None, ui: Mapping[str, Any] | None, types: NodeTypes | None,
+                size: tuple[int, int] | None, image_format: str | None, name: str | None, generator: str) -> PromptReading:
+    """Read the API graph (else the one converted from the UI workflow), nested graphs expanded, sockets from the UI."""
     try:
-        api = api_from_workflow(ui, types)
-    except (TypeError, ValueError, KeyError) as e:
-        return PromptReading(None, generator="comfyui-workflow", reason=f"the workflow cannot be read as a graph ({e})")
-    got = read_graph(api, ui, types, raw.size)
-    return PromptReading(got.prompt, got.metadata, "comfyui-workflow", ["(from the UI workflow)"] + got.path, got.reason)
+        if api is None:
+            api = api_from_workflow(ui or {}, types)
+        elif ui is not None:
+            api = expand_components(api, ui, types)
+        sockets = {"nodes": ui_nodes(ui)} if ui is not None else None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
+        return PromptReading(None, generator=generator, reason=f"the workflow cannot be read as a graph ({e})")
+    got = read_graph(api, sockets, types, size, image_format, name)
+    prefix = ["(from the UI workflow)"] if generator == "comfyui-workflow" else []
+    made = got.output_size
+    if generator == "comfyui-workflow" and got.prompt and size is not None and (made is None or not _scaled(made, size)):
+        # ComfyUI's savers write the API graph too; a file with only the UI workflow is a canvas export, whose
+        # pixels are a picture of the graph, unless it is the size (or a scaling) of what the graph saves
+        shown = f"{made[0]}x{made[1]}" if made else "a size it does not say"
+        return PromptReading(None, got.metadata, generator, prefix + got.path,
+                             f"only the UI workflow is embedded, as in a canvas export: the image is {size[0]}x{size[1]}, "
+                             f"the graph saves {shown}, so its pixels are not what the prompt made")
+    return PromptReading(got.prompt, got.metadata, generator, prefix + got.path, got.reason)
 
 
 def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
     text = raw.text.get("parameters") or raw.exif.get("exif:UserComment") or raw.exif.get("ifd0:UserComment")
-    if not text or not text.lstrip().startswith("{"):
-        return None
-    try:
-        d = _json(text, "parameters field")
-    except ValueError as e:
-        return PromptReading(None, reason=str(e))
-    if not isinstance(d, Mapping):
+    d = _json_object(text)
+    if d is None:  # not JSON: A1111 text may start with "{" too (dynamic prompts' {a|b})
         return None
     if isinstance(d.get("sui_image_params"), Mapping):
         p = d["sui_image_params"]
         meta = _pick(p, {"negativeprompt": "negative", "model": "checkpoint", "seed": "seed", "steps": "steps",
                          "cfgscale": "cfg", "sampler": "sampler", "scheduler": "scheduler", "width": "width",
                          "height": "height"})
-        return PromptReading(_str(p.get("prompt")), meta, "swarmui", ["parameters: sui_image_params.prompt"],
-                             None if _str(p.get("prompt")) else "the SwarmUI parameters have no prompt")
+        prompt = _str(p.get("prompt"))
+        if prompt and _SWARM_RUNTIME.search(prompt):
+            return PromptReading(None, meta, "swarmui", ["parameters: sui_image_params.prompt"],
+                                 "the SwarmUI prompt is a template whose parts are drawn at run time "
+                                 f"({_SWARM_RUNTIME.search(prompt).group(0)}...>); the text each image used is not stored")
+        return PromptReading(prompt, meta, "swarmui", ["parameters: sui_image_params.prompt"],
+                             None if prompt else "the SwarmUI parameters have no prompt")
     prompt = _str(d.get("Prompt", d.get("prompt")))
     if prompt is None and "Full Prompt" not in d:
         return None
@@ -327,25 +420,46 @@ def _swarm_or_fooocus_json(raw: RawFields, types: NodeTypes | None) -> PromptRea
     return PromptReading(prompt, meta, "fooocus", ["parameters: Prompt"], None if prompt else "the Fooocus parameters have no prompt")
 
 
+def _scaled(made: tuple[int, int], size: tuple[int, int]) -> bool:
+    """`size` is `made`, or `made` scaled by one factor (an image resized after it was saved), to a pixel."""
+    factor = size[0] / made[0]
+    return abs(made[1] * factor - size[1]) <= max(1.0, factor)
+
+
+_SWARM_RUNTIME = re.compile(r"<(random|wildcard|setmacro|macro|setvar|var)\b[^:>]{0,32}:", re.I)
+
+
+def _json_object(text: str | None) -> Mapping[str, Any] | None:
+    """`text` as a JSON object, None when it is not one (plain text, broken or too deeply nested JSON)."""
+    if not text or not text.lstrip().startswith("{"):
+        return None
+    try:
+        d = _json(text, "field")
+    except ValueError:
+        return None
+    return d if isinstance(d, Mapping) else None
+
+
 def _a1111_parameters(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
     text = raw.text.get("parameters")
-    if not text or text.lstrip().startswith("{"):
+    if not text or _json_object(text) is not None:
         return None
     prompt, meta = parse_a1111(text)
     return PromptReading(prompt, meta, "a1111", ["parameters"], None if prompt else "the A1111 parameters have no prompt")
 
 
 def _exif_comment(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
+    """A1111 text in an EXIF comment. Only text shaped like generation data counts: a camera's or an OS's
+    comment ("Screenshot", a caption) is not a prompt."""
     for key in ("exif:UserComment", "ifd0:UserComment", "ifd0:ImageDescription", "ifd0:XPComment"):
         text = raw.exif.get(key)
-        if text and not text.lstrip().startswith("{") and re.search(r"(^|\n)\s*(Steps|Negative prompt):", text):
+        if text and not text.lstrip().startswith("{") and _A1111_SHAPE.search(text):
             prompt, meta = parse_a1111(text)
             return PromptReading(prompt, meta, "a1111", [f"EXIF {key}"], None if prompt else "the EXIF comment has no prompt")
-    text = raw.exif.get("exif:UserComment") or raw.exif.get("ifd0:UserComment")
-    if text and not text.lstrip().startswith("{"):  # a plain comment: a prompt without settings
-        prompt, meta = parse_a1111(text)
-        return PromptReading(prompt, meta, "a1111", ["EXIF UserComment"], None if prompt else "the EXIF comment is empty")
     return None
+
+
+_A1111_SHAPE = re.compile(r"(^|\n)[ \t]*(Steps:[ \t]*\d|Negative prompt:)")
 
 
 def _novelai(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
@@ -389,79 +503,63 @@ def _invokeai(raw: RawFields, types: NodeTypes | None) -> PromptReading | None:
         prompt = _str(d.get("positive_prompt"))
         return PromptReading(prompt, meta, "invokeai", ["invokeai_metadata: positive_prompt"],
                              None if prompt else "the InvokeAI metadata has no positive prompt")
+    # the Dream line is the prompt as typed (weights and blends included); sd-metadata has it parsed into parts
+    dream = raw.text.get("Dream")
+    if dream:
+        prompt, meta = parse_dream(dream)
+        if prompt:
+            return PromptReading(prompt, meta, "invokeai", ["Dream"])
     if "sd-metadata" in raw.text:
         try:
             d = _json(raw.text["sd-metadata"], "sd-metadata field")
         except ValueError as e:
             return PromptReading(None, generator="invokeai", reason=str(e))
         image = d.get("image") if isinstance(d, Mapping) else None
-        if not isinstance(image, Mapping):
-            return None
-        p = image.get("prompt")
-        prompt = _str(p[0].get("prompt")) if isinstance(p, list) and p and isinstance(p[0], Mapping) else _str(p)
-        meta = _pick(image, {"seed": "seed", "steps": "steps", "cfg_scale": "cfg", "sampler": "sampler"})
-        if isinstance(d.get("model_weights"), str):
-            meta["checkpoint"] = d["model_weights"]
-        if prompt:  # "a castle [ugly, blurry]": the bracketed part is the negative
-            m = re.fullmatch(r"(.*?)\s*\[(.*)\]\s*", prompt, re.S)
-            if m:
-                prompt, meta["negative"] = m.group(1).strip(), m.group(2).strip()
-        return PromptReading(prompt or None, meta, "invokeai", ["sd-metadata: image.prompt"],
-                             None if prompt else "the InvokeAI metadata has no prompt")
-    dream = raw.text.get("Dream")
+        if image is None and isinstance(d, Mapping) and isinstance(d.get("images"), list) and d["images"]:
+            image = d["images"][0]
+        if isinstance(image, Mapping):
+            prompt = _sd_metadata_prompt(image.get("prompt"))
+            meta = _pick(image, {"seed": "seed", "steps": "steps", "cfg_scale": "cfg", "sampler": "sampler",
+                                 "width": "width", "height": "height"})
+            if isinstance(d.get("model_weights"), str):
+                meta["checkpoint"] = d["model_weights"]
+            if prompt:  # "a castle [ugly, blurry]": the bracketed parts are the negative
+                prompt, negative = split_negative(prompt)
+                if negative:
+                    meta["negative"] = negative
+            return PromptReading(prompt or None, meta, "invokeai", ["sd-metadata: image.prompt"],
+                                 None if prompt else "the InvokeAI metadata has no prompt")
     if dream:
-        m = re.match(r'\s*"(.*?)"', dream, re.S)
-        prompt = m.group(1) if m else None
-        return PromptReading(prompt, {}, "invokeai", ["Dream"], None if prompt else "the Dream field has no prompt")
+        return PromptReading(None, generator="invokeai", path=["Dream"],
+                             reason="the Dream field holds a command or a placeholder, not a prompt")
     return None
 
 
+def _sd_metadata_prompt(p: Any) -> str | None:
+    """sd-metadata's prompt: a string, or a list of {prompt, weight} parts (a blend: written back as `a:0.25 b:0.75`)."""
+    if isinstance(p, list):
+        parts = [(q.get("prompt"), q.get("weight")) for q in p if isinstance(q, Mapping) and _str(q.get("prompt"))]
+        if len(parts) == 1:
+            return _str(parts[0][0])
+        return " ".join(f"{t.strip()}:{w:g}" if finite(w) is not None else t.strip() for t, w in parts) or None
+    return _str(p)
+
+
 def _pick(d: Mapping[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:
+    """The fields named in `keys`, renamed; numbers only when finite (a seed: a 64-bit non-negative integer)."""
     out: dict[str, Any] = {}
     for src, dst in keys.items():
         v = d.get(src)
-        if dst not in out and isinstance(v, (str, int, float)) and not isinstance(v, bool) and v != "":
+        if dst in out or isinstance(v, bool) or not isinstance(v, (str, int, float)) or v == "":
+            continue
+        if dst == "seed":
+            v = seed(v)
+        elif isinstance(v, (int, float)) and finite(v) is None:
+            v = None
+        if v is not None:
             out[dst] = v
     return out
 
 
 def _str(v: Any) -> str | None:
     return v.strip() if isinstance(v, str) and v.strip() else None
-
-
-def parse_a1111(text: str) -> tuple[str | None, dict[str, Any]]:
-    """Prompt, negative, settings and <lora:...> tags from an A1111 `parameters` string."""
-    lines = text.strip().splitlines()
-    if not lines:
-        return None, {}
-    settings_at = next((i for i in range(len(lines) - 1, -1, -1) if re.match(r"^\s*Steps:\s*\d", lines[i])), None)
-    body = lines[:settings_at] if settings_at is not None else lines
-    meta: dict[str, Any] = {}
-    neg_at = next((i for i, ln in enumerate(body) if ln.startswith("Negative prompt:")), None)
-    prompt_lines = body[:neg_at] if neg_at is not None else body
-    if neg_at is not None:
-        meta["negative"] = "\n".join([body[neg_at][len("Negative prompt:"):].strip()] + body[neg_at + 1:]).strip()
-    prompt = "\n".join(prompt_lines).strip()
-    loras = [{"name": m.group(1), "strength": float(m.group(2) or 1.0)} for m in _LORA_TAG.finditer(prompt)]
-    if loras:
-        meta["loras"] = loras
-        prompt = re.sub(r"\s+,", ",", re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub("", prompt))).strip(" ,")
-    if settings_at is not None:
-        settings = {k.strip(): v.strip().strip('"') for k, v in _A1111_KV.findall(lines[settings_at])}
-        if settings.get("Seed", "").isdigit():
-            meta["seed"] = int(settings["Seed"])
-        if settings.get("Model"):
-            meta["checkpoint"] = settings["Model"]
-        if settings.get("Steps", "").isdigit():
-            meta["steps"] = int(settings["Steps"])
-        for key, out in (("Sampler", "sampler"), ("Schedule type", "scheduler")):
-            if settings.get(key):
-                meta[out] = settings[key]
-        try:
-            meta["cfg"] = float(settings["CFG scale"])
-        except (KeyError, ValueError):
-            pass
-        size = re.fullmatch(r"(\d+)x(\d+)", settings.get("Size", ""))
-        if size:
-            meta["width"], meta["height"] = int(size.group(1)), int(size.group(2))
-    return prompt or None, meta

@@ -13,9 +13,9 @@ Bad items (unreadable image, missing prompt, duplicate image) are skipped and li
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import math
 import os
 import time
 import zlib
@@ -25,22 +25,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..core.atomic import check_name
-from ..core.content import pixels_hash
-from ..core.families import TextSpec
+from ..core.content import pil_pixels_hash
+from ..core.images import ImageRefused, decode_rgb, read_image_file
 from ..vault.entries import AddReport
 from ..vault.manifest import VAULT_SUFFIX, vault_name
 from ..vault.ops import writer_for_adding
 from ..vault.store import Vault, vault_exists
 from ..vault.thumbnails import make_thumbnail
 from .comfy_graph import NodeTypes
-from .encoders import ImageEncoder, TextEncoder, resize_crop
+from .encoders import ImageEncoder, TextEncoder, resize_crop, text_spec
 from .image_meta import PNG_SIGNATURE, read_prompt, strip_png_text
-from .readers import Item, describe, list_images
+from .readers import Item, describe, display_path, list_images
 
 log = logging.getLogger(__name__)
+REDUCE_ABOVE = 4096 * 4096  # pixels: larger images are box-reduced before their float copy (see _encoder_pixels)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -59,8 +60,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def in_shard(rel_path: str, shard: tuple[int, int] | None) -> bool:
-    """Deterministic split by a hash of the relative path: stable when files are added or removed."""
-    return shard is None or zlib.crc32(rel_path.encode("utf-8")) % shard[1] == shard[0]
+    """Deterministic split by a hash of the relative path (its bytes: a name need not be UTF-8): stable when
+    files are added or removed."""
+    return shard is None or zlib.crc32(os.fsencode(rel_path)) % shard[1] == shard[0]
 
 
 def shard_vault_path(path: Path, shard: tuple[int, int] | None) -> Path:
@@ -150,53 +152,76 @@ class DecodeDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> Decoded:
-        item = self.items[i]
-        out = Decoded(i, item.prompt, dict(item.metadata))
+        out = Decoded(i, self.items[i].prompt, dict(self.items[i].metadata))
         try:
-            data = item.path.read_bytes()
+            self._decode_into(out, self.items[i])
+        except Exception as e:  # noqa: BLE001  (one file's surprise is that file's skip, never the end of the run)
+            log.warning("skipping %s: %s", out.metadata.get("source", self.items[i].path), e, exc_info=log.isEnabledFor(logging.DEBUG))
+            out.reason = f"unreadable file: {type(e).__name__}: {str(e)[:200]}"
+            out.hash = out.pixels = out.thumbnail = None
+            out.known = False
+        return out
+
+    def _decode_into(self, out: Decoded, item: Item) -> None:
+        try:
+            data = read_image_file(item.path, what="the file")
+        except ImageRefused as e:
+            out.reason = f"unreadable image: {e}"
+            return
         except OSError as e:
             out.reason = f"unreadable file: {e.strerror or e}"
-            return out
+            return
         try:
             rgb = _decode(data)
-        except UnidentifiedImageError:
-            out.reason = "unreadable image: not an image format Pillow recognises, or the file is corrupt"
-            return out
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        except ImageRefused as e:
             out.reason = f"unreadable image: {e}"
-            return out
-        out.hash = pixels_hash(np.asarray(rgb))
+            return
+        out.hash = pil_pixels_hash(rgb)
         if out.hash in self.known:
             out.known = True
-            return out
+            return
         if out.prompt is None:
-            reading = read_prompt(data, self.node_types)
+            reading = read_prompt(data, self.node_types, item.path.name)
             out.prompt = reading.prompt
             out.metadata = {**reading.metadata, **out.metadata}
             if not reading.prompt:
                 out.reason = f"missing prompt: no .txt/.json sidecar, and {reading.reason}"
-                return out
-        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]
-        # resize_crop leaves 8-bit levels, so uint8 carries them exactly at a quarter of the bytes
-        out.pixels = (resize_crop(pixels, self.size)[0] * 255.0).round().to(torch.uint8)
+                return
+        rgb = _reduced(rgb, self.size)  # (a very large image is let go before its copies are made)
         if self.thumbnails:
             out.thumbnail = make_thumbnail(rgb)
-        return out
+        out.pixels = _encoder_pixels(rgb, self.size)
+
+
+def _reduced(rgb: Image.Image, size: int) -> Image.Image:
+    """A very large image box-reduced by an integer factor to at most REDUCE_ABOVE pixels (its float copy would
+    otherwise take 12 bytes a pixel: GBs for a big upscale), its short side kept >= `size`; others as they are."""
+    w, h = rgb.size
+    if w * h <= REDUCE_ABOVE:
+        return rgb
+    factor = max(1, min(math.ceil(math.sqrt(w * h / REDUCE_ABOVE)), min(w, h) // size))
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
+def _encoder_pixels(rgb: Image.Image, size: int) -> torch.Tensor:
+    """uint8 [size, size, 3]: resize_crop of the image (shortest side to `size`, centre crop, 8-bit levels)."""
+    pixels = torch.from_numpy(np.array(rgb)).float().div_(255.0)[None]
+    # resize_crop leaves 8-bit levels, so uint8 carries them exactly at a quarter of the bytes
+    return (resize_crop(pixels, size)[0] * 255.0).round().to(torch.uint8)
 
 
 def _decode(data: bytes) -> Image.Image:
-    """The image's first frame as RGB. A PNG whose text chunks Pillow refuses (compressed metadata over
-    its limit) is decoded without them: the metadata is read separately, within our own limits."""
+    """The image's first frame as RGB, through the image gate (core.images: format from its first bytes, size
+    from its header). A PNG whose text chunks Pillow refuses (compressed metadata over its limit) is decoded
+    without them: the metadata is read separately, within our own limits."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except ValueError as e:
-        if not data.startswith(PNG_SIGNATURE) or not ("text" in str(e).lower() or "chunk" in str(e).lower()):
+        return decode_rgb(data, what="the file")
+    except ImageRefused as e:
+        cause = str(e.__cause__ or "").lower()
+        if not data.startswith(PNG_SIGNATURE) or not isinstance(e.__cause__, ValueError) or not (
+                "text" in cause or "chunk" in cause):
             raise
-    with Image.open(io.BytesIO(strip_png_text(data))) as img:
-        img.load()
-        return img.convert("RGB")
+    return decode_rgb(strip_png_text(data), what="the file")
 
 
 def _collate(batch: list[Decoded]) -> DecodedBatch:
@@ -324,7 +349,7 @@ class Extractor:
             report.write_seconds += time.perf_counter() - t
 
     def _commit(self, target: _Target, report: ExtractReport) -> None:
-        text = TextSpec.for_family(self.text_encoder.family) if self.text_encoder is not None else None
+        text = text_spec(self.text_encoder) if self.text_encoder is not None else None
         writer = writer_for_adding(target.path, "append", self.encoder.fingerprint, target.category, text)
         with writer:
             encode = self.text_encoder.encode if self.text_encoder is not None else None
@@ -354,8 +379,8 @@ class Extractor:
                 continue
             try:
                 items.append(describe(path, root, category))
-            except (ValueError, OSError) as e:
-                report.skipped.append((rel, f"bad sidecar: {e}"))
+            except (ValueError, OSError) as e:  # a name, a link or a sidecar: this file's skip, not the run's end
+                report.skipped.append((display_path(rel), f"bad sidecar: {e}" if "sidecar" in str(e) else f"skipped: {e}"))
         return items, report
 
     def run(self, root: str | os.PathLike[str], category: str | None = None,
@@ -463,6 +488,6 @@ class Extractor:
 
 def write_report(report: ExtractReport, path: str | os.PathLike[str]) -> None:
     """The skipped items as JSON lines: {"path": ..., "reason": ...}."""
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:  # a name's stray bytes as \xNN
         for p, r in report.skipped:
             f.write(json.dumps({"path": p, "reason": r}, ensure_ascii=False) + "\n")

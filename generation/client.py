@@ -55,8 +55,10 @@ class ComfyClient:
                 if r.content_type == "application/json":
                     return r.status, await r.json()
                 return r.status, await r.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise ServerDown(f"{self.name}: {type(e).__name__}: {e}") from e
+        except asyncio.TimeoutError as e:
+            raise ServerDown(f"{self.name}: no answer within {self.timeout.total:g} s") from e
+        except (aiohttp.ClientError, OSError) as e:  # said in words: the reason, not the exception's class
+            raise ServerDown(f"{self.name}: {e or 'the connection failed'}") from e
 
     async def alive(self) -> bool:
         try:

@@ -223,7 +223,7 @@ class Dispatcher:
                     s.backoff = min(10.0, s.backoff * 2)
                     if all(not o.up for o in self.servers) and time.time() - min(
                             o.down_since or time.time() for o in self.servers) > self.give_up_after:
-                        raise DispatchError(f"no server has answered for {self.give_up_after:.0f} s "
+                        raise DispatchError(f"no server has answered for {self.give_up_after:g} s "
                                             f"({', '.join(self.server_names)}); run again to resume")
                 continue
             try:

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from ..core.atomic import check_name
+from ..core.comfy_home import ComfyUINotFound, extra_model_paths
 from ..core.filecache import file_stamp
+from ..core.text import printable
 from ..vault.manifest import MANIFEST, VAULT_SUFFIX, vault_name
 
 VAULTS = "vaults"
@@ -44,9 +46,18 @@ def live_node_types() -> Any:
 
 
 def register_model_folders() -> None:
-    """Add models/vaults and models/luna_projectors (extra_model_paths.yaml entries for them also work)."""
+    """Add models/vaults and models/luna_projectors (extra_model_paths.yaml entries for them also work). New vaults go
+    where the CLI puts them too (core.comfy_home): a yaml folder marked `is_default` first, else models/vaults."""
     for name in (VAULTS, PROJECTORS):
-        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+        own = os.path.join(folder_paths.models_dir, name)
+        folder_paths.add_model_folder_path(name, own, is_default=True)
+        paths = folder_paths.folder_names_and_paths[name][0]
+        try:
+            defaults = [str(p) for p in extra_model_paths(Path(folder_paths.base_path), name)[0]]
+        except ComfyUINotFound:
+            defaults = []
+        first = [p for p in paths if os.path.normpath(p) in defaults]
+        paths[:] = first + [p for p in paths if p not in first]
     paths, _ = folder_paths.folder_names_and_paths[PROJECTORS]
     folder_paths.folder_names_and_paths[PROJECTORS] = (paths, {".safetensors"})  # not the training logs beside them
 
@@ -144,7 +155,8 @@ def per_image(values: list[Any], n: int, what: str) -> list[Any]:
 
 
 def ui_text(*parts: Any) -> dict[str, Any]:
-    return {"text": [str(p) for p in parts]}
+    """A node's text output for the UI, control characters escaped (prompts come from others' vaults)."""
+    return {"text": [printable(str(p)) for p in parts]}
 
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")

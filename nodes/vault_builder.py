@@ -14,6 +14,7 @@ from ..core.atomic import check_name
 from ..core.content import image_hash
 from ..core.families import TextSpec
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
+from ..extraction.encoders import text_spec
 from ..extraction.pipeline import Extractor
 from ..vault.ops import ADD_MODES, check_add_mode, unseen, writer_for_adding
 from ..vault.store import Vault, vault_exists
@@ -117,7 +118,7 @@ class LunaVaultBuilder(io.ComfyNode):
         check_add_mode(path, mode)
         encoder = ComfyClipVisionEncoder(clip_vision, file=loaded_file(cls.hidden, "clip_vision"))
         text = ComfyClipTextEncoder(clip) if clip is not None else None
-        spec = TextSpec.for_family(text.family) if text is not None else None
+        spec = text_spec(text) if text is not None else None
         if folder.strip():
             summary = cls._from_folder(path, mode, encoder, text, spec, category, thumbnails, folder)
         elif images is not None and images.shape[0] > 0:

@@ -15,7 +15,7 @@ from ..vault.cache import open_cached
 from ..vault.filters import parse_filter
 from ..vault.preview import contact_sheet, entry_thumbnails, matched_thumbnails
 from ..vault.query import check_query
-from ..vault.retrieve import retrieve
+from ..vault.retrieval import retrieve
 from .common import AUTO, CATEGORY, as_image_batch, loaded_file, vault_names, vault_path, vault_stamp
 
 
@@ -116,6 +116,8 @@ class LunaVaultQuery(io.ComfyNode):
             f"crop {b}: {r.vault}  " + ", ".join(f"{m.similarity:.3f} #{m.id}" for m in r.matches)
             for b, r in enumerate(result.results)
         )
+        if result.notes:
+            summary += "\n" + "\n".join(f"note: {n}" for n in result.notes)
         if use_tuned:
             summary = (f"tuned settings: k {k}, strength {strength:g}, temperature {temperature:g}, {blend_mode} "
                        f"({source})\n{summary}")

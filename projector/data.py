@@ -23,6 +23,12 @@ def target_for_vault(vault: Vault) -> TargetSpec:
             f"vault '{vault.name}' has no baked conditioning, so there is nothing to learn from: build it with "
             "`luna-vault extract --bake --checkpoint ...` or a Luna Vault Builder with a CLIP connected"
         )
+    if vault.text.pooled_dim == 0 or vault.text.attention_mask:
+        raise VaultError(
+            f"vault '{vault.name}' bakes {vault.text.family} conditioning "
+            f"({'no pooled output' if vault.text.pooled_dim == 0 else 'with an attention mask'}); the projector predicts "
+            "tokens + a pooled output only (SD1.5, SDXL, Flux, SD3.5 vaults): use the vault in text mode for this family"
+        )
     spec = TARGETS.get(vault.text.family)
     if spec is not None and (spec.dim, spec.pooled_dim) == (vault.text.dim, vault.text.pooled_dim):
         return spec

@@ -19,7 +19,7 @@ from ..core.encoder import EncoderFingerprint
 from ..core.errors import TextFamilyMismatchError
 from ..core.filecache import FileCache
 from ..vault.query import search
-from ..vault.retrieve import SHARED_TEXT_CACHE, prompt_lookup
+from ..vault.retrieval import SHARED_TEXT_CACHE, prompt_lookup
 from ..vault.store import Vault
 from .io import load_projector
 from .model import Projector
@@ -70,7 +70,8 @@ def translate(projector: Projector, embeddings: torch.Tensor, *, vault: Vault | 
         for b, r in enumerate(results):
             best[b] = float(r.matches[0].similarity)
             if best[b] >= threshold:
-                cond, pool = weighted_conditioning([lookup(m) for m in r.matches], retrieval_weights(r.similarities, temperature))
+                enc = weighted_conditioning([lookup(m) for m in r.matches], retrieval_weights(r.similarities, temperature))
+                cond, pool = enc.cond, enc.pooled
                 if cond.shape[-1] != target.dim or (pool is not None and pool.shape[-1] != target.pooled_dim):
                     raise TextFamilyMismatchError(
                         f"the vault path gives conditioning [*, {cond.shape[-1]}] but the projector predicts "

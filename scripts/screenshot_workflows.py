@@ -1,6 +1,6 @@
 """Screenshots of every example workflow loaded in ComfyUI's real web UI (headless Chromium).
 
-`python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows]`
+`python scripts/screenshot_workflows.py [--chromium /usr/bin/chromium] [--out docs/workflows] [--only NAME ...]`
 Starts a headless ComfyUI (../shared/comfyui) serving its installed front end with this pack, opens
 it in headless Chromium (Debian's `chromium` package) over the DevTools protocol, loads each
 example_workflows/*.json with `app.loadGraphData`, and saves a PNG per workflow (plus a JPEG thumbnail beside
@@ -73,6 +73,7 @@ class DevTools:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws, self.next_id = ws, 0
+        self.events: list[dict[str, Any]] = []  # the events that arrived while waiting for answers (Network.enable...)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         self.next_id += 1
@@ -84,6 +85,8 @@ class DevTools:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+            if "method" in msg and len(self.events) < 10_000:
+                self.events.append(msg)
 
     async def eval(self, expr: str) -> Any:
         res = await self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
@@ -110,13 +113,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(chromium: str, size: tuple[int, int]) -> AsyncIterator[DevTools]:
-    """Headless Chromium with one page, driven over the DevTools protocol; closed on exit."""
+async def chromium_page(chromium: str, size: tuple[int, int], args: tuple[str, ...] = ()) -> AsyncIterator[DevTools]:
+    """Headless Chromium with one page, driven over the DevTools protocol; closed on exit. `args`: more flags."""
     port = free_port()
     profile = tempfile.mkdtemp(prefix="luna-chromium-")
     proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                              f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
-                             f"--window-size={size[0]},{size[1]}", "about:blank"],
+                             f"--window-size={size[0]},{size[1]}", *args, "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as http:
@@ -185,10 +188,11 @@ def main() -> None:
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     ap.add_argument("--out", default=str(REPO / "docs" / "workflows"))
     ap.add_argument("--size", default="2200x1300", help="viewport WIDTHxHEIGHT")
+    ap.add_argument("--only", nargs="*", help="workflow names to shoot (default: every example workflow)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workflows = sorted((REPO / "example_workflows").glob("*.json"))
+    workflows = sorted(p for p in (REPO / "example_workflows").glob("*.json") if not args.only or p.stem in args.only)
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(Path(tmp), frontend=True)

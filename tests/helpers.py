@@ -64,3 +64,42 @@ def import_comfyui() -> None:
     except ImportError as e:  # ComfyUI's requirements are not installed
         pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
     comfy.cli_args.args.cpu = True
+
+
+def tiny_open_clip(folder: Path) -> tuple[Path, Path, Path]:
+    """A 2-layer ViT (32-d embeddings, 64 px) in open_clip's format: its config `luna-tiny-vit.json` (registered
+    with open_clip) and two random weight files (seeds 0 and 1). Skips the test when open_clip cannot import."""
+    import json
+
+    import pytest
+
+    try:
+        import open_clip
+    except RuntimeError as e:  # pip's CUDA torchvision beside the CPU torch: its ops do not register
+        pytest.skip(f"open_clip cannot be imported here ({e}); with ../shared/comfyui-tools beside the checkout "
+                    "(see ../shared/COMFYUI.md) conftest makes torchvision importable")
+    from safetensors.torch import save_file
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = folder / "luna-tiny-vit.json"
+    cfg.write_text(json.dumps(config))
+    open_clip.add_model_config(str(cfg))
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("luna-tiny-vit")
+        paths.append(folder / f"tiny-{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(paths[-1]))
+    return cfg, paths[0], paths[1]
+
+
+def small_package(folder: Path, n: int = 40, seed: int = 1) -> bytes:
+    """The bytes of a .lvault package of a small text-mode vault 'eyes' built in `folder`."""
+    from luna_vault.vault import EncoderFingerprint, build
+    from luna_vault.vault.package import pack
+
+    build(folder / "eyes.vault", clustered(n, 16, seed=seed), [f"eye {i}" for i in range(n)],
+          encoder=EncoderFingerprint("enc", 16, "w"), category="eyes")
+    pack(folder / "eyes.vault", folder / "eyes.lvault")
+    return (folder / "eyes.lvault").read_bytes()

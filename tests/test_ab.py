@@ -4,6 +4,7 @@ statistics, the report files, and tuned defaults written to (and read back from)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from helpers import clustered
 from luna_vault.ab import scores as sc
 from luna_vault.ab.arms import AbTemplate, apply_arm, arm_settings
 from luna_vault.ab.config import AbConfigError, Arm, load_config
-from luna_vault.ab.stats import bootstrap_ci, paired, summarise
+from luna_vault.ab.report import verdict_line
+from luna_vault.ab.stats import arm_verdict, bootstrap_ci, paired, relevance, summarise, verdict
 from luna_vault.ab.tune import best_arm, write_defaults
 from luna_vault.vault import EncoderFingerprint, Vault, VaultCorruptError, build
 from luna_vault.vault.manifest import MANIFEST
@@ -90,6 +92,9 @@ def test_bad_configs_name_the_key(tmp_path: Path) -> None:
     assert "does not exist" in err(references=[{"image": "nope.png", "crop": True}])
     assert "baseline 'x' is not one of the arms" in err(baseline="x")
     assert "unknown key(s) sedes" in err(sedes=[1])
+    assert "relevance maps scores" in err(relevance={"ssim": 0.1})  # no better side: nothing to weigh
+    assert "relevance maps scores" in err(relevance={"ciede2000": -1})
+    assert load_config(_setup(tmp_path, relevance={"ciede2000": 2})).relevance == {"ciede2000": 2.0}
     assert "'seeds' must be a list of distinct" in err(seeds=[1, 1])
     assert "is not a plain name" in err(arms={"../evil": {}})
     assert "would remove the scored output node 18" in err(arms={"a": {"remove": ["KSampler"]}})
@@ -152,11 +157,16 @@ def _rows(diffs: list[float], score: str = "clip_similarity") -> list[dict[str, 
 
 
 def test_paired_statistics() -> None:
-    p = paired(_rows([0.1, 0.2, -0.1, 0.0]), "v", "base", "clip_similarity")
-    assert p["pairs"] == 4 and p["diff"] == pytest.approx(0.05) and p["win_rate"] == pytest.approx((2 + 0.5) / 4)
+    p = paired(_rows([0.1, 0.2, -0.1, 0.0]), "v", "base", "clip_similarity", threshold=0.01)
+    assert p["pairs"] == 4 and p["diff"] == pytest.approx(0.05)
+    assert (p["wins"], p["ties"], p["losses"], p["win_rate"]) == (2, 1, 1, 0.5)  # a tie is a tie, not half a win
     assert p["ci"][0] <= 0.05 <= p["ci"][1] and p["ci"][0] >= -0.1 and p["ci"][1] <= 0.2
     lower = paired(_rows([0.1, 0.2, -0.1, 0.0], "ciede2000"), "v", "base", "ciede2000")
-    assert lower["win_rate"] == pytest.approx((1 + 0.5) / 4)  # lower is better for colour difference
+    assert (lower["wins"], lower["ties"], lower["losses"]) == (1, 1, 2)  # lower is better for colour difference
+    unseen = paired(_rows([0.1, 0.2, -0.1, 0.0], "ciede2000"), "v", "base", "ciede2000", threshold=1.0)
+    assert (unseen["wins"], unseen["ties"], unseen["losses"], unseen["verdict"]) == (0, 4, 0, "same")  # ΔE < 1 each
+    zero = paired(_rows([0.0] * 4), "v", "base", "clip_similarity", threshold=0.01)
+    assert (zero["wins"], zero["ties"], zero["win_rate"], zero["verdict"]) == (0, 4, 0.0, "same")  # was "wins 50% of 4"
     assert "win_rate" not in paired(_rows([0.1, 0.2], "ssim"), "v", "base", "ssim")  # no better side
     assert bootstrap_ci(np.array([0.3])) is None and bootstrap_ci(np.array([0.2, 0.2])) == (0.2, 0.2)
     wide = bootstrap_ci(np.random.default_rng(1).normal(0, 1, 5))
@@ -164,6 +174,47 @@ def test_paired_statistics() -> None:
     assert wide[1] - wide[0] > 3 * (narrow[1] - narrow[0])  # ~sqrt(100) narrower with 100x the pairs
     s = summarise(_rows([0.1, 0.2]), ["base", "v"], "base", ["clip_similarity"])
     assert set(s) == {"all"} and s["all"]["base"]["clip_similarity"] == {"n": 2, "mean": 0.5, "pairs": 2}
+
+
+@pytest.mark.parametrize("diff, ci, higher, t, want", [
+    (0.021, [0.008, 0.034], True, 0.01, "better"),  # the interval excludes 0 and the mean reaches the threshold
+    (0.021, [-0.002, 0.034], True, 0.01, "unclear"),  # it may be nothing
+    (0.005, [0.001, 0.02], True, 0.01, "unclear"),  # supported, below the threshold, but could reach it
+    (0.004, [0.001, 0.008], True, 0.01, "same"),  # supported yet too small to matter
+    (0.0002, [0.0001, 0.0003], False, 0.05, "same"),  # the +0.0002 hue difference the issue saw painted red
+    (0.0, [0.0, 0.0], True, 0.01, "same"),
+    (-2.0, [-3.0, -1.2], False, 1.0, "better"),  # ΔE lowered by 2: better
+    (2.0, [1.2, 3.0], False, 1.0, "worse"),
+    (-0.5, [-0.9, -0.1], False, 1.0, "same"),  # lower, but by less than a just-noticeable difference
+    (0.3, None, True, 0.01, "few"),
+])
+def test_verdicts_weigh_the_interval_against_relevance(diff: float, ci: Any, higher: bool, t: float, want: str) -> None:
+    assert verdict(diff, ci, higher, t) == want
+
+
+def test_arm_verdicts_and_their_lines() -> None:
+    assert arm_verdict({"a": {"verdict": "better"}, "b": {"verdict": "same"}}) == "better"
+    assert arm_verdict({"a": {"verdict": "better"}, "b": {"verdict": "worse"}}) == "mixed"
+    assert arm_verdict({"a": {"verdict": "same"}, "b": {"verdict": "same"}}) == "same"
+    assert arm_verdict({"a": {"verdict": "same"}, "b": {"verdict": "unclear"}}) == "unclear"
+    assert arm_verdict({"a": {"verdict": "few"}}) == arm_verdict({"ssim": {}}) == "few"
+    assert relevance(5) == {"clip_similarity": 0.01, "ciede2000": 1.0, "hue_distance": 0.05, "vault_agreement": 0.1}
+    assert relevance(4, {"ciede2000": 2.0})["ciede2000"] == 2.0 and relevance(4)["vault_agreement"] == 0.125
+    rows = []
+    for i in range(12):  # arm "good": CLIP +0.02 on every pair; "tiny": hue -0.0002; "tie": identical; "bad": ΔE +2
+        for arm, clip, de, hue in (("base", 0.5, 3.0, 0.2), ("good", 0.52, 3.0, 0.2), ("tiny", 0.5, 3.0, 0.1998),
+                                   ("tie", 0.5, 3.0, 0.2), ("bad", 0.5, 5.0, 0.2)):
+            rows.append({"arm": arm, "reference": f"r{i}", "seed": 1, "category": "c", "clip_similarity": clip,
+                         "ciede2000": de + 0.01 * (i % 3), "hue_distance": hue})
+    scores = ["clip_similarity", "ciede2000", "hue_distance"]
+    summary = summarise(rows, ["base", "good", "tiny", "tie", "bad"], "base", scores, relevance())["all"]
+    assert verdict_line("good", summary["good"], "base") == (
+        "good: better against base over 12 pairs — CLIP similarity +0.02 [+0.02, +0.02]: better; CIEDE2000 (mean ΔE) "
+        "+0 [+0, +0]: no difference that matters; hue distance +0 [+0, +0]: no difference that matters")
+    assert verdict_line("tiny", summary["tiny"], "base").startswith("tiny: no difference that matters against base")
+    assert summary["tie"]["clip_similarity"]["ties"] == 12
+    assert verdict_line("bad", summary["bad"], "base").startswith("bad: worse against base over 12 pairs")
+    assert summary["bad"]["ciede2000"]["losses"] == 12
 
 
 def _vault(tmp: Path) -> Path:
@@ -245,6 +296,20 @@ def test_report_from_finished_outputs_skips_an_unreadable_one(tmp_path: Path) ->
     assert summary["summary"]["all"]["v3"]["clip_similarity"]["diff"] == pytest.approx(0.1)
     page = (out / "ab_report.html").read_text()
     assert "could not be scored" in page and "1 of 8 outputs are missing" in page
+    # one verdict line per arm at the top, and each of its scores says what the table's cell says
+    line = re.search(r"<li data-arm='v3' data-verdict='(\w+)'>(.*?)</li>", page)
+    assert line and page.index("<h2>Verdict</h2>") < page.index("<h2>Outputs</h2>") < page.index("<table")
+    said = dict(re.findall(r"data-score='(\w+)' data-verdict='(\w+)'", line.group(2)))
+    table = page[page.index("<table data-category='all'>"):]
+    table = table[:table.index("</table>")]
+    cells = dict(re.findall(r"<td data-arm='v3' data-score='(\w+)' class='\w+' data-verdict='(\w+)'>", table))
+    assert said == cells and said["clip_similarity"] == "better" and set(said) == {"clip_similarity", "ciede2000",
+                                                                                   "hue_distance"}
+    assert line.group(1) in ("better", "mixed")
+    assert summary["meta"]["verdicts"]["v3"].startswith(f"v3: {'better' if line.group(1) == 'better' else 'mixed'}")
+    assert summary["meta"]["relevance"]["clip_similarity"] == 0.01
+    assert re.findall(r"<details class='seed' data-seed='(\d+)'( open)?>", page) == [("3", " open"), ("4", "")]
+    assert page.count("<figure><img") == 2 * 2 * 3 - 1  # every seed: 2 references + their outputs, 1 missing
     assert len((out / "ab_scores.csv").read_text().splitlines()) == 8  # header + 7
 
 

@@ -42,7 +42,7 @@ def test_pages_and_text_search(vault: Path) -> None:
         with pytest.raises(QueryError):
             page(v, **{"offset": 0, "limit": 10, **bad})
     s = summary(v)
-    assert (s["entries"], s["mode"], s["encoder"], s["deleted"]) == (300, "text", "test-vit", 0)
+    assert (s["entries"], s["mode"], s["encoder"], s["deleted"], s["tuned"]) == (300, "text", "test-vit", 0, None)
 
 
 def test_more_like_this_uses_the_stored_embedding(vault: Path) -> None:
@@ -58,6 +58,11 @@ def test_more_like_this_uses_the_stored_embedding(vault: Path) -> None:
     np.testing.assert_allclose([e["similarity"] for e in got["entries"]], sims[want], atol=2e-3)
     with pytest.raises(QueryError, match="entry ids must lie in 0..299"):
         similar(v, 300)
+    for huge in (2 ** 63, 2 ** 70, -(2 ** 70)):  # checked before any int64 conversion (was an OverflowError)
+        with pytest.raises(QueryError, match="entry ids must lie in 0..299"):
+            similar(v, huge)
+        with pytest.raises(QueryError, match="entry ids must lie in 0..299"):
+            entry(v, huge)
 
 
 def test_delete_and_restore_check_the_version_the_client_saw(vault: Path) -> None:
@@ -69,8 +74,10 @@ def test_delete_and_restore_check_the_version_the_client_saw(vault: Path) -> Non
     v = Vault.open(vault)
     assert entry(v, 1)["deleted"] and page(v, 0, 5)["entries"][0]["id"] == 3
     assert all(0 not in r.ids for r in search(v, v.embeddings([0]).astype(np.float32), k=3))
-    with pytest.raises(StaleViewError, match="changed since you looked at it"):
+    with pytest.raises(StaleViewError, match="vault 'eyes' changed since you looked at it"):
         delete(vault, [5], seen)  # a stale view changes nothing
+    with pytest.raises(QueryError, match="entry ids must lie in 0..299, got 18446744073709551616"):
+        delete(vault, [5, 2 ** 64], out["generation"])
     assert len(Vault.open(vault)) == 297
     back = restore(vault, [1, 2], out["generation"])
     assert back["restored"] == 2 and back["entries"] == 299

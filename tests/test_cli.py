@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,5 +118,8 @@ def test_demo_runs_as_a_user_would(tmp_path: Path) -> None:
     assert out["entries"] == 400 and out["retrieved_conditioning"] == [8, 77, 768]
     assert out["top1_same_iris_colour"] > 2 * out["chance_same_iris_colour"]
     assert Vault.open(tmp_path / "demo-eyes.vault").verify() == []
-    res = subprocess.run([exe, "demo", "--n", "200", "--queries", "10"], capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "LUNA_COMFYUI"}  # no ComfyUI: the vault goes to a temporary folder
+    res = subprocess.run([exe, "demo", "--n", "200", "--queries", "10"], capture_output=True, text=True, timeout=300,
+                         env=env, cwd=tmp_path)
     assert res.returncode == 0 and "untrained" in res.stdout and "query k=5" in res.stdout
+    assert "no ComfyUI found to keep the vault in: pass --out DIR to keep it" in res.stdout

@@ -56,8 +56,9 @@ def test_weighted_conditioning_by_hand() -> None:
     c2, p2 = torch.full((154, 4), 3.0), torch.tensor([0.0, 1.0])
     c2[77:] = 5.0
     w = torch.tensor([0.25, 0.75])
-    cond, pooled = weighted_conditioning([(c1, p1), (c2, p2)], w)
-    assert cond.shape == (154, 4)
+    enc = weighted_conditioning([(c1, p1), (c2, p2)], w)
+    cond, pooled = enc.cond, enc.pooled
+    assert cond.shape == (154, 4) and enc.extras == {}
     assert torch.allclose(cond[:77], torch.full((77, 4), 0.25 * 1 + 0.75 * 3))
     assert torch.allclose(cond[77:], torch.full((77, 4), 0.25 * 1 + 0.75 * 5))
     assert torch.allclose(pooled, torch.tensor([0.25, 0.75]))
@@ -97,6 +98,8 @@ def test_encoding_cache_avoids_re_encoding() -> None:
     for p in "abc":
         small.get("k", p, toy_encode)
     assert len(small) == 1
+    hidream = (128 * 4096 + 32 * 128 * 4096 + 2048) * 4  # one HiDream prompt in float32: T5 tokens, Llama layers, pooled
+    assert EncodingCache().max_bytes >= 5 * hidream  # a query's k = 5 prompts stay cached for every family
 
 
 def _user(t: int = 77, d: int = 8, pooled: bool = True) -> list:
@@ -172,8 +175,14 @@ def test_concat_combine_replace() -> None:
 
 
 def test_blend_refuses_mismatched_families_and_bad_args() -> None:
-    with pytest.raises(TextFamilyMismatchError, match="2048-wide.*SDXL"):
+    with pytest.raises(TextFamilyMismatchError, match=r"retrieved conditioning is \[\*, 768\] \+ pooled 6 but yours is "
+                                                      r"\[\*, 2048\] \+ pooled 6"):
         blend(_user(d=2048), _retrieved(d=768), "average", 0.3)
+    sdxl = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    with pytest.raises(TextFamilyMismatchError, match=r"is qwen_image.QwenImageTEModel\[qwen25_7b\], \[\*, 3584\] \(no "
+                                                      r"pooled\) but yours is \[\*, 2048\] \+ pooled 1280 \(sdxl\)"):
+        blend(sdxl, [[torch.zeros(1, 9, 3584), {"pooled_output": None}]], "average", 0.3,
+              family="qwen_image.QwenImageTEModel[qwen25_7b]")
     with pytest.raises(QueryError, match="blend mode"):
         blend(_user(), _retrieved(), "multiply", 0.3)
     with pytest.raises(QueryError, match="strength"):
@@ -192,5 +201,142 @@ def test_baked_mode_uses_stored_tensors_and_checks_family(tmp_path: Path) -> Non
     assert baked[0][0].shape == text[0][0].shape == (2, 77, 8)
     assert torch.allclose(baked[0][0], text[0][0], atol=5e-3)  # fp16 storage
     check_baked_family(v.text, _user(d=8), "b")
-    with pytest.raises(TextFamilyMismatchError, match="stores sd15 conditioning.*connect a CLIP"):
+    with pytest.raises(TextFamilyMismatchError, match=r"stores sd15 conditioning \(\[\*, 8\] \+ pooled 6\) but yours is "
+                                                      r"\[\*, 2048\].*connect a CLIP"):
         check_baked_family(v.text, _user(d=2048), "b")
+
+
+# ---- every key the text encoder returns, not only tokens and pooled ------------------------------------------
+
+def _with_extras(prompt: str, t: int, d: int = 8, layers: int = 3, glyph: bool = False) -> tuple:
+    """A stand-in encoder with the kinds of extra outputs real families have: a mask over the tokens (Lumina 2), a
+    second token stream with a layer axis (HiDream's Llama layers) and, for some prompts only, glyph tokens
+    (HunyuanImage's ByT5 for quoted text). Batch dim included, as CLIPTextEncode gives them."""
+    cond, _ = toy_encode(prompt, dim=d, tokens=t)
+    g = torch.Generator().manual_seed(len(prompt))
+    extras = {"attention_mask": torch.ones(1, t, dtype=torch.int64),
+              "conditioning_llama3": torch.randn(1, layers, t + 1, d, generator=g)}
+    if glyph:
+        extras["conditioning_byt5small"] = torch.randn(1, 5, 4, generator=g)
+    return cond[None], None, extras
+
+
+def test_extras_are_averaged_per_key_and_the_note_says_what_is_left_out() -> None:
+    a, b = _with_extras("a", 10, glyph=True), _with_extras("bb", 20)
+    a[2]["attention_mask"][0, 8:] = 0  # a's last two positions are padding
+    w = torch.tensor([0.25, 0.75])
+    notes: list[str] = []
+    enc = weighted_conditioning([a, b], w, notes)
+    # tokens 10 and 20: whole repeats (lcm 20), so every key with a token axis is repeated the same way
+    assert enc.cond.shape == (20, 8) and enc.pooled is None
+    assert torch.allclose(enc.cond, 0.25 * torch.cat([a[0][0], a[0][0]]) + 0.75 * b[0][0], atol=1e-6)
+    llama = enc.extras["conditioning_llama3"]  # lengths 11 and 21: lcm 231 needs 21x, so a is continued by its last token
+    a_l = a[2]["conditioning_llama3"][0]
+    a_cont = torch.cat([a_l, a_l[:, -1:].expand(3, 10, 8)], dim=1)
+    assert llama.shape == (3, 21, 8) and torch.allclose(llama, 0.25 * a_cont + 0.75 * b[2]["conditioning_llama3"][0], atol=1e-6)
+    mask = enc.extras["attention_mask"]  # a position is kept where either prompt has a real token: b has all 20
+    assert mask.dtype == torch.int64 and mask.shape == (20,) and bool(mask.all())
+    only_a = weighted_conditioning([a, a], w).extras["attention_mask"]
+    assert only_a.tolist() == [1] * 8 + [0, 0]
+    assert "conditioning_byt5small" not in enc.extras
+    assert notes == ["conditioning_byt5small: only 1 of the 2 matched prompts have it (the text encoder gives it for "
+                     "some prompts only); it is left out of the retrieved conditioning"]
+    same = weighted_conditioning([(a[0], None, {"hooks": "h", "n": 1}), (a[0], None, {"hooks": "h", "n": 2})], w, notes)
+    assert same.extras == {"hooks": "h"} and any(n.startswith("n: the matched prompts give values") for n in notes)
+
+
+def test_retrieved_conditioning_stacks_every_key_per_crop() -> None:
+    enc = {"red eye": _with_extras("red eye", 10), "blue eye": _with_extras("blue eye", 10),
+           "green eye": _with_extras("green eye", 20)}
+    results = [_result([0.9, 0.7], ["red eye", "blue eye"]), _result([0.8], ["green eye"])]
+    notes: list[str] = []
+    cond, extras = retrieved_conditioning(results, text_lookup(lambda p: enc[p]), temperature=0.1, notes=notes)[0]
+    assert cond.shape == (2, 20, 8) and extras["pooled_output"] is None and notes == []
+    assert extras["attention_mask"].shape == (2, 20) and extras["conditioning_llama3"].shape == (2, 3, 21, 8)
+    w = torch.softmax(torch.tensor([0.9, 0.7]) / 0.1, 0)
+    crop0 = w[0] * enc["red eye"][2]["conditioning_llama3"][0] + w[1] * enc["blue eye"][2]["conditioning_llama3"][0]
+    cont = torch.cat([crop0, crop0[:, -1:].expand(3, 10, 8)], dim=1)  # 11 -> 21 tokens: continued by the last token
+    assert torch.allclose(extras["conditioning_llama3"][0], cont, atol=1e-6)
+    assert torch.equal(extras["conditioning_llama3"][1], enc["green eye"][2]["conditioning_llama3"][0])
+
+
+def _family_user(t: int = 12, d: int = 8) -> list:
+    cond, _, extras = _with_extras("extreme close-up of an eye", t, d)
+    extras["attention_mask"][0, -3:] = 0
+    return [[cond, {**extras, "pooled_output": None, "guidance": 3.5, "start_percent": 0.0, "end_percent": 0.8}]]
+
+
+def test_blend_modes_per_key() -> None:
+    user = _family_user()
+    ret = [[torch.randn(1, 20, 8), {"pooled_output": None, "attention_mask": torch.ones(1, 20, dtype=torch.int64),
+                                    "conditioning_llama3": torch.randn(1, 3, 21, 8)}]]
+    notes: list[str] = []
+    avg = blend(user, ret, "average", 0.3, notes)  # ConditioningAverage: the user's keys, tokens lerped
+    want = comfy_conditioning_average(user, ret, 0.7)
+    assert torch.equal(avg[0][0], want[0][0]) and avg[0][1].keys() == want[0][1].keys()
+    assert all(avg[0][1][k] is v or torch.equal(avg[0][1][k], v) for k, v in want[0][1].items())
+    assert notes == ["conditioning_llama3 of the retrieved prompts is not used in average mode: yours is kept, as "
+                     "ConditioningAverage does; combine or replace use it"]  # the all-ones mask says nothing: no note
+    notes = []
+    cat = blend(user, ret, "concat", 0.3, notes)  # ConditioningConcat: the user's keys as they are, the mask included
+    assert torch.equal(cat[0][0], torch.cat([user[0][0], ret[0][0]], dim=1))
+    assert cat[0][1]["attention_mask"].tolist() == [[1] * 9 + [0] * 3]
+    assert [n for n in notes if n.startswith("your attention_mask covers only your own tokens in concat mode")]
+    assert torch.equal(cat[0][1]["conditioning_llama3"], user[0][1]["conditioning_llama3"]) and cat[0][1]["guidance"] == 3.5
+    comb = blend(user, ret, "combine", 0.4)  # the retrieved entry: its own text keys, the user's other keys, strength
+    assert len(comb) == 2 and comb[0][1] == user[0][1]
+    assert comb[1][1].keys() == {"pooled_output", "attention_mask", "conditioning_llama3", "guidance", "start_percent",
+                                 "end_percent", "strength"}
+    assert torch.equal(comb[1][1]["conditioning_llama3"], ret[0][1]["conditioning_llama3"]) and comb[1][1]["strength"] == 0.4
+    assert torch.equal(comb[1][1]["attention_mask"], ret[0][1]["attention_mask"]) and comb[1][1]["guidance"] == 3.5
+    user[0][1]["conditioning_byt5small"] = torch.randn(1, 5, 4)
+    notes = []
+    rep = blend(user, ret, "replace", 0.3, notes)
+    assert torch.equal(rep[0][0], ret[0][0]) and rep[0][1]["end_percent"] == 0.8
+    assert "conditioning_byt5small" not in rep[0][1] and torch.equal(rep[0][1]["attention_mask"], ret[0][1]["attention_mask"])
+    assert notes == ["your conditioning_byt5small is left out in replace mode: it belongs to your prompt's tokens, which "
+                     "the retrieved ones replace"]
+
+
+def test_concat_keeps_keys_as_conditioning_concat_does() -> None:
+    user = [[torch.randn(1, 6, 8), {"pooled_output": None}]]
+    mask = torch.tensor([[1, 1, 1, 0]])
+    notes: list[str] = []
+    cat = blend(user, [[torch.randn(2, 4, 8), {"pooled_output": None, "attention_mask": mask.expand(2, 4)}]], "concat",
+                notes=notes)
+    assert cat[0][0].shape == (2, 10, 8) and "attention_mask" not in cat[0][1] and notes == []
+
+
+def test_the_encoding_cache_refuses_another_family_under_one_key() -> None:
+    cache = EncodingCache()
+    cache.get("clip-1", "a", toy_encode, family="sdxl")
+    assert cache.get("clip-1", "a", toy_encode, family="sdxl").cond.shape == (77, 8)
+    with pytest.raises(TextFamilyMismatchError, match=r"holds sdxl conditioning for text encoder 'clip-1', but "
+                                                      r"qwen_image.QwenImageTEModel\[qwen25_7b\] was asked for"):
+        cache.get("clip-1", "a", toy_encode, family="qwen_image.QwenImageTEModel[qwen25_7b]")
+
+
+def test_baked_vault_without_pooled_and_with_a_rebuilt_mask(tmp_path: Path) -> None:
+    """A family without a pooled output (Qwen-Image, Lumina 2, Chroma, Wan) bakes tokens only; Lumina 2's all-ones
+    attention mask is rebuilt on read (the spec says so), not stored."""
+    x = clustered(6, 16)
+    prompts = [f"prompt number {i % 3}" for i in range(6)]
+    spec = TextSpec("lumina2.LuminaModel[gemma2_2b]", 8, 0, attention_mask=True)
+    build(tmp_path / "l.vault", x, prompts, encoder=EncoderFingerprint("e", 16, "h"), category="eyes", text=spec,
+          encode_text=lambda p: (toy_encode(p, tokens=5 + len(p) % 3)[0], None))
+    v = Vault.open(tmp_path / "l.vault")
+    assert v.text == spec and v.baked(0)[1].shape == (0,)
+    [r] = search(v, x[:1], k=1)
+    cond, extras = retrieved_conditioning([r], baked_lookup({"l": v}))[0]
+    want = toy_encode(r.matches[0].prompt, tokens=5 + len(r.matches[0].prompt) % 3)[0]
+    assert torch.allclose(cond[0], want, atol=5e-3) and extras["pooled_output"] is None
+    assert extras["attention_mask"].tolist() == [[1] * len(want)]
+    with pytest.raises(TextFamilyMismatchError, match=r"stores lumina2.LuminaModel\[gemma2_2b\] conditioning \(\[\*, 8\] "
+                                                      r"\(no pooled\)\) but yours is \[\*, 2048\] \+ pooled 1280 \(sdxl\)"):
+        check_baked_family(v.text, [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]], "l")
+    from luna_vault.core.errors import VaultError
+    from luna_vault.projector.data import target_for_vault
+
+    with pytest.raises(VaultError, match=r"bakes lumina2.LuminaModel\[gemma2_2b\] conditioning \(no pooled output\); the "
+                                         r"projector predicts tokens \+ a pooled output only"):
+        target_for_vault(v)

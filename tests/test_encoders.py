@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from helpers import COMFYUI, SHARED, make_folder
+from helpers import COMFYUI, SHARED, make_folder, tiny_open_clip
 from luna_vault.extraction.encoders import RandomImageEncoder, clip_preprocess, probe_image, resize_crop
 from luna_vault.vault import EncoderMismatchError
 
@@ -49,26 +47,7 @@ def test_resize_crop_matches_comfyui_steps() -> None:
 
 @pytest.fixture(scope="module")
 def open_clip_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    try:
-        import open_clip
-    except RuntimeError as e:  # pip's CUDA torchvision beside the CPU torch: its ops do not register
-        pytest.skip(f"open_clip cannot be imported here ({e}); with ../shared/comfyui-tools beside the checkout "
-                    "(see ../shared/COMFYUI.md) conftest makes torchvision importable")
-
-    folder = tmp_path_factory.mktemp("open_clip")
-    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    cfg = folder / "luna-tiny-vit.json"
-    cfg.write_text(json.dumps(config))
-    open_clip.add_model_config(str(cfg))
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = open_clip.create_model("luna-tiny-vit")
-        path = folder / f"tiny-{seed}.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-        paths.append(path)
-    return cfg, paths[0], paths[1]
+    return tiny_open_clip(tmp_path_factory.mktemp("open_clip"))
 
 
 def test_open_clip_from_local_weights(open_clip_model: tuple[Path, Path, Path]) -> None:

@@ -125,9 +125,10 @@ def test_baked_flux_vault_size_and_family_checks(tmp_path: Path) -> None:
     assert torch.allclose(baked[0][0][0], flux_encode(PROMPTS[1])[0], atol=1e-2)  # fp16 storage
     check_baked_family(v.text, user_flux(), "flux")
     sdxl_user = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
-    with pytest.raises(TextFamilyMismatchError, match=r"stores flux conditioning \(\[\*, 4096\] \+ pooled 768\).*SDXL"):
+    with pytest.raises(TextFamilyMismatchError, match=r"stores flux conditioning \(\[\*, 4096\] \+ pooled 768\) but yours "
+                                                      r"is \[\*, 2048\] \+ pooled 1280 \(sdxl\)"):
         check_baked_family(v.text, sdxl_user, "flux")
-    with pytest.raises(TextFamilyMismatchError, match=r"stores sdxl conditioning.*\[\*, 4096\] \+ pooled 768 \(Flux / T5\)"):
+    with pytest.raises(TextFamilyMismatchError, match=r"stores sdxl .* but yours is \[\*, 4096\] \+ pooled 768 \(flux\)"):
         check_baked_family(TextSpec.for_family("sdxl"), user_flux(), "eyes-sdxl")
     assert np.isfinite(v.baked(2)[0].astype(np.float32)).all()
 

@@ -394,3 +394,21 @@ def test_vision_translator_hybrid_matches_the_core_library(comfy_dirs: Path, mon
     with pytest.raises(Exception, match="disagree on a test image"):
         LunaVisionTranslator.execute(image=crops, clip_vision=StubClipVision(seed=5), projector="eyes-l.safetensors",
                                      strength=0.3, blend_mode="average")
+
+
+def test_new_vaults_go_where_the_cli_puts_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `vaults:` folder of extra_model_paths.yaml marked is_default comes first for the nodes as for the CLI
+    (core.comfy_home); without one, models/vaults does."""
+    from luna_vault.core.comfy_home import vault_folders
+    from luna_vault.nodes.common import VAULTS, register_model_folders
+    from luna_vault.nodes.common import vault_folders as node_vault_folders
+
+    for default in (True, False):
+        (tmp_path / "extra_model_paths.yaml").write_text(
+            f"mine:\n  base_path: {tmp_path}\n  is_default: {str(default).lower()}\n  vaults: shared/vaults\n")
+        monkeypatch.setattr(folder_paths, "base_path", str(tmp_path))
+        monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+        monkeypatch.setattr(folder_paths, "folder_names_and_paths", {VAULTS: ([str(tmp_path / "shared" / "vaults")], set())})
+        register_model_folders()
+        assert node_vault_folders()[0] == vault_folders(tmp_path)[0]
+        assert node_vault_folders()[0] == (tmp_path / "shared" / "vaults" if default else tmp_path / "models" / "vaults")

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from luna_vault.extraction.comfy_graph import NodeTypes, api_from_workflow, read_graph
+from luna_vault.extraction.comfy_graph import NodeTypes, read_graph
+from luna_vault.extraction.comfy_workflow import api_from_workflow
 from luna_vault.extraction.image_meta import parse_a1111, png_fields, read_prompt, strip_png_text
 from luna_vault.extraction.readers import describe, list_images
 
@@ -170,14 +171,25 @@ def test_impact_pipes_and_detailer() -> None:
                                                          "seed": 1}},
          "51": enc("face, detailed skin"),
          "9": saver("50")}
-    r = read_graph(g)
-    assert r.prompt == "amber eye, macro" and r.negative == "blurry, text, watermark"
-    assert any("FaceDetailer #50" in p for p in r.path)
-    assert r.metadata["checkpoint"] == "base.safetensors"
+    r = read_graph(g)  # the detailer is the pass nearest the saved image: its prompt re-drew it last
+    assert r.prompt == "face, detailed skin" and r.negative == "blurry, text, watermark"
+    assert r.path[:3] == ["SaveImage #9", "FaceDetailer #50", "CLIPTextEncode #51: encoder"]
+    assert r.metadata["checkpoint"] == "base.safetensors" and r.metadata["seed"] == 1
     sampler_pipe = dict(g, **{"3": {"class_type": "ImpactKSamplerBasicPipe",
                                     "inputs": {"basic_pipe": ["40", 0], "seed": 6, "latent_image": ["5", 0]}},
-                              "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 1], "vae": ["4", 2]}}})
-    assert read_graph(sampler_pipe).prompt == "amber eye, macro"
+                              "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 1], "vae": ["4", 2]}},
+                              "9": saver("8")})
+    r = read_graph(sampler_pipe)
+    assert (r.prompt, r.metadata["seed"]) == ("amber eye, macro", 6)
+    # a detailer on a loaded image, fed only by a pipe (FaceDetailerPipe): the pass that made the image
+    loaded = dict(g, **{"8": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+                        "52": {"class_type": "BasicPipeToDetailerPipe", "inputs": {"basic_pipe": ["40", 0], "wildcard": ""}},
+                        "50": {"class_type": "FaceDetailerPipe", "inputs": {"image": ["8", 0], "detailer_pipe": ["52", 0],
+                                                                            "seed": 3}}})
+    del loaded["3"]
+    r = read_graph(loaded)
+    assert (r.prompt, r.metadata["seed"]) == ("amber eye, macro", 3), r.reason
+    assert "BasicPipeToDetailerPipe #52 (unpacking positive)" in r.path
 
 
 def test_efficiency_loader_and_sampler() -> None:
@@ -320,14 +332,23 @@ def test_workflow_only_png_and_broken_prompt_chunk(tmp_path: Path) -> None:
     ui = {"nodes": [
         {"id": 4, "type": "CheckpointLoaderSimple", "widgets_values": ["base.safetensors"]},
         {"id": 6, "type": "CLIPTextEncode", "widgets_values": ["opal eye"], "inputs": [{"name": "clip", "link": 1}]},
+        {"id": 5, "type": "EmptyLatentImage", "widgets_values": [16, 16, 1]},
         {"id": 3, "type": "KSampler", "widgets_values": [1, "fixed", 20, 7.0, "euler", "normal", 1.0],
-         "inputs": [{"name": "model", "link": 2}, {"name": "positive", "link": 3}]},
+         "inputs": [{"name": "model", "link": 2}, {"name": "positive", "link": 3}, {"name": "latent_image", "link": 6}]},
         {"id": 8, "type": "VAEDecode", "inputs": [{"name": "samples", "link": 4}]},
         {"id": 9, "type": "SaveImage", "inputs": [{"name": "images", "link": 5}]},
     ], "links": [[1, 4, 1, 6, 0, "CLIP"], [2, 4, 0, 3, 0, "MODEL"], [3, 6, 0, 3, 1, "CONDITIONING"],
-                 [4, 3, 0, 8, 0, "LATENT"], [5, 8, 0, 9, 0, "IMAGE"]]}
+                 [4, 3, 0, 8, 0, "LATENT"], [5, 8, 0, 9, 0, "IMAGE"], [6, 5, 0, 3, 3, "LATENT"]]}
+    # only the UI workflow, and exactly the size the graph makes (16x16): a saved output
     r = read_prompt(_png(tmp_path, "w.png", workflow=json.dumps(ui)))
     assert (r.prompt, r.generator, r.metadata["checkpoint"]) == ("opal eye", "comfyui-workflow", "base.safetensors")
+    # only the UI workflow on a picture of another size: a canvas export, whose pixels show the graph
+    info = PngInfo()
+    info.add_text("workflow", json.dumps(ui))
+    _img((1200, 700)).save(tmp_path / "canvas.png", pnginfo=info)
+    r = read_prompt(tmp_path / "canvas.png")
+    assert r.prompt is None and r.reason.startswith("only the UI workflow is embedded, as in a canvas export: the image "
+                                                    "is 1200x700, the graph saves 16x16")
     r = read_prompt(_png(tmp_path, "b.png", prompt='{"3": {"class_type": "KSampler", ', workflow=json.dumps(ui)))
     assert r.prompt == "opal eye"  # the broken API graph falls back to the workflow
     r = read_prompt(_png(tmp_path, "bad.png", prompt='{"3": {"class_type": "KSampler", '))

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import QueryError, VaultError
+from .manifest import vault_name
 from .ops import _copy_from
 from .query import get_index, search_arrays
 from .store import Vault, VaultWriter
@@ -41,7 +42,8 @@ def summary(vault: Vault) -> dict[str, Any]:
     return {"name": vault.name, "entries": len(vault), "prompts": vault.n_prompts, "category": vault.category,
             "encoder": vault.encoder.name, "dim": vault.dim, "mode": info["mode"],
             "text_family": vault.text.family if vault.text else None, "bytes": info["bytes"]["total"],
-            "thumbnails": vault.has_thumbnails, "deleted": vault.manifest.deleted_count, "generation": generation(vault)}
+            "thumbnails": vault.has_thumbnails, "deleted": vault.manifest.deleted_count, "generation": generation(vault),
+            "tuned": info.get("tuned")}
 
 
 class _PromptIndex:
@@ -132,19 +134,22 @@ def similar(vault: Vault, entry_id: int, k: int = 24) -> dict[str, Any]:
 
 
 def _check_ids(vault: Vault, ids: Sequence[int]) -> np.ndarray:
-    arr = np.asarray(list(ids), dtype=np.int64)
-    if len(arr) > MAX_IDS:
-        raise QueryError(f"{len(arr)} entries in one request; at most {MAX_IDS}")
-    if len(arr) and (arr.min() < 0 or arr.max() >= vault.n_entries):
-        raise QueryError(f"entry ids must lie in 0..{vault.n_entries - 1}")
-    return arr
+    """The ids as int64, each checked against the vault before any conversion (an id past 64 bits included)."""
+    ids = list(ids)
+    if len(ids) > MAX_IDS:
+        raise QueryError(f"{len(ids)} entries in one request; at most {MAX_IDS}")
+    n = vault.n_entries
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+            raise QueryError(f"entry ids must lie in 0..{n - 1}, got {str(i)[:30]}")
+    return np.asarray(ids, dtype=np.int64)
 
 
 def _writer(path: Path, seen: int) -> VaultWriter:
     w = VaultWriter.open(path)
     if w.base.generation != seen:
         w.abort()
-        raise StaleViewError(f"vault '{path.name}' changed since you looked at it (version {seen}, now "
+        raise StaleViewError(f"vault '{vault_name(path)}' changed since you looked at it (version {seen}, now "
                              f"{w.base.generation}); reload it, then choose again")
     return w
 

@@ -34,11 +34,9 @@ def _as_text(value: Any) -> str:
 def _as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(str(value))
-    except ValueError:
+        return float(value if isinstance(value, (int, float)) else str(value))
+    except (ValueError, OverflowError):  # not a number, or an integer beyond float range (a stranger's 400 digits)
         return None
 
 

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core import strict_json
 from ..core.atomic import atomic_write_bytes
 from ..core.encoder import EncoderFingerprint
-from ..core.errors import VaultCorruptError, VaultFormatError, VaultNotFoundError
+from ..core.errors import VaultCorruptError, VaultError, VaultFormatError, VaultNotFoundError
 from ..core.families import TextSpec
+from ..core.nofollow import NotAPlainFile, open_plain
 
 FORMAT_NAME = "luna-vault"
 FORMAT_VERSION = 2  # 2: segments carry the vault's id and their entry/prompt range (bound to their place)
@@ -26,8 +28,14 @@ MAX_SEGMENTS = 1000  # a writer merges small segments long before this (see stor
 MAX_ENTRIES = 1 << 34
 MAX_DIM = 65536
 MAX_NAME = 200
-SEGMENT_NAME = re.compile(r"^seg-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
-DELETED_NAME = re.compile(r"^del-\d{6}-\d{4}-[0-9a-f]{8}\.safetensors$")
+# Data file names: KIND-GENERATION-INDEX-RANDOM.safetensors, GENERATION the commit that wrote it (6 to 12 digits,
+# zero-padded), INDEX its place among that commit's files. A manifest's generation is at most MAX_GENERATION and
+# a writer refuses to start on one at it, so every name a writer makes is one a reader accepts.
+MAX_GENERATION = 10**12 - 1
+MAX_FILES_PER_COMMIT = 10**4
+SEGMENT_NAME = re.compile(r"^seg-\d{6,12}-\d{4}-[0-9a-f]{8}\.safetensors$")
+DELETED_NAME = re.compile(r"^del-\d{6,12}-\d{4}-[0-9a-f]{8}\.safetensors$")
+_FILE_GENERATION = re.compile(r"^(?:seg|del)-(\d{6,12})-\d{4}-")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VAULT_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
@@ -136,9 +144,29 @@ class Manifest:
         return replace(self, generation=self.generation + 1, updated=time.time(), **changes)
 
 
+def data_file_name(kind: str, generation: int, index: int) -> str:
+    """The name of the `index`-th data file ("seg" or "del") that the commit making `generation` writes."""
+    if not 0 <= generation <= MAX_GENERATION or not 0 <= index < MAX_FILES_PER_COMMIT:
+        raise VaultError(f"a commit of generation {generation} cannot name its file #{index}: a vault allows "
+                         f"generations up to {MAX_GENERATION:,} and {MAX_FILES_PER_COMMIT:,} files per commit")
+    return f"{kind}-{generation:06d}-{index:04d}-{os.urandom(4).hex()}.safetensors"
+
+
+def file_generation(name: str) -> int | None:
+    """The generation in a data file's name (None for other names)."""
+    m = _FILE_GENERATION.match(name)
+    return int(m.group(1)) if m else None
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Atomically replace the manifest: the commit point of every write."""
+    """Atomically replace the manifest: the commit point of every write. What it writes is first read back
+    with the reader's own checks: a writer never publishes a manifest its readers would refuse."""
     data = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
+    try:
+        manifest_from_json(strict_json.loads(data))
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise VaultError(f"refusing to commit a manifest this program could not read back ({e}); nothing was "
+                         "changed") from e
     atomic_write_bytes(Path(folder) / MANIFEST, data)
 
 
@@ -154,20 +182,26 @@ def read_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         what = "is a file, not a vault folder" if folder.exists() else "does not exist"
         raise VaultNotFoundError(f"no vault at {folder}: the path {what}")
-    if not path.is_file():
+    try:
+        f = open_plain(path)  # never through a link: a manifest linked to another file is refused unopened
+    except NotAPlainFile as e:
+        raise VaultCorruptError(f"{path}: {e.strerror}; a vault's manifest is a plain file in its folder") from e
+    except FileNotFoundError as e:
         raise VaultNotFoundError(
             f"{folder} is not a vault: it has no {MANIFEST} (an interrupted first build leaves only this; "
             "build it again)"
-        )
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise VaultCorruptError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} limit for a manifest")
+        ) from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise VaultCorruptError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} limit for a manifest")
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
     try:
-        d = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VaultCorruptError(f"{path} is not valid JSON ({e}); the vault is damaged") from e
-    except RecursionError as e:
-        raise VaultCorruptError(f"{path} is JSON nested too deeply to be a manifest; the vault is damaged") from e
+        d = strict_json.loads(raw)
+    except strict_json.StrictJSONError as e:
+        if "nests" in str(e):
+            raise VaultCorruptError(f"{path} is JSON nested too deeply to be a manifest; the vault is damaged") from e
+        raise VaultCorruptError(f"{path} is not a manifest this program reads: {e}; the vault is damaged") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
         raise VaultFormatError(f"{path} is not a Luna Vault manifest (format={d.get('format') if isinstance(d, dict) else None!r})")
     version = d.get("format_version")
@@ -183,7 +217,7 @@ def read_manifest(folder: Path) -> Manifest:
         )
     try:
         m = manifest_from_json(d)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise VaultCorruptError(f"{path}: {e}; the vault is damaged or was edited") from e
     counts = d.get("counts", {})
     if counts and (not isinstance(counts, dict) or counts.get("entries") != m.entries or counts.get("prompts") != m.prompts):
@@ -217,6 +251,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
     enc = d["encoder"]
     if not isinstance(enc, dict):
         raise TypeError("'encoder' is not an object")
+    _int(enc.get("dim"), "encoder dim", 1, MAX_DIM)  # before from_json's int(): 768.9 is no dim
     encoder = EncoderFingerprint.from_json(enc)
     _text(encoder.name, "encoder name")
     _int(encoder.dim, "encoder dim", 1, MAX_DIM)
@@ -230,7 +265,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
         text = TextSpec.from_json(d["text"])
         _text(text.family, "text family")
         _int(text.dim, "text dim", 1, MAX_DIM)
-        _int(text.pooled_dim, "text pooled dim", 1, MAX_DIM)
+        _int(text.pooled_dim, "text pooled dim", 0, MAX_DIM)  # 0: a family without a pooled output
     vault_id = d.get("vault_id")
     if not legacy and not (isinstance(vault_id, str) and _VAULT_ID.match(vault_id)):
         raise ValueError(f"vault_id {vault_id!r} is not the hex id a writer records")
@@ -249,7 +284,7 @@ def manifest_from_json(d: Mapping[str, Any], legacy: bool = False) -> Manifest:
         deleted=deleted,
         deleted_count=deleted_count,
         index=index,
-        generation=_int(d["generation"], "generation", 0, 999_999),
+        generation=_int(d["generation"], "generation", 0, MAX_GENERATION),
         created=float(d["created"]),
         updated=float(d["updated"]),
         vault_id=vault_id if isinstance(vault_id, str) else os.urandom(8).hex(),

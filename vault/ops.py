@@ -254,9 +254,9 @@ def rebuild_index(path: PathLike, spec: str | None = None, cache_dir: Path | Non
 def upgrade(path: PathLike) -> Manifest:
     """Rewrite a vault of format version 1 as the current version: each segment and the deletion list
     again, now bound to the vault and to their place (entry ids, prompts and deletions unchanged)."""
-    import json
-
-    from .manifest import FORMAT_VERSION, MANIFEST, manifest_from_json, write_manifest
+    from ..core import strict_json
+    from ..core.nofollow import open_plain
+    from .manifest import FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, data_file_name, manifest_from_json, write_manifest
     from .segment import Binding, Segment, concat_segments, write_deleted, write_segment
 
     folder = Path(path)
@@ -264,9 +264,10 @@ def upgrade(path: PathLike) -> Manifest:
         Vault.open(folder)  # the right "not a vault" error
     with writer_lock(folder):
         try:
-            d = json.loads((folder / MANIFEST).read_bytes())
+            with open_plain(folder / MANIFEST) as f:
+                d = strict_json.loads(f.read(MAX_MANIFEST_BYTES + 1))
             old = manifest_from_json(d, legacy=True)
-        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError, OverflowError) as e:
             raise VaultError(f"{folder}: the manifest cannot be read for an upgrade ({e})") from e
         if old.format_version == FORMAT_VERSION and d.get("vault_id"):
             return Vault.open(folder).manifest
@@ -275,7 +276,7 @@ def upgrade(path: PathLike) -> Manifest:
         infos, eb, pb = [], 0, 0
         for i, info in enumerate(old.segments):
             seg = Segment(folder, info, old.encoder.dim, text_dims, eb, pb)
-            name = f"seg-{new.generation:06d}-{i:04d}-{os.urandom(4).hex()}.safetensors"
+            name = data_file_name("seg", new.generation, i)
             infos.append(write_segment(folder, name, concat_segments([seg]), Binding(new.vault_id, eb, pb)))
             eb, pb = eb + info.entries, pb + info.prompts
         deleted = None
@@ -283,8 +284,7 @@ def upgrade(path: PathLike) -> Manifest:
             from .segment import read_deleted
 
             ids = read_deleted(folder, old.deleted)
-            deleted = write_deleted(folder, f"del-{new.generation:06d}-{len(infos):04d}-{os.urandom(4).hex()}.safetensors",
-                                    ids, new.vault_id)
+            deleted = write_deleted(folder, data_file_name("del", new.generation, len(infos)), ids, new.vault_id)
         new = replace(new, segments=tuple(infos), deleted=deleted)
         write_manifest(folder, new)
         cleanup_orphans(folder, new)

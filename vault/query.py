@@ -159,7 +159,10 @@ def _search(vault: Vault, queries: Any, k: int, filter: Any, encoder: EncoderFin
     flt = check_answerable(vault, k, filter, encoder)
     q = as_query_array(queries, vault.dim)
     allowed = vault.filter_mask(flt) if (flt or vault.manifest.deleted_count) else None
-    return get_index(vault).search_detailed(q, int(k), allowed)
+    sims, ids, exact = get_index(vault).search_detailed(q, int(k), allowed)
+    # stored vectors are unit length within NORM_TOLERANCE (fp16 rounding), so a cosine can come out at
+    # 1 + 1e-3 at most: clamped, never reported above 1
+    return np.clip(sims, -1.0, 1.0), ids, exact
 
 
 def _matches(vault: Vault, ids: np.ndarray, sims: np.ndarray) -> list[Match]:

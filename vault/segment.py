@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from safetensors.numpy import save_file
 
 from ..core.atomic import atomic_write, sha256_file
 from ..core.errors import VaultCorruptError
+from ..core.nofollow import NotAPlainFile, open_plain
+from .entries import parse_metadata, parse_metadata_block
 from .manifest import SegmentInfo
 
 SEGMENT_KIND = "luna-vault-segment"
@@ -125,21 +128,19 @@ def map_safetensors(path: Path, expected_bytes: int, expected_kind: str) -> tupl
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise FileNotFoundError(path)
+        f = open_plain(path)  # a link, pipe or device is refused before anything is opened or read
+    except NotAPlainFile as e:
+        raise VaultCorruptError(f"vault file {e.strerror}: a vault holds only plain files; restore the vault "
+                                "from a good copy") from e
     except OSError as e:  # missing (or removed by a writer's cleanup while we open: Vault.open tries again)
         raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
-    if size != expected_bytes:
-        raise VaultCorruptError(
-            f"{path.name} is {size} bytes but the manifest records {expected_bytes}: the file is truncated or "
-            "was replaced; restore the vault from a good copy"
-        )
-    try:
-        f = open(path, "rb")  # noqa: SIM115  (closed below; a writer's cleanup may remove it after the stat)
-    except OSError as e:
-        raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
     with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != expected_bytes:
+            raise VaultCorruptError(
+                f"{path.name} is {size} bytes but the manifest records {expected_bytes}: the file is truncated or "
+                "was replaced; restore the vault from a good copy"
+            )
         head = f.read(8)
         if len(head) < 8:
             raise VaultCorruptError(f"{path.name} is too short to be a safetensors file")
@@ -151,26 +152,22 @@ def map_safetensors(path: Path, expected_bytes: int, expected_kind: str) -> tupl
             header = json.loads(f.read(hlen))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise VaultCorruptError(f"{path.name}: unreadable safetensors header ({type(e).__name__})") from e
-    if not isinstance(header, dict) or len(header) > MAX_TENSORS + 1:
-        raise VaultCorruptError(f"{path.name}: the header is not a table of at most {MAX_TENSORS} tensors")
-    meta = header.pop("__metadata__", {}) or {}
-    if not isinstance(meta, dict) or meta.get("kind") != expected_kind:
-        raise VaultCorruptError(f"{path.name} is not a {expected_kind} file (kind={meta.get('kind') if isinstance(meta, dict) else None!r})")
-    data_start = 8 + hlen
-    buf = np.zeros(0, np.uint8)
-    if size > data_start:
-        try:
-            with open(path, "rb") as f:  # a plain read-only mapping: slicing it is as cheap as any ndarray
-                buf = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
-        except FileNotFoundError as e:
-            raise VaultCorruptError(f"vault file {path.name} listed in the manifest is missing from the vault folder") from e
+        if not isinstance(header, dict) or len(header) > MAX_TENSORS + 1:
+            raise VaultCorruptError(f"{path.name}: the header is not a table of at most {MAX_TENSORS} tensors")
+        meta = header.pop("__metadata__", {}) or {}
+        if not isinstance(meta, dict) or meta.get("kind") != expected_kind:
+            raise VaultCorruptError(f"{path.name} is not a {expected_kind} file (kind={meta.get('kind') if isinstance(meta, dict) else None!r})")
+        data_start = 8 + hlen
+        buf = np.zeros(0, np.uint8)
+        if size > data_start:  # a plain read-only mapping of the file opened above: slicing it is as cheap as any ndarray
+            buf = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():
         try:
             dtype = np.dtype(_DTYPES[info["dtype"]])
             shape = tuple(int(s) for s in info["shape"])
             start, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise VaultCorruptError(f"{path.name}: bad header entry for {str(name)[:40]!r} ({type(e).__name__})") from e
         if len(shape) > 4 or any(not 0 <= d <= size for d in shape):
             raise VaultCorruptError(f"{path.name}: tensor {str(name)[:40]!r} has an impossible shape {shape[:6]}")
@@ -224,6 +221,7 @@ class Segment:
     def __init__(self, folder: Path, info: SegmentInfo, dim: int, text_dims: tuple[int, int] | None,
                  entry_base: int, prompt_base: int, vault_id: str | None = None) -> None:
         self.info = info
+        self._metadata_checked = self._metadata_one_line = False
         self.entry_base = entry_base
         self.prompt_base = prompt_base
         t, meta = map_safetensors(Path(folder) / info.file, info.bytes, SEGMENT_KIND)
@@ -283,15 +281,54 @@ class Segment:
     def metadata_bytes(self, local: int) -> bytes:
         return bytes(self.meta_blob[self.meta_offsets[local] : self.meta_offsets[local + 1]])
 
+    def metadata(self, local: int) -> dict[str, Any]:
+        """One entry's metadata, checked (one JSON object, UTF-8, finite numbers); VaultCorruptError if not."""
+        try:
+            return parse_metadata(self.metadata_bytes(local))
+        except ValueError as e:
+            raise self._bad(f"entry {self.entry_base + local}: {e}") from None
+
     def all_metadata(self) -> list[dict[str, Any]]:
-        """Parse every entry's metadata at once (one JSON document), for filters."""
+        """Every entry's metadata, for filters. The first call checks each entry on its own (exactly one JSON
+        object each, so no entry can shift the others); once checked, later calls parse the segment as one
+        JSON document (the same objects, faster)."""
         if self.n == 0:
             return []
-        body = bytes(self.meta_blob).rstrip(b"\n").replace(b"\n", b",")  # one JSON object per line
-        return json.loads(b"[" + body + b"]")
+        blob = bytes(self.meta_blob)
+        if not self._metadata_checked:
+            try:
+                out = parse_metadata_block(blob, self.meta_offsets)
+            except ValueError as e:
+                raise self._bad(str(e)) from None
+            self._metadata_checked = True
+            self._metadata_one_line = blob.count(b"\n") == self.n  # no entry holds a newline of its own
+            return out
+        if not self._metadata_one_line:
+            return parse_metadata_block(blob, self.meta_offsets)
+        return json.loads(b"[" + blob[:-1].replace(b"\n", b",") + b"]")
 
     def prompt(self, local: int) -> str:
-        return bytes(self.prompt_blob[self.prompt_offsets[local] : self.prompt_offsets[local + 1]]).decode("utf-8")
+        try:
+            return bytes(self.prompt_blob[self.prompt_offsets[local] : self.prompt_offsets[local + 1]]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._bad(f"prompt {self.prompt_base + local} is not UTF-8 text") from None
+
+    def check_prompts(self) -> None:
+        """VaultCorruptError unless every prompt is UTF-8 text on its own (one decode of the blob, and no prompt
+        starting inside a character)."""
+        blob = bytes(self.prompt_blob)
+        try:
+            blob.decode("utf-8")
+        except UnicodeDecodeError as e:
+            first = int(np.searchsorted(self.prompt_offsets, e.start, side="right")) - 1
+            raise self._bad(f"prompt {self.prompt_base + first} is not UTF-8 text") from None
+        starts = self.prompt_offsets[:-1][self.prompt_offsets[:-1] < len(blob)]
+        if len(starts) and (np.frombuffer(blob, np.uint8)[starts] & 0xC0 == 0x80).any():
+            raise self._bad("a prompt starts inside a character (the prompt boundaries are damaged)")
+
+    def _bad(self, what: str) -> VaultCorruptError:
+        return VaultCorruptError(f"{self.info.file}: {what}; the vault is damaged or was edited: run `luna-vault "
+                                 "verify` and restore it from a good copy")
 
     def thumbnail(self, local: int) -> bytes | None:
         if self.thumb_offsets is None:

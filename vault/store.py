@@ -8,7 +8,6 @@ ever see files a committed manifest lists. So a crash leaves the old vault or th
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..core.atomic import fsync_dir, sha256_file, writer_lock
+from ..core.atomic import fsync_dir, writer_lock
 from ..core.encoder import EncoderFingerprint
 from ..core.errors import (
     DimensionError,
@@ -29,15 +28,28 @@ from ..core.errors import (
     VaultExistsError,
 )
 from ..core.families import TextSpec
-from .entries import AddReport, Skipped, check_unit_block, clean_metadata, encode_metadata, normalise_embeddings
+from ..core.nofollow import sha256_plain
+from .entries import (
+    NORM_TOLERANCE,
+    AddReport,
+    Skipped,
+    check_unit_block,
+    clean_metadata,
+    encode_metadata,
+    normalise_embeddings,
+)
 from .filters import Filter, parse_filter
 from .index import VaultIndex
 from .manifest import (
     MANIFEST,
+    MAX_GENERATION,
+    VAULT_SUFFIX,
     Manifest,
     SegmentInfo,
     TunedDefaults,
     check_index_spec,
+    data_file_name,
+    file_generation,
     read_manifest,
     tuned_from_json,
     vault_name,
@@ -52,7 +64,6 @@ OPEN_ATTEMPTS = 5
 NORM_CHECK_MAX = 20_000  # vaults up to this size have every norm checked on open (larger: at index build)
 MERGE_AT = 64  # a commit that leaves more segments merges the small ones at the end into one
 SMALL_SEGMENT = 16_384
-_GENERATION = re.compile(r"^(?:seg|del)-(\d{6})-")
 # our segment files, our temp files, and the temp files safetensors' writer makes beside its target
 _OWN_FILE = re.compile(r"^(seg-|del-)[0-9a-f-]+\.safetensors$|^\..*\.tmp-|^\.tmp[A-Za-z0-9]{6}$")
 
@@ -105,8 +116,8 @@ class Vault:
             try:
                 return cls._open(path, manifest, manifest.vault_id)
             except VaultCorruptError:
-                if attempt + 1 < OPEN_ATTEMPTS and _generation(path) != manifest.generation:
-                    continue  # a commit replaced the manifest (and removed files it no longer lists): read again
+                if attempt + 1 < OPEN_ATTEMPTS and _generation(path) != (manifest.vault_id, manifest.generation):
+                    continue  # a commit (or an install) replaced the manifest and removed files it no longer lists
                 raise
         raise AssertionError("unreachable")
 
@@ -232,8 +243,9 @@ class Vault:
                 yield s.prompt(i)
 
     def metadata(self, entry_id: int) -> dict[str, Any]:
+        """An entry's metadata (checked: VaultCorruptError when the stored JSON is not one plain object)."""
         seg, local = self._locate_one(entry_id)
-        return json.loads(seg.metadata_bytes(local).decode("utf-8"))
+        return seg.metadata(local)
 
     def thumbnail(self, entry_id: int) -> bytes | None:
         """The entry's encoded preview image (WebP/JPEG bytes), or None if it was stored without one."""
@@ -292,7 +304,7 @@ class Vault:
 
     # ---- reporting -----------------------------------------------------------------------------
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        return sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(self.path) if e.is_file(follow_symlinks=False))
 
     def info(self) -> dict[str, Any]:
         """What a user wants to know about a vault, as JSON-ready data."""
@@ -331,7 +343,7 @@ class Vault:
         total = sum(f.bytes for f in files)
         done = 0
         for f in files:
-            if sha256_file(self.path / f.file) != f.sha256:
+            if sha256_plain(self.path / f.file) != f.sha256:
                 problems.append(f"{f.file}: checksum differs from the manifest (file damaged or altered)")
             done += f.bytes
             if progress:
@@ -341,13 +353,14 @@ class Vault:
             if len(pids) and (pids.min() < 0 or pids.max() >= self.n_prompts):
                 problems.append(f"{s.info.file}: prompt ids outside 0..{self.n_prompts - 1}")
             norms = np.linalg.norm(np.asarray(s.embeddings, dtype=np.float32), axis=1)
-            if len(norms) and not np.allclose(norms, 1.0, atol=1e-2):
-                problems.append(f"{s.info.file}: {int((abs(norms - 1) > 1e-2).sum())} embeddings are not unit length")
-            try:
-                if len(s.all_metadata()) != s.n:
-                    problems.append(f"{s.info.file}: metadata count differs from entry count")
-            except (ValueError, UnicodeDecodeError, RecursionError) as e:
-                problems.append(f"{s.info.file}: metadata is not valid JSON ({type(e).__name__})")
+            bad = int((~(np.abs(norms - 1.0) <= NORM_TOLERANCE)).sum())
+            if bad:
+                problems.append(f"{s.info.file}: {bad} embeddings are not unit length (within {NORM_TOLERANCE:g})")
+            for check in (s.all_metadata, s.check_prompts):  # what every reader checks, all at once
+                try:
+                    check()
+                except VaultCorruptError as e:
+                    problems.append(str(e).split("; the vault is damaged")[0])
         return problems
 
     # ---- search (implemented in index.py / query.py) -------------------------------------------
@@ -391,6 +404,7 @@ class VaultWriter:
         if encoder.dim <= 0:
             raise DimensionError(f"encoder dim must be positive, got {encoder.dim}")
         check_index_spec(index, encoder.dim)
+        check_new_vault_folder(path, overwrite)
         path.mkdir(parents=True, exist_ok=True)
         lock = writer_lock(path)
         lock.__enter__()
@@ -399,7 +413,8 @@ class VaultWriter:
             if exists and not overwrite:
                 raise VaultExistsError(f"a vault already exists at {path}; append to it, or replace it (--overwrite on the command line, mode overwrite in the Builder node)")
             # keep the generation counter moving so file names never repeat (even over a vault that no longer reads)
-            generation = max((int(m.group(1)) for e in os.scandir(path) if (m := _GENERATION.match(e.name))), default=0)
+            generation = max((g for e in os.scandir(path) if (g := file_generation(e.name)) is not None), default=0)
+            generation = min(generation, MAX_GENERATION - 1)
             base = Manifest(encoder=encoder, category=category, text=text, index=index, generation=generation)
             writer = cls(path, base, replace_existing=True, lock=lock)
             writer._cleanup_orphans(keep=None)
@@ -421,6 +436,10 @@ class VaultWriter:
         lock.__enter__()
         try:
             base = read_manifest(path)
+            if base.generation >= MAX_GENERATION:
+                raise VaultError(f"vault {path.name} has been committed {base.generation:,} times, the most a vault "
+                                 "records; copy its entries into a new vault (luna-vault merge NEW.vault "
+                                 f"{path}) and write to that")
             writer = cls(path, base, replace_existing=replace_all, lock=lock)
             writer._cleanup_orphans(keep=base)
             return writer
@@ -460,7 +479,7 @@ class VaultWriter:
         return self._prompt_table
 
     def _segment_name(self, kind: str) -> str:
-        return f"{kind}-{self.base.generation + 1:06d}-{len(self._new):04d}-{os.urandom(4).hex()}.safetensors"
+        return data_file_name(kind, self.base.generation + 1, len(self._new))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -692,11 +711,12 @@ def cleanup_orphans(path: Path, keep: Manifest | None) -> None:
                 log.debug("could not remove %s: %s", f, e)
 
 
-def _generation(path: Path) -> int | None:
+def _generation(path: Path) -> tuple[str, int] | None:
     try:
-        return read_manifest(path).generation
+        m = read_manifest(path)
     except VaultError:
         return None
+    return m.vault_id, m.generation
 
 
 def _check_no_dropped_deletions(path: Path, manifest: Manifest) -> None:
@@ -706,8 +726,8 @@ def _check_no_dropped_deletions(path: Path, manifest: Manifest) -> None:
     vault's current data but missing from the manifest means the manifest was edited.
     """
     def gen(name: str) -> int:
-        m = _GENERATION.match(name)
-        return int(m.group(1)) if m else -1
+        g = file_generation(name)
+        return -1 if g is None else g
 
     listed = gen(manifest.deleted.file) if manifest.deleted else -1
     oldest_data = min((gen(s.file) for s in manifest.segments), default=manifest.generation + 1)
@@ -736,7 +756,10 @@ def _check_baked(out: Any, spec: TextSpec, prompt: str) -> tuple[np.ndarray, np.
     cond, pooled = out
     cond = np.asarray(cond.detach().cpu().float().numpy() if hasattr(cond, "detach") else cond, dtype=np.float32)
     if pooled is None:
-        raise DimensionError(f"the text encoder returned no pooled output for {prompt!r}; {spec.family} needs one")
+        if spec.pooled_dim == 0:  # a family without a pooled output (Qwen-Image, Lumina 2, Chroma, Wan)
+            pooled = np.zeros(0, np.float32)
+        else:
+            raise DimensionError(f"the text encoder returned no pooled output for {prompt!r}; {spec.family} needs one")
     pooled = np.asarray(pooled.detach().cpu().float().numpy() if hasattr(pooled, "detach") else pooled, dtype=np.float32)
     cond = cond.reshape(-1, cond.shape[-1])
     pooled = pooled.reshape(-1)
@@ -750,3 +773,26 @@ def _check_baked(out: Any, spec: TextSpec, prompt: str) -> tuple[np.ndarray, np.
 
 def vault_exists(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def check_new_vault_folder(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Refuse to create a vault where it would not be one: a name without the .vault suffix (the nodes list
+    only NAME.vault folders), a file, a folder holding files that are not a vault's, or an existing vault
+    without `overwrite`. Leftovers of an interrupted build (segments, temp files, the lock) do not count."""
+    path = Path(path)
+    if not path.name.endswith(VAULT_SUFFIX) or path.name == VAULT_SUFFIX:
+        raise VaultError(f"{path}: a vault is a folder whose name ends in {VAULT_SUFFIX} (ComfyUI lists only those); "
+                         f"use {path.name}{VAULT_SUFFIX}")
+    if path.exists() and not path.is_dir():
+        raise VaultError(f"{path} is a file; a vault is a folder: choose another name")
+    if (path / MANIFEST).is_file():
+        if not overwrite:
+            raise VaultExistsError(f"a vault already exists at {path}; append to it, or replace it (--overwrite on the "
+                                   "command line, mode overwrite in the Builder node)")
+        return
+    if path.is_dir():
+        foreign = sorted(e.name for e in os.scandir(path) if not (_OWN_FILE.match(e.name) or e.name == ".lock"))
+        if foreign:
+            raise VaultError(f"{path} is a folder with other files in it ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}) and no vault; refusing to write a vault there: "
+                             "choose a new name or an empty folder")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import io
-import struct
-import warnings
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..core.images import ImageRefused, decode_rgb, header_size, image_format, open_image
+
 THUMBNAIL_SIZE = 96
 MAX_THUMBNAIL_PIXELS = 1024 * 1024  # a stored preview larger than this is refused, not decoded
+PREVIEW_FORMATS = ("WEBP", "PNG", "JPEG")  # what a stored preview may be (the writer makes WebP)
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -41,61 +42,22 @@ def make_thumbnail(image: Any, size: int = THUMBNAIL_SIZE, quality: int = 80) ->
     return buf.getvalue()
 
 
-def preview_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a WebP or PNG header, read with struct (a few bytes, no decoder); None for other
-    layouts, which are then opened with Pillow (header only). Only a bounds check: previews are decoded by
-    Pillow when shown, within the same limit (thumbnails.decode_thumbnail)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        kind = data[12:16]
-        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if kind == b"VP8L" and data[20] == 0x2F:
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if kind == b"VP8X":
-            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
+def thumbnail_size(data: bytes, formats: tuple[str, ...] = PREVIEW_FORMATS) -> tuple[int, int]:
+    """(width, height) of a stored preview from its header, no pixel decoded; ValueError (ImageRefused) when it
+    is not an image of `formats` or claims more pixels than a preview may have."""
+    image_format(data, formats, "stored preview")
+    size = header_size(data)
+    if size is not None:  # the common case without Pillow: a vault's install checks every preview
+        w, h = size
+        if w * h > MAX_THUMBNAIL_PIXELS:
+            raise ImageRefused(f"stored preview is {w} x {h} pixels, over the {MAX_THUMBNAIL_PIXELS:,} pixels a "
+                               "stored preview may have; refused from its header, nothing decoded")
         return w, h
-    return None
-
-
-def thumbnail_size(data: bytes, formats: tuple[str, ...] | None = None) -> tuple[int, int]:
-    """(width, height) of a stored preview from its header, no pixel decoded; ValueError when it is not a
-    readable image (of `formats`, when given) or claims more pixels than a preview may have."""
-    size = preview_size(data)
-    if size is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data), formats=formats) as img:
-                    size = img.size
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ValueError(f"stored preview claims a huge size ({e})") from e
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"stored preview is not a readable image ({e})") from e
-    w, h = size
-    if w * h > MAX_THUMBNAIL_PIXELS:
-        raise ValueError(f"stored preview claims {w}x{h} pixels, larger than a preview may be "
-                         f"({MAX_THUMBNAIL_PIXELS:,})")
-    return w, h
+    with open_image(data, formats=formats, limit=MAX_THUMBNAIL_PIXELS, what="stored preview") as img:
+        return img.size
 
 
 def decode_thumbnail(data: bytes) -> Image.Image:
-    """Decode a stored preview, refusing images bigger than a preview should be (vaults are untrusted).
-
-    The size is read from the header before any pixel is decoded; every failure is a ValueError.
-    """
-    thumbnail_size(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_THUMBNAIL_PIXELS:  # what the decoder itself reports, too
-                raise ValueError(f"stored preview is {img.width}x{img.height}, larger than a preview may be")
-            return img.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"stored preview claims a huge size ({e})") from e
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"stored preview is not a readable image ({e})") from e
+    """Decode a stored preview (WebP, PNG or JPEG by its first bytes, at most MAX_THUMBNAIL_PIXELS, checked from
+    the header before any pixel is decoded): vaults are untrusted. Every failure is a ValueError."""
+    return decode_rgb(data, formats=PREVIEW_FORMATS, limit=MAX_THUMBNAIL_PIXELS, what="stored preview")

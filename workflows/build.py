@@ -349,19 +349,25 @@ def lookup_inputs(w: Workflow, positive: str, negative: str = "blurry, lowres") 
     return ckpt, cv, pos, neg
 
 
-def vault_query(w: Workflow, crop: Node, cv: Node, ckpt: Node, pos: Node, at: tuple[int, int]) -> tuple[Node, Node]:
-    """Luna Vault Query (auto-detect, k 5, strength 0.3) on the crop, and a preview of its matches."""
+def vault_query(w: Workflow, crop: Node, cv: Node, clip: tuple[Node, int], conditioning: tuple[Node, int],
+                at: tuple[int, int]) -> tuple[Node, Node]:
+    """Luna Vault Query (auto-detect, k 5, strength 0.3) on the crop, text mode with `clip`, and a preview of its matches."""
     q = w.add("LunaVaultQuery", at, image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
-              blend_mode="average", temperature=0.05, conditioning=(pos, 0), clip=(ckpt, 1), filter="")
+              blend_mode="average", temperature=0.05, conditioning=conditioning, clip=clip, filter="")
     prev = w.add("PreviewImage", (at[0] + 380, at[1]), title="Matched images", images=(q, 3))
     return q, prev
 
 
-def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], positive: tuple[Node, int], negative: Node,
-                     img: Node, crop: Node, cx: Node, cy: Node, cs: Node, denoise: float = 0.4) -> list[Node]:
+def crop_latent(w: Workflow, x: int, crop: Node, vae: tuple[Node, int]) -> tuple[Node, Node]:
+    """The crop scaled to 1024 px and encoded: the detail pass's starting latent."""
     up = w.add("ImageScale", (x, 170), title="Crop to 1024 px", image=(crop, 0), upscale_method="lanczos", width=1024,
                height=1024, crop="disabled")
-    enc = w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=(ckpt, 2))
+    return up, w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=vae)
+
+
+def detail_and_paste(w: Workflow, x: int, ckpt: Node, model: tuple[Node, int], positive: tuple[Node, int], negative: Node,
+                     img: Node, crop: Node, cx: Node, cy: Node, cs: Node, denoise: float = 0.4) -> list[Node]:
+    up, enc = crop_latent(w, x, crop, (ckpt, 2))
     ks = w.add("KSampler", (x + 360, 170), model=model, positive=positive, negative=(negative, 0), latent_image=(enc, 0),
                seed=42, steps=25, cfg=6.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=denoise)
     return [up, enc, ks, *paste_back(w, x + 720, (ks, 0), (ckpt, 2), img, cx, cy, cs, "luna_detailed")]
@@ -391,7 +397,7 @@ def wf_crop_detailer_vault(info: dict[str, Any]) -> Workflow:
     img, cx, cy, cs, crop = crop_inputs(w)
     ckpt, cv, pos, neg = lookup_inputs(w, "extreme close-up of an eye, detailed iris, sharp focus",
                                        "blurry, lowres, deformed iris")
-    q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
+    q, prev = vault_query(w, crop, cv, (ckpt, 1), (pos, 0), (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ckpt, 0), (q, 0), neg, img, crop, cx, cy, cs)
     detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault", [ckpt, cv, pos, neg, q, prev], rest)
     w.note("## Crop detailer with a Luna vault\n\nSet **crop x / y / size** to the region (an eye, a ring, a sleeve). "
@@ -494,7 +500,7 @@ def wf_ipadapter(info: dict[str, Any]) -> Workflow:
     ipa = w.add("IPAdapterAdvanced", (760, 1120), model=(ipl, 0), ipadapter=(ipl, 1), image=(crop, 0), weight=0.6,
                 weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only",
                 clip_vision=(cv, 0))
-    q, prev = vault_query(w, crop, cv, ckpt, pos, (760, 640))
+    q, prev = vault_query(w, crop, cv, (ckpt, 1), (pos, 0), (760, 640))
     rest = detail_and_paste(w, 1140, ckpt, (ipa, 0), (q, 0), neg, img, crop, cx, cy, cs, denoise=0.5)
     detailer_groups(w, [img, cx, cy, cs, crop], "2. Keep the structure (IP-Adapter) + remember the look (vault)", [ckpt, cv, ipl, ipa, pos, neg, q, prev], rest)
     w.note("## IP-Adapter + vault (needs ComfyUI_IPAdapter_plus)\n\nIP-Adapter conditions the model on the crop itself "
@@ -538,13 +544,9 @@ def wf_flux_detailer(info: dict[str, Any]) -> Workflow:
     pos = w.add("CLIPTextEncode", (360, 640), title="Prompt (Flux CLIP)", text="extreme close-up of an eye, detailed iris",
                 clip=(clip, 0))
     guide = w.add("FluxGuidance", (360, 880), conditioning=(pos, 0), guidance=3.5)
-    q = w.add("LunaVaultQuery", (760, 640), image=(crop, 0), clip_vision=(cv, 0), vault="auto-detect", k=5, strength=0.3,
-              blend_mode="average", temperature=0.05, conditioning=(guide, 0), clip=(clip, 0), filter="")
-    prev = w.add("PreviewImage", (1140, 640), title="Matched images", images=(q, 3))
+    q, prev = vault_query(w, crop, cv, (clip, 0), (guide, 0), (760, 640))
     x = 1140
-    up = w.add("ImageScale", (x, 170), title="Crop to 1024 px", image=(crop, 0), upscale_method="lanczos", width=1024,
-               height=1024, crop="disabled")
-    enc = w.add("VAEEncode", (x, 390), pixels=(up, 0), vae=(vae, 0))
+    up, enc = crop_latent(w, x, crop, (vae, 0))
     guider = w.add("BasicGuider", (x + 360, 170), model=(unet, 0), conditioning=(q, 0))
     noise = w.add("RandomNoise", (x + 360, 300), noise_seed=42)
     sampler = w.add("KSamplerSelect", (x + 360, 420), sampler_name="euler")
@@ -562,8 +564,43 @@ def wf_flux_detailer(info: dict[str, Any]) -> Workflow:
     return w
 
 
+QWEN_UNET = "qwen_image_fp8_e4m3fn.safetensors"
+QWEN_CLIP = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+QWEN_VAE = "qwen_image_vae.safetensors"
+
+
+def wf_qwen_image_detailer(info: dict[str, Any]) -> Workflow:
+    """Qwen-Image as ComfyUI's own template loads it: UNet + CLIPLoader (type qwen_image) + VAE files,
+    ModelSamplingAuraFlow (shift 3.1), KSampler at cfg 2.5; the vault is queried in text mode with the Qwen CLIP."""
+    w = Workflow("luna_qwen_image_detailer_vault", info)
+    img, cx, cy, cs, crop = crop_inputs(w)
+    unet = w.add("UNETLoader", (0, 640), unet_name=QWEN_UNET, weight_dtype="default")
+    clip = w.add("CLIPLoader", (0, 770), clip_name=QWEN_CLIP, type="qwen_image", device="default")
+    vae = w.add("VAELoader", (0, 930), vae_name=QWEN_VAE)
+    cv = w.add("CLIPVisionLoader", (0, 1040), clip_name=CLIP_VISION)
+    shift = w.add("ModelSamplingAuraFlow", (0, 1150), model=(unet, 0), shift=3.1)
+    pos = w.add("CLIPTextEncode", (360, 640), title="Prompt (Qwen CLIP)", text="extreme close-up of an eye, detailed iris",
+                clip=(clip, 0))
+    neg = w.add("CLIPTextEncode", (360, 880), title="Negative", text="", clip=(clip, 0))
+    q, prev = vault_query(w, crop, cv, (clip, 0), (pos, 0), (760, 640))
+    x = 1140
+    up, enc = crop_latent(w, x, crop, (vae, 0))
+    ks = w.add("KSampler", (x + 360, 170), model=(shift, 0), positive=(q, 0), negative=(neg, 0), latent_image=(enc, 0),
+               seed=42, steps=20, cfg=2.5, sampler_name="euler", scheduler="simple", denoise=0.4)
+    tail = paste_back(w, x + 720, (ks, 0), (vae, 0), img, cx, cy, cs, "luna_qwen_image_detailed")
+    detailer_groups(w, [img, cx, cy, cs, crop], "2. Look the crop up in the vault (Qwen CLIP, text mode)",
+                    [unet, clip, vae, cv, shift, pos, neg, q, prev], [up, enc, ks, *tail])
+    w.note("## Qwen-Image crop detailer with a Luna vault\n\nFiles: `models/diffusion_models/qwen_image_fp8_e4m3fn.safetensors`, "
+           "`models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors` (CLIPLoader type *qwen_image*), "
+           "`models/vae/qwen_image_vae.safetensors`, and the CLIP vision model your vault was built with. *Luna Vault "
+           "Query* encodes the matched prompts with the Qwen CLIP (any text-mode vault works, whatever model made its "
+           "images) and blends them into your prompt. The detail pass re-draws the crop at 1024 px (cfg 2.5, denoise 0.4).",
+           (0, -260), (760, 200))
+    return w
+
+
 WORKFLOWS = [wf_crop_detailer_vault, wf_detailer_segs, wf_build_from_generation, wf_build_from_folder,
-             wf_vision_translator, wf_ipadapter, wf_query_preview, wf_flux_detailer]
+             wf_vision_translator, wf_ipadapter, wf_query_preview, wf_flux_detailer, wf_qwen_image_detailer]
 
 
 def object_info_from_comfyui() -> dict[str, Any]:

@@ -55,7 +55,7 @@ def object_info(server: ComfyServer) -> dict[str, Any]:
 
 def test_every_workflow_is_shipped_once_with_an_api_twin_and_a_thumbnail() -> None:
     names = {p.stem for p in WORKFLOWS}
-    assert len(names) == 8
+    assert len(names) == 9
     assert names == {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
     # ComfyUI's template browser lists every JSON directly inside any of these folders of a pack
     for folder in ("example", "examples", "workflow", "workflows"):

@@ -39,6 +39,8 @@ class Retrieval:
     temperature: float | None
     skipped_vaults: dict[str, str] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)  # per vault searched: its index and how it was tuned
+    family: str | None = None  # the text family of the retrieved conditioning (text mode: the CLIP's; baked: the vault's)
+    notes: list[str] = field(default_factory=list)  # what the assembly or the blend left out, and why (each once)
 
     @property
     def best_prompts(self) -> list[str]:
@@ -53,16 +55,18 @@ class Retrieval:
             for m, w in zip(crop["matches"], weights):
                 m["weight"] = round(float(w), 6)
             crops.append(crop)
-        return {"mode": self.mode, "temperature": self.temperature, "crops": crops, "skipped_vaults": self.skipped_vaults,
-                "index": self.index}
+        return {"mode": self.mode, "family": self.family, "temperature": self.temperature, "crops": crops,
+                "skipped_vaults": self.skipped_vaults, "index": self.index, "notes": self.notes}
 
 
 def prompt_lookup(vaults: dict[str, Vault], used: set[str], text_encoder: Any, cache: EncodingCache | None,
                   against: Conditioning | None) -> tuple[Any, str]:
-    """(match -> (cond, pooled), "text" | "baked"): encode matched prompts with `text_encoder`, or read the
-    vaults' baked conditioning, refusing vaults without it or of another family than `against`."""
+    """(match -> Encoded, "text" | "baked"): encode matched prompts with `text_encoder` (everything CLIPTextEncode
+    gives when it has `encode_conditioning`), or read the vaults' baked conditioning, refusing vaults without it
+    or of another family than `against`."""
     if text_encoder is not None:
-        return text_lookup(text_encoder.encode, cache, getattr(text_encoder, "key", "")), "text"
+        encode = getattr(text_encoder, "encode_conditioning", text_encoder.encode)
+        return text_lookup(encode, cache, getattr(text_encoder, "key", ""), getattr(text_encoder, "family", None)), "text"
     for name in sorted(used):
         if vaults[name].text is None:
             raise VaultError(
@@ -79,7 +83,8 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
              cache: EncodingCache | None = SHARED_TEXT_CACHE) -> Retrieval:
     """Search one vault (or auto-detect across several), build the retrieved conditioning, blend it.
 
-    `text_encoder` needs `.encode(prompt) -> (cond, pooled)` and `.key`; None means baked mode.
+    `text_encoder` needs `.encode(prompt) -> (cond, pooled)` (or `.encode_conditioning(prompt) -> Encoded`, with
+    every key the text encoder returns) and `.key`; None means baked mode.
     """
     if not vaults:
         raise VaultError("no vault to query: put a vault in models/vaults (luna-vault build/extract, or Luna Vault Builder)")
@@ -89,12 +94,18 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
     else:
         detection, results = detect_category(vaults, embeddings, k=k, filter=filter, encoder=encoder)
         skipped = detection.skipped
-    lookup, text_mode = prompt_lookup({v.name: v for v in vaults}, {r.vault for r in results}, text_encoder,
-                                      cache, user)
-    retrieved = retrieved_conditioning(results, lookup, temperature=temperature)
-    blended = blend(user, retrieved, mode, strength)
+    vaults_by_name = {v.name: v for v in vaults}
+    lookup, text_mode = prompt_lookup(vaults_by_name, {r.vault for r in results}, text_encoder, cache, user)
+    if text_encoder is not None:
+        family = getattr(text_encoder, "family", None)
+    else:
+        families = sorted({vaults_by_name[r.vault].text.family for r in results})  # type: ignore[union-attr]
+        family = " + ".join(families)
+    notes: list[str] = []
+    retrieved = retrieved_conditioning(results, lookup, temperature=temperature, notes=notes)
+    blended = blend(user, retrieved, mode, strength, notes=notes, family=family)
     index = {v.name: index_summary(v) for v in vaults if v.name not in skipped}
-    return Retrieval(results, retrieved, blended, text_mode, temperature, skipped, index)
+    return Retrieval(results, retrieved, blended, text_mode, temperature, skipped, index, family, notes)
 
 
 def index_summary(vault: Vault) -> dict[str, Any]:
