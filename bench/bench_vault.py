@@ -1,11 +1,26 @@
-"""Vault benchmark: query latency/recall vs exact flat search, batch cost, build/append rate, bytes/entry, cold open.
+"""Vault search benchmark: Luna's index against bare faiss (Flat, HNSW32, IVF-Flat, fast-scan IVF) in one process.
 
-Run by hand (not a test): `python bench/bench_vault.py [--sizes 10000,100000,500000] [--data mixture,...]`.
-Four synthetic data sets of different shape (see Dataset). Queries are never stored entries.
-Every figure is reported next to references measured in the same run on the same data: exact
-flat FAISS search (IndexFlatIP, fp32, all cores) and bare FAISS HNSW32. Besides recall@5, each
-query's similarity gap (exact mean top-5 similarity minus returned mean top-5) is measured: a
-query whose gap exceeds 0.05 counts as a miss (an unrelated match where a close one exists).
+Run by hand (not a test), one command for the whole table:
+
+    python bench/bench_vault.py --sizes 500000            # all five data sets, markdown tables at the end
+
+Five synthetic data sets of different shape (bench/vault_data.py; `clip` is shaped like CLIP image
+embeddings). Queries are never stored entries. For each data set and size, in one process:
+
+- Luna: the vault is built (write + index + tuning, timed), then every query is answered one at a
+  time through the public API; recall@5 against exact search and *misses* (a query whose returned
+  top-5 mean similarity is more than 0.05 below the exact one) over all queries;
+- stability: the index is built a second time from the same vault; the tuned setting must match;
+- baselines on the same stored (fp16) vectors: faiss Flat (exact), HNSW32 (several efSearch),
+  IVF-Flat (several nprobe) and a fast-scan IVF with faiss's own refine (several nprobe); recall and
+  misses over all queries;
+- timing: `--timed` queries, one at a time, every method in turn on blocks of 25 queries (so a
+  load change hits all of them alike), with 1 and 2 threads, on the machine as it is ("idle") and
+  with two busy processes beside it ("busy"); p50/p99 per method;
+- each baseline at Luna's recall (the cheapest setting that reaches it) and at Luna's misses;
+- drift (clip): entries from clusters the vault has never seen are appended (10%); misses, recall
+  and latency in the old and the new region, and whether the append triggered a re-tune.
+Report the machine load beside the figures (printed at the start and end).
 """
 
 from __future__ import annotations
@@ -14,122 +29,369 @@ import argparse
 import gc
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vault_data import KINDS, QUERY_KINDS, Dataset  # noqa: E402
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _around(centres: np.ndarray, cos_lo: float, cos_hi: float, rng: np.random.Generator) -> np.ndarray:
-    """One unit vector per centre, at a cosine to it drawn from cos_lo..cos_hi (isotropic noise)."""
-    d = centres.shape[1]
-    cos = rng.uniform(cos_lo, cos_hi, len(centres)).astype(np.float32)
-    sigma = np.sqrt((1 / cos**2 - 1) / d).astype(np.float32)
-    return _unit(centres + sigma[:, None] * rng.standard_normal(centres.shape, dtype=np.float32))
+HNSW_EFS = (16, 32, 64, 128, 256, 512, 768, 1024)
+IVF_NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
+SLOW_MS = 15.0  # settings slower than this (measured in batch) are timed on a tenth of the timed queries
 
 
-class Dataset:
-    """Synthetic CLIP-like embeddings of generated images, from four generators of different shape.
+def pct(xs: Any, p: float) -> float:
+    return float(np.percentile(np.asarray(xs), p)) if len(xs) else float("nan")
 
-    hierarchical: looks (N/250 centres) -> prompts (N/4, cosine 0.6..0.95 to their look) -> images
-      (cosine 0.92..0.97 to their prompt), i.e. ~4 seeds per prompt as in a generated dataset.
-    isotropic (worst case for approximate search): images scattered directly around the N/250 look
-      centres, so a cluster's members are nearly equidistant from a query.
-    mixture (issue 12's data): 4,000 random looks whatever N; N/4 prompts, each its look plus noise
-      of norm 0.55, renormalised; 4 images per prompt, each its prompt plus noise of norm 0.35. At
-      100k entries a look has only 25 images: clusters smaller than an IVF list of the old rule.
-    anisotropic (like real CLIP embeddings): every vector shares a strong common direction and the
-      structure lives in a 64-d subspace with a decaying spectrum (plus isotropic noise), so
-      unrelated images sit at cosine ~0.5 and neighbours at ~0.9-0.96.
-    Queries are never stored entries: half are new images of stored prompts, half images of prompts
-    the vault has never seen (of stored looks).
-    """
 
-    KINDS = ("hierarchical", "isotropic", "mixture", "anisotropic")
+def load_avg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
-    def __init__(self, n: int, d: int, kind: str, seed: int = 1) -> None:
-        if kind not in self.KINDS:
-            raise SystemExit(f"unknown data kind {kind!r}; expected one of {', '.join(self.KINDS)}")
-        self.kind, self.d, self.n = kind, d, n
-        self.rng = rng = np.random.default_rng(seed)
-        if kind in ("hierarchical", "isotropic"):
-            self.looks = _unit(rng.standard_normal((max(50, n // 250), d), dtype=np.float32))
-        if kind == "hierarchical":
-            look_of_prompt = rng.integers(0, len(self.looks), max(1, n // 4))
-            self.prompts = self._blocks(self.looks[look_of_prompt], 0.6, 0.95, rng)
-            self.prompt_of = rng.integers(0, len(self.prompts), n)
-            self.x = self._blocks(self.prompts[self.prompt_of], 0.92, 0.97, rng)
-        elif kind == "isotropic":
-            self.prompt_of = np.arange(n) // 4
-            self.x = self._blocks(self.looks[rng.integers(0, len(self.looks), n)], 0.6, 0.95, rng)
-        elif kind == "mixture":
-            looks = _unit(rng.standard_normal((4000, d), dtype=np.float32))
-            self.prompts = _with_noise(looks[rng.integers(0, len(looks), n // 4 + 2000)], 0.55, rng)
-            self.prompt_of = np.arange(n) // 4
-            self.x = self._map(lambda ids: _with_noise(self.prompts[ids], 0.35, rng), self.prompt_of)
+
+def _misses(exact_s: np.ndarray, got_s: np.ndarray) -> tuple[int, float]:
+    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+
+    gap = similarity_gap(exact_s, got_s)
+    return int((gap > GAP_LIMIT).sum()), float(gap.max())
+
+
+def _recall(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.array([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(ids, truth)])
+
+
+def exact_truth(vault: Any, q: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the vault's stored (fp16) vectors, block by block (faiss, all cores)."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for first, block in vault.iter_embedding_blocks(131072):
+        s, i = faiss.knn(q, np.asarray(block, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(s, np.where(i >= 0, i + first, -1))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def add_blocks(index: Any, vault: Any) -> None:
+    """Add the vault's stored vectors to a faiss index block by block (no float32 copy of the whole vault)."""
+    for _, block in vault.iter_embedding_blocks(131072):
+        index.add(np.asarray(block, dtype=np.float32))
+
+
+def sample(vault: Any, m: int) -> np.ndarray:
+    ids = np.sort(np.random.default_rng(0).choice(vault.n_entries, min(m, vault.n_entries), replace=False))
+    return vault.embeddings(ids).astype(np.float32)
+
+
+class Burner:
+    """Two busy processes beside the benchmark: a machine in use (a sampler, a browser, other work)."""
+
+    CODE = "import numpy as np\na = np.random.rand(400, 400)\nwhile True:\n    a = a @ a\n    a /= np.abs(a).max()\n"
+
+    def __enter__(self) -> "Burner":
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.procs = [subprocess.Popen([sys.executable, "-c", self.CODE], env=env) for _ in range(2)]
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def set_threads(n: int) -> None:
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(n)
+    torch.set_num_threads(n)
+
+
+class Method:
+    """One searchable setting: a name, a single-query function, and its quality over all queries."""
+
+    def __init__(self, family: str, name: str, one: Callable[[np.ndarray], Any], batch_ms: float = 0.0) -> None:
+        self.family, self.name, self.one, self.batch_ms = family, name, one, batch_ms
+        self.recall = self.misses = self.max_gap = None  # type: ignore[assignment]
+        self.times: dict[str, list[float]] = {}
+
+
+def faiss_methods(vault: Any, q: np.ndarray, truth_s: np.ndarray, truth_i: np.ndarray, nlist_fs: int,
+                  log: Callable[[str], None]) -> tuple[list[Method], dict[str, float], list[Any]]:
+    """Build the bare-faiss baselines on the vault's stored vectors and measure every setting over all queries."""
+    import faiss
+
+    n, d = vault.n_entries, vault.dim
+    methods: list[Method] = []
+    builds: dict[str, float] = {}
+    keep: list[Any] = []
+
+    def quality(m: Method, search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+        t = time.perf_counter()
+        s, i = search(q)
+        m.batch_ms = (time.perf_counter() - t) * 1e3 / len(q)
+        m.recall = float(_recall(i, truth_i).mean())
+        m.misses, m.max_gap = _misses(truth_s, s)
+        methods.append(m)
+
+    t = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    add_blocks(hnsw, vault)
+    builds["HNSW32"] = time.perf_counter() - t
+    keep.append(hnsw)
+    log(f"HNSW32 built in {builds['HNSW32']:.0f} s")
+    for ef in HNSW_EFS:
+        p = faiss.SearchParametersHNSW(efSearch=ef)
+        quality(Method("HNSW32", f"HNSW32 ef{ef}", lambda r, p=p: hnsw.search(r, 5, params=p)),
+                lambda qq, p=p: hnsw.search(qq, 5, params=p))
+    nlist = int(round(4 * np.sqrt(n)))
+    t = time.perf_counter()
+    ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(sample(vault, 40 * nlist))
+    add_blocks(ivf, vault)
+    builds[f"IVF{nlist},Flat"] = time.perf_counter() - t
+    keep.append(ivf)
+    log(f"IVF{nlist},Flat built in {builds[f'IVF{nlist},Flat']:.0f} s")
+    for npb in IVF_NPROBES:
+        p = faiss.SearchParametersIVF(nprobe=npb)
+        quality(Method("IVF-Flat", f"IVF{nlist},Flat np{npb}", lambda r, p=p: ivf.search(r, 5, params=p)),
+                lambda qq, p=p: ivf.search(qq, 5, params=p))
+    m = max(1, d // 2)
+    spec = f"IVF{nlist_fs},PQ{m}x4fs"
+    t = time.perf_counter()
+    fs = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    fs.train(sample(vault, 20 * nlist_fs))
+    add_blocks(fs, vault)
+    fine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    add_blocks(fine, vault)
+    refine = faiss.IndexRefine(fs, fine)
+    keep.append(fine)
+    builds[spec + " + refine fp16"] = time.perf_counter() - t
+    keep += [fs, refine]
+    log(f"{spec} + refine built in {builds[spec + ' + refine fp16']:.0f} s")
+    for npb in IVF_NPROBES + (1024,):
+        if npb > nlist_fs:
+            continue
+        base_params = faiss.SearchParametersIVF(nprobe=npb)
+        p = faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=base_params)
+        keep += [p, base_params]
+        quality(Method("fast-scan IVF", f"{spec} np{npb} refine x10", lambda r, p=p: refine.search(r, 5, params=p)),
+                lambda qq, p=p: refine.search(qq, 5, params=p))
+    return methods, builds, keep
+
+
+def time_interleaved(methods: list[Method], q: np.ndarray, cond: str, n_timed: int, block: int = 25) -> None:
+    """Time single queries, every method in turn on each block of `block` queries (rotating the order), so a change
+    of load hits all of them alike; ms per query into m.times[cond]. Each block's first query only warms the
+    method's caches up (the method before it has just flushed them) and is not counted; a setting slower than
+    SLOW_MS in batch runs one block in ten."""
+    for m in methods:
+        m.times[cond] = []
+    for b, a in enumerate(range(0, n_timed, block)):
+        rows = q[a : min(a + block, n_timed)]
+        for j in range(len(methods)):
+            m = methods[(b + j) % len(methods)]
+            if m.batch_ms > SLOW_MS and b % 10:
+                continue
+            for r, row in enumerate(rows):
+                t = time.perf_counter()
+                m.one(row[None])
+                if r:
+                    m.times[cond].append((time.perf_counter() - t) * 1e3)
+
+
+def time_cold(methods: list[Method], q: np.ndarray, n: int, flush_mb: int = 256) -> None:
+    """Single queries with the caches flushed before each (as between two detailer crops, after a sampler ran)."""
+    junk = np.ones(flush_mb << 18, np.float32)
+    for m in methods:
+        m.times["1t cold"] = []
+    for i in range(n):
+        for m in methods:
+            if m.batch_ms > SLOW_MS and i % 10:
+                continue
+            junk += 1.0
+            t = time.perf_counter()
+            m.one(q[i : i + 1])
+            m.times["1t cold"].append((time.perf_counter() - t) * 1e3)
+
+
+def threads_per_query(one: Callable[[np.ndarray], Any], q: np.ndarray) -> float:
+    """CPU time of the whole process per CPU time of the calling thread, over single queries (1.0: no other thread
+    worked for them: no BLAS, OpenMP or torch pool)."""
+    p, t = time.process_time(), time.thread_time()
+    for row in q:
+        one(row[None])
+    return (time.process_time() - p) / max(time.thread_time() - t, 1e-9)
+
+
+def bench_size(n: int, d: int, kind: str, n_queries: int, n_timed: int, work: Path, cache: str, args: argparse.Namespace,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    from luna_vault.vault import EncoderFingerprint, Vault, append, build, get_index, rebuild_index
+    from luna_vault.vault.query import search_arrays
+
+    log(f"\n=== {n:,} entries, {d}-d, {kind} (load {load_avg()}) ===")
+    t = time.perf_counter()
+    data = Dataset(n, d, kind, extra=max(1000, n // 10))
+    q = data.queries(n_queries)
+    qkinds = data.query_kinds
+    extra = data.x_extra
+    log(f"generated data in {time.perf_counter() - t:.1f} s")
+    prompts = [f"prompt {p}" for p in data.prompt_of]
+    metas = [{"source": f"gen/{i:07d}.png", "checkpoint": f"ckpt{i % 40}", "seed": i} for i in range(n)]
+    enc = EncoderFingerprint("bench-vit-h", d, "0" * 64)
+    path = work / f"bench-{kind}-{n}.vault"
+    t = time.perf_counter()
+    build(path, data.x, prompts, metas, encoder=enc, category="bench", overwrite=True)
+    t_write = time.perf_counter() - t
+    del prompts, metas, data.x
+    gc.collect()
+    t = time.perf_counter()
+    vault = Vault.open(path)
+    index = get_index(vault)
+    t_index = time.perf_counter() - t
+    desc = index.describe()
+    log(f"build: write {t_write:.1f} s + index {t_index:.1f} s; {json.dumps({k: desc[k] for k in desc if k != 'cache'})}")
+    disk = vault.disk_bytes()
+    index_bytes = sum(f.stat().st_size for f in index.folder.iterdir() if f.is_file()) if not index.exact else 0
+
+    t = time.perf_counter()
+    truth_s, truth = exact_truth(vault, q)
+    log(f"exact answers for {len(q):,} queries in {time.perf_counter() - t:.1f} s")
+
+    # Luna over every query, one at a time (the public API, as a detailer calls it)
+    if hasattr(index, "_prefetch"):
+        index._prefetch.join()
+    search_arrays(vault, q[:2], 5)
+    index.queries = index.exact_answers = 0
+    got_s, got_i = np.empty((len(q), 5), np.float32), np.empty((len(q), 5), np.int64)
+    gc.disable()
+    for i in range(len(q)):
+        got_s[i], got_i[i] = (a[0] for a in search_arrays(vault, q[i], 5))
+    gc.enable()
+    rec = _recall(got_i, truth)
+    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+
+    gap = similarity_gap(truth_s, got_s)
+    luna = Method("Luna", f"Luna {index.spec}", lambda r: search_arrays(vault, r, 5))
+    luna.recall, luna.misses, luna.max_gap = float(rec.mean()), int((gap > GAP_LIMIT).sum()), float(gap.max())
+    exact_answers = index.exact_answers
+    per_kind = {}
+    if qkinds is not None:
+        for k, name in enumerate(QUERY_KINDS):
+            sel = qkinds == k
+            per_kind[name] = {"recall": float(rec[sel].mean()), "misses": int((gap[sel] > GAP_LIMIT).sum()),
+                              "max_gap": float(gap[sel].max())}
+    log(f"Luna: recall@5 {luna.recall:.4f}, misses {luna.misses} (worst gap {luna.max_gap:.4f}), exact answers "
+        f"{exact_answers}; per kind {json.dumps(per_kind)}")
+    reps = min(len(q), 4096) // 64
+    t = time.perf_counter()
+    for r in range(reps):
+        search_arrays(vault, q[r * 64 : (r + 1) * 64], 5)
+    batch_ms = (time.perf_counter() - t) * 1e3 / (64 * reps)
+
+    stable = None
+    if args.stability and not index.exact:
+        t = time.perf_counter()
+        again = rebuild_index(path).describe()
+        keys = ("spec", "nprobe", "drop", "max_probe", "k_factor", "guard")
+        stable = {"same": all(again[k] == desc[k] for k in keys), "first": {k: desc[k] for k in keys},
+                  "second": {k: again[k] for k in keys}, "seconds": time.perf_counter() - t}
+        log(f"second build of the same data: {stable}")
+        vault = Vault.open(path)
+        index = get_index(vault)
+        luna.one = lambda r: search_arrays(vault, r, 5)
+
+    methods: list[Method] = [luna]
+    builds: dict[str, float] = {}
+    keep: list[Any] = []
+    flat_ms: list[float] = []
+    if args.baselines:
+        import faiss
+
+        flat = faiss.IndexFlatIP(vault.dim)  # exact search, one thread, over a float32 copy held in memory
+        add_blocks(flat, vault)
+        set_threads(1)
+        for row in q[:20]:
+            t = time.perf_counter()
+            flat.search(row[None], 5)
+            flat_ms.append((time.perf_counter() - t) * 1e3)
+        set_threads(os.cpu_count() or 1)
+        del flat
+        nlist_fs = int(index.spec.split(",")[0][3:]) if index.spec.startswith("IVF") else 1024
+        base, builds, keep = faiss_methods(vault, q, truth_s, truth, nlist_fs, log)
+        methods += base
+        gc.collect()
+    timed = min(n_timed, len(q))
+    conditions = [(t, load) for load in args.load.split(",") for t in (int(v) for v in args.threads.split(","))]
+    for threads, load in conditions:
+        cond = f"{threads}t {load}"
+        set_threads(threads)
+        log(f"timing {timed} queries x {len(methods)} methods, {cond} (load {load_avg()})")
+        gc.disable()
+        if load == "busy":
+            with Burner():
+                time_interleaved(methods, q, cond, timed)
         else:
-            self.common = _unit(rng.standard_normal(d).astype(np.float32))
-            r = 64
-            self.basis = np.linalg.qr(rng.standard_normal((d, r)))[0].astype(np.float32)
-            spectrum = np.arange(1, r + 1, dtype=np.float32) ** -0.5
-            self.spectrum = spectrum / np.linalg.norm(spectrum)
-            looks = self._latent(max(50, n // 125), 1.0)
-            self.prompts = looks[rng.integers(0, len(looks), n // 4 + 2000)] + self._latent(n // 4 + 2000, 0.45)
-            self.prompt_of = np.arange(n) // 4
-            self.x = self._map(lambda ids: self._aniso(self.prompts[ids] + self._latent(len(ids), 0.25)), self.prompt_of)
+            time_interleaved(methods, q, cond, timed)
+        gc.enable()
+    set_threads(1)
+    log(f"timing {min(args.cold, len(q))} queries with the caches flushed before each (load {load_avg()})")
+    time_cold(methods, q, min(args.cold, len(q)))
+    set_threads(os.cpu_count() or 1)
+    cpu_ratio = threads_per_query(luna.one, q[:300])
+    log(f"Luna single query: process CPU / calling-thread CPU = {cpu_ratio:.2f} (with {os.cpu_count()} threads allowed)")
 
-    def _latent(self, m: int, scale: float) -> np.ndarray:
-        return self.rng.standard_normal((m, len(self.spectrum)), dtype=np.float32) * self.spectrum * scale
+    # append 10% more (for clip: from clusters the vault has never seen), then measure both regions
+    t = time.perf_counter()
+    append(path, extra, [f"extra {i}" for i in range(len(extra))], encoder=enc)
+    appended = Vault.open(path)
+    idx2 = get_index(appended)
+    append_s = time.perf_counter() - t
+    st2 = idx2.state
+    drift = {"append_s": append_s, "appended": len(extra), "queries": args.drift_queries,
+             "retuned": bool(st2 is not None and st2.tuned_n == idx2.index.ntotal),
+             "drift_rate": getattr(st2, "drift_rate", None), "drift_reach": getattr(st2, "drift_reach", None),
+             "setting_after": {k: idx2.describe().get(k) for k in ("nprobe", "drop", "max_probe", "k_factor", "guard")}}
+    if kind == "clip" and args.drift:
+        regions = {"old": q[: args.drift_queries], "new": data.clip.queries(args.drift_queries, region="appended")[0]}
+        for name, rq in regions.items():
+            ts_, ti_ = exact_truth(appended, rq)
+            idx2.exact_answers = 0
+            lat, gs, gi = [], np.empty((len(rq), 5), np.float32), np.empty((len(rq), 5), np.int64)
+            for i in range(len(rq)):
+                t = time.perf_counter()
+                gs[i], gi[i] = (a[0] for a in search_arrays(appended, rq[i], 5))
+                lat.append((time.perf_counter() - t) * 1e3)
+            m_, g_ = _misses(ts_, gs)
+            drift[name] = {"recall": float(_recall(gi, ti_).mean()), "misses": m_, "max_gap": g_,
+                           "exact_answers": idx2.exact_answers, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+    log(f"append + drift: {json.dumps(drift)}")
 
-    def _aniso(self, z: np.ndarray) -> np.ndarray:
-        iso = self.rng.standard_normal((len(z), self.d), dtype=np.float32) * np.float32(0.22 / np.sqrt(self.d))
-        return _unit(self.common + z @ self.basis.T + iso)
-
-    @staticmethod
-    def _map(fn: "Any", ids: np.ndarray) -> np.ndarray:
-        return np.concatenate([fn(ids[a : a + 50_000]) for a in range(0, len(ids), 50_000)])
-
-    @staticmethod
-    def _blocks(centres: np.ndarray, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:
-        out = np.empty_like(centres)
-        for a in range(0, len(centres), 50_000):
-            out[a : a + 50_000] = _around(centres[a : a + 50_000], lo, hi, rng)
-        return out
-
-    def queries(self, m: int, seed: int = 2) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        if self.kind == "isotropic":
-            return _around(self.looks[rng.integers(0, len(self.looks), m)], 0.6, 0.95, rng)
-        if self.kind == "hierarchical":
-            known = _around(self.prompts[rng.integers(0, len(self.prompts), m // 2)], 0.92, 0.97, rng)
-            new_prompts = _around(self.looks[rng.integers(0, len(self.looks), m - m // 2)], 0.6, 0.95, rng)
-            return np.concatenate([known, _around(new_prompts, 0.92, 0.97, rng)])
-        stored = int(self.prompt_of.max()) + 1  # prompts beyond this one were never stored
-        ids = np.concatenate([rng.integers(0, stored, m // 2), rng.integers(stored, len(self.prompts), m - m // 2)])
-        self.rng = rng
-        if self.kind == "mixture":
-            return _with_noise(self.prompts[ids], 0.35, rng)
-        return self._aniso(self.prompts[ids] + self._latent(len(ids), 0.25))
-
-
-def _with_noise(centres: np.ndarray, norm: float, rng: np.random.Generator) -> np.ndarray:
-    """Each centre plus a random vector of the given norm, renormalised."""
-    noise = rng.standard_normal(centres.shape, dtype=np.float32)
-    noise *= norm / np.linalg.norm(noise, axis=1, keepdims=True)
-    return _unit(centres + noise)
-
-
-def pct(xs: list[float], p: float) -> float:
-    return float(np.percentile(np.array(xs), p))
+    cold = cold_open_subprocess(path, q[0], cache)
+    row = {
+        "n": n, "dim": d, "data": kind, "queries": len(q), "timed": timed, "index": desc,
+        "recall_at_5": luna.recall, "misses": luna.misses, "max_gap": luna.max_gap, "exact_answers": exact_answers,
+        "per_kind": per_kind, "stable": stable, "batch64_ms_per_query": batch_ms, "cpu_per_thread_cpu": cpu_ratio,
+        "build_entries_per_s": n / (t_write + t_index), "build_write_s": t_write, "build_index_s": t_index,
+        "bytes_per_entry": (disk + index_bytes) / n, "index_bytes_per_entry": index_bytes / n,
+        "cold_open_s": cold["open_s"] + cold["first_query_s"], "cold_imports_s": cold["imports_s"],
+        "flat_p50_ms_1t": pct(flat_ms, 50), "baseline_builds_s": builds, "drift": drift,
+        "methods": [{"family": m.family, "name": m.name, "recall": m.recall, "misses": m.misses, "max_gap": m.max_gap,
+                     "batch_ms": m.batch_ms, "timed": {c: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)}
+                                                        for c, v in m.times.items()}} for m in methods],
+    }
+    del keep
+    shutil.rmtree(path, ignore_errors=True)
+    return row
 
 
 def cold_open_subprocess(path: Path, query: np.ndarray, cache: str) -> dict[str, float]:
@@ -153,199 +415,116 @@ print(json.dumps({{"imports_s": t1 - t0, "open_s": t2 - t1, "first_query_s": t3 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def drop_page_cache() -> bool:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
+def cheapest(ms: list[dict[str, Any]], c: str, luna: dict[str, Any], ok: Callable[[dict[str, Any]], bool]) -> str:
+    """The fastest method of `ms` (p50 under condition `c`) that passes `ok`, with its p50 ratio to Luna's."""
+    fit = [m for m in ms if ok(m)]
+    if not fit:
+        best = max(ms, key=lambda m: m["recall"])
+        return f"not reached (best {best['name']}: recall {best['recall']:.3f}, {best['misses']} misses)"
+    m = min(fit, key=lambda m: m["timed"][c]["p50"])
+    ratio = m["timed"][c]["p50"] / max(luna["timed"][c]["p50"], 1e-9)
+    return f"{m['name']}: {m['timed'][c]['p50']:.2f} / {m['timed'][c]['p99']:.2f} ({ratio:.1f}x Luna)"
 
 
-def _misses(exact_s: np.ndarray, got_s: np.ndarray) -> tuple[int, float]:
-    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The tables docs/benchmarks.md shows."""
+    out = []
+    order = {"idle": 0, "busy": 1, "cold": 2}
+    conds = sorted({c for r in rows for m in r["methods"] for c in m["timed"]}, key=lambda c: (order.get(c.split()[1], 3), c))
+    head = "| data | entries | method | recall@5 | misses | " + " | ".join(f"p50 / p99 ms, {c}" for c in conds) + " |"
+    out += ["### Luna beside bare faiss (same process, same queries)", "", head, "|" + "---|" * (5 + len(conds))]
+    for r in rows:
+        for m in r["methods"]:
+            cells = " | ".join(f"{m['timed'][c]['p50']:.2f} / {m['timed'][c]['p99']:.2f}" if c in m["timed"] else "-" for c in conds)
+            name = f"**{m['name']}**" if m["family"] == "Luna" else m["name"]
+            out.append(f"| {r['data']} | {r['n']:,} | {name} | {m['recall']:.3f} | {m['misses']} | {cells} |")
+    out += ["", "### Each baseline at Luna's recall and at Luna's misses (cheapest setting that reaches it, p50 ms)", ""]
+    out += ["| data | condition | Luna p50 / p99 | family | at equal recall | at equal misses |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        luna = r["methods"][0]
+        for c in conds:
+            if c not in luna["timed"]:
+                continue
+            for fam in ("HNSW32", "IVF-Flat", "fast-scan IVF"):
+                ms = [m for m in r["methods"] if m["family"] == fam and c in m["timed"]]
+                if not ms:
+                    continue
 
-    gap = similarity_gap(exact_s, got_s)
-    return int((gap > GAP_LIMIT).sum()), float(gap.max())
-
-
-def _recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(ids, truth)]))
-
-
-def hnsw_baseline(x: np.ndarray, q: np.ndarray, truth_s: np.ndarray, truth_i: np.ndarray, efs: tuple[int, ...],
-                  n_timed: int) -> list[dict[str, object]]:
-    """Bare faiss HNSW32 (float32 vectors, inner product) on the same data, in the same run."""
-    import faiss
-
-    t = time.perf_counter()
-    index = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.add(x)
-    build_s = time.perf_counter() - t
-    rows = []
-    for ef in efs:
-        params = faiss.SearchParametersHNSW(efSearch=ef)
-        lat = []
-        for row in q[:n_timed]:
-            t0 = time.perf_counter()
-            index.search(row[None], 5, params=params)
-            lat.append((time.perf_counter() - t0) * 1e3)
-        sims, ids = index.search(q, 5, params=params)
-        misses, max_gap = _misses(truth_s, sims)
-        rows.append({"index": f"faiss HNSW32 ef{ef}", "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-                     "recall_at_5": _recall(ids, truth_i), "misses": misses, "max_gap": max_gap, "build_s": build_s})
-    return rows
-
-
-def bench_size(n: int, d: int, kind: str, n_queries: int, work: Path, cache: str, baselines: bool) -> dict[str, object]:
-    import faiss
-    import torch
-
-    from luna_vault.vault import EncoderFingerprint, Vault, append, build, get_index, search
-    from luna_vault.vault.query import search_arrays
-
-    print(f"\n=== {n:,} entries, {d}-d, {kind} ===", flush=True)
-    t = time.perf_counter()
-    data = Dataset(n + max(1000, n // 10), d, kind)
-    x, extra = data.x[:n], data.x[n:]
-    q = data.queries(n_queries)
-    print(f"generated data in {time.perf_counter() - t:.1f} s", flush=True)
-    prompts = [f"prompt {p}" for p in data.prompt_of[:n]]
-    metas = [{"source": f"gen/{i:07d}.png", "checkpoint": f"ckpt{i % 40}", "seed": i, "quality": round((i % 100) / 100, 2)}
-             for i in range(n)]
-    enc = EncoderFingerprint("bench-vit-h", d, "0" * 64)
-    path = work / f"bench{n}.vault"
-
-    t = time.perf_counter()
-    build(path, x, prompts, metas, encoder=enc, category="bench", overwrite=True)
-    t_write = time.perf_counter() - t
-    del prompts, metas  # the benchmark's own 500k Python objects would otherwise be timed as GC pauses
-    gc.collect()
-    t = time.perf_counter()
-    vault = Vault.open(path)
-    index = get_index(vault)
-    t_index = time.perf_counter() - t
-    build_rate = n / (t_write + t_index)
-    print(f"build: write {t_write:.1f} s + index {t_index:.1f} s -> {build_rate:,.0f} entries/s; {index.describe()}", flush=True)
-    disk = vault.disk_bytes()
-    index_bytes = sum(f.stat().st_size for f in index.folder.iterdir()) if not index.exact else 0
-    per_entry = (disk + index_bytes) / n
-
-    # reference: exact flat search over the same (fp16-rounded) vectors (fp32, FAISS, all cores)
-    stored = vault.embeddings(np.arange(n)).astype(np.float32)
-    flat = faiss.IndexFlatIP(d)
-    flat.add(stored)
-    t = time.perf_counter()
-    truth_s, truth = flat.search(q, 5)
-    print(f"exact answers for {len(q):,} queries in {time.perf_counter() - t:.1f} s", flush=True)
-    flat_ms = []
-    for row in q[:30]:
-        t = time.perf_counter()
-        flat.search(row[None], 5)
-        flat_ms.append((time.perf_counter() - t) * 1e3)
-    t = time.perf_counter()
-    flat.search(q[:64], 5)
-    flat_batch_ms = (time.perf_counter() - t) * 1e3 / 64
-    del flat
-    base_rows = hnsw_baseline(stored, q, truth_s, truth, (64, 128), min(2000, len(q))) if baselines else []
-    del stored
-    gc.collect()
-
-    os.sync()  # let the kernel finish writing the new vault before timing queries (steady state)
-    search_arrays(vault, q[:2], 5)  # warm-up
-    index.queries = index.exact_answers = 0
-    gc.disable()  # as timeit does: time the search, not collections of unrelated garbage
-    lat, got_s, got_i = [], np.empty((len(q), 5), np.float32), np.empty((len(q), 5), np.int64)
-    for i, row in enumerate(q):
-        t = time.perf_counter()
-        got_s[i], got_i[i] = (a[0] for a in search_arrays(vault, row, 5))
-        lat.append((time.perf_counter() - t) * 1e3)
-    exact_answers = index.exact_answers
-    full_lat = []
-    for row in q[:300]:
-        t = time.perf_counter()
-        search(vault, row, 5)
-        full_lat.append((time.perf_counter() - t) * 1e3)
-    recall = _recall(got_i, truth)
-    misses, max_gap = _misses(truth_s, got_s)
-    reps = min(len(q), 4096) // 64
-    t = time.perf_counter()
-    for r in range(reps):  # a different batch each time, as in a real detailer run
-        search_arrays(vault, q[r * 64 : (r + 1) * 64], 5)
-    batch_ms = (time.perf_counter() - t) * 1e3 / (64 * reps)
-    gc.enable()
-
-    # append 10% more (new segment + incremental index update)
-    t = time.perf_counter()
-    append(path, extra, [f"extra {i}" for i in range(len(extra))], encoder=enc)
-    appended = Vault.open(path)
-    get_index(appended)
-    append_rate = len(extra) / (time.perf_counter() - t)
-
-    # cold open: a fresh process opens the vault (cached index) and answers one query
-    dropped = drop_page_cache()
-    cold = cold_open_subprocess(path, q[0], cache)
-    warm = cold_open_subprocess(path, q[0], cache)
-    st = index.state
-    row = {
-        "n": n, "dim": d, "data": kind, "queries": len(q), "index": index.spec,
-        "nprobe": getattr(st, "nprobe", None), "reach": getattr(st, "reach", None), "k_factor": getattr(st, "k_factor", None),
-        "guard": getattr(st, "guard", None), "tuned_recall": getattr(st, "recall", None),
-        "tuned_miss_share": getattr(st, "gap_share", None), "tuned_exact_share": getattr(st, "exact_share", None),
-        "target_met": getattr(st, "target_met", True), "note": getattr(st, "note", ""),
-        "query_p50_ms": pct(lat, 50), "query_p99_ms": pct(lat, 99), "query_max_ms": max(lat),
-        "query_with_prompts_p50_ms": pct(full_lat, 50), "recall_at_5": recall,
-        "misses": misses, "max_gap": max_gap, "exact_answers": exact_answers,
-        "flat_p50_ms": pct(flat_ms, 50), "speedup_vs_flat": pct(flat_ms, 50) / pct(lat, 50),
-        "batch64_ms_per_query": batch_ms, "flat_batch64_ms_per_query": flat_batch_ms,
-        "build_entries_per_s": build_rate, "build_write_s": t_write, "build_index_s": t_index,
-        "append_entries_per_s": append_rate, "bytes_per_entry": per_entry, "index_bytes_per_entry": index_bytes / n,
-        "cold_open_s": cold["open_s"] + cold["first_query_s"], "cold_imports_s": cold["imports_s"],
-        "page_cache_dropped": dropped, "warm_open_s": warm["open_s"] + warm["first_query_s"],
-        "torch_threads": torch.get_num_threads(), "baselines": base_rows,
-    }
-    print(json.dumps(row, indent=1), flush=True)
-    shutil.rmtree(path, ignore_errors=True)
-    return row
+                out.append(f"| {r['data']} | {c} | {luna['timed'][c]['p50']:.2f} / {luna['timed'][c]['p99']:.2f} | {fam} | "
+                           f"{cheapest(ms, c, luna, lambda m, luna=luna: m['recall'] >= luna['recall'])} | "
+                           f"{cheapest(ms, c, luna, lambda m, luna=luna: m['misses'] <= luna['misses'])} |")
+    out += ["", "### Luna per data set", ""]
+    out += ["| data | entries | index | probing (floor..max, drop; mean lists) | k_factor | recall@5 | misses (worst gap) | "
+            "exact answers | same setting on a second build | build entries/s | bytes/entry | batch-64 ms/query | "
+            "cold open s | flat 1-thread p50 ms | process/thread CPU per query |", "|" + "---|" * 15]
+    for r in rows:
+        ix = r["index"]
+        probing = "-" if ix.get("exact") else f"{ix['nprobe']}..{max(ix['nprobe'], ix['max_probe'])}, {ix['drop']:g}; {ix['mean_probe']:.0f}"
+        same = "-" if r["stable"] is None else ("yes" if r["stable"]["same"] else f"no: {r['stable']['second']}")
+        out.append(f"| {r['data']} | {r['n']:,} | {ix['spec']} | {probing} | {ix.get('k_factor', '-')} | {r['recall_at_5']:.3f} | "
+                   f"{r['misses']} of {r['queries']:,} ({r['max_gap']:.3f}) | {r['exact_answers']} | {same} | "
+                   f"{r['build_entries_per_s']:,.0f} | {r['bytes_per_entry']:,.0f} | {r['batch64_ms_per_query']:.3f} | "
+                   f"{r['cold_open_s']:.2f} | {r['flat_p50_ms_1t']:.1f} | {r['cpu_per_thread_cpu']:.2f} |")
+    kinds = [r for r in rows if r["per_kind"]]
+    if kinds:
+        out += ["", "### Luna per kind of query (clip)", "", "| entries | kind | recall@5 | misses | worst gap |", "|---|---|---|---|---|"]
+        for r in kinds:
+            for name, v in r["per_kind"].items():
+                out.append(f"| {r['n']:,} | {name} | {v['recall']:.3f} | {v['misses']} | {v['max_gap']:.3f} |")
+    drifts = [r for r in rows if "old" in r["drift"]]
+    if drifts:
+        out += ["", "### Drift: 10% appended from clusters the vault never saw (clip)", "",
+                "| entries | re-tuned at append | expected miss rate of the old rule on the new entries | region | recall@5 | "
+                "misses | exact answers | p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
+        for r in drifts:
+            dr = r["drift"]
+            for region in ("old", "new"):
+                v = dr[region]
+                out.append(f"| {r['n']:,} + {dr['appended']:,} | {'yes' if dr['retuned'] else 'no'} | "
+                           f"{dr['drift_rate'] if dr['drift_rate'] is None else format(dr['drift_rate'], '.2g')} | {region} | "
+                           f"{v['recall']:.3f} | {v['misses']} of {dr['queries']:,} | {v['exact_answers']} | "
+                           f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f} |")
+    return "\n".join(out)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", default="10000,100000,500000")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="500000")
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--queries", type=int, default=10000)
-    ap.add_argument("--data", default=",".join(Dataset.KINDS), help="comma-separated: " + ", ".join(Dataset.KINDS))
-    ap.add_argument("--no-baselines", action="store_true", help="skip bare faiss HNSW32 on the same data")
+    ap.add_argument("--timed", type=int, default=1000, help="queries timed per method and condition")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--load", default="idle,busy")
+    ap.add_argument("--data", default=",".join(KINDS), help="comma-separated: " + ", ".join(KINDS))
+    ap.add_argument("--no-baselines", dest="baselines", action="store_false")
+    ap.add_argument("--no-stability", dest="stability", action="store_false")
+    ap.add_argument("--no-drift", dest="drift", action="store_false")
+    ap.add_argument("--drift-queries", type=int, default=5000)
+    ap.add_argument("--cold", type=int, default=100, help="queries timed with the caches flushed before each")
     ap.add_argument("--out", default="bench/out/vault.json")
+    ap.add_argument("--work", default=None, help="folder for the vaults (default: a temporary folder)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="luna-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="luna-bench-", dir=args.work))
     cache = str(work / "cache")
     os.environ["LUNA_VAULT_CACHE"] = cache
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(f"machine: {os.cpu_count()} cores, load {load_avg()}")
     rows = []
     try:
         for kind in args.data.split(","):
             for n in (int(s) for s in args.sizes.split(",")):
-                rows.append(bench_size(n, args.dim, kind, args.queries, work, cache, not args.no_baselines))
+                rows.append(bench_size(n, args.dim, kind, args.queries, args.timed, work, cache, args, log))
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(rows, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| data | entries | index | p50 ms | p99 ms | recall@5 | misses (gap > 0.05) | exact answers | flat p50 ms | "
-          "speed-up | batch64 ms/q | build /s | append /s | bytes/entry | cold open s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['data']} | {r['n']:,} | {r['index']} | {r['query_p50_ms']:.3f} | {r['query_p99_ms']:.3f} | "
-              f"{r['recall_at_5']:.3f} | {r['misses']} of {r['queries']:,} | {r['exact_answers']} | {r['flat_p50_ms']:.2f} | "
-              f"{r['speedup_vs_flat']:.0f}x | {r['batch64_ms_per_query']:.3f} | {r['build_entries_per_s']:,.0f} | "
-              f"{r['append_entries_per_s']:,.0f} | {r['bytes_per_entry']:,.0f} | {r['cold_open_s']:.2f} |")
-    if any(r["baselines"] for r in rows):
-        print("\nSame data, same run, bare faiss:\n\n| data | entries | index | p50 ms | p99 ms | recall@5 | misses | build s |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['data']} | {r['n']:,} | faiss Flat (exact) | {r['flat_p50_ms']:.2f} | - | 1.000 | 0 | - |")
-            for b in r["baselines"]:
-                print(f"| {r['data']} | {r['n']:,} | {b['index']} | {b['p50_ms']:.3f} | {b['p99_ms']:.3f} | "
-                      f"{b['recall_at_5']:.3f} | {b['misses']} | {b['build_s']:.0f} |")
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    log(f"\nran {time.perf_counter() - t0:.0f} s, peak resident memory {peak_gb:.1f} GB, load now {load_avg()}\n")
+    log(markdown(rows))
 
 
 if __name__ == "__main__":

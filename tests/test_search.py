@@ -54,12 +54,13 @@ def _shifted(n: int, seed: int, centre_seed: int) -> np.ndarray:
 def test_choose_index_rule() -> None:
     assert choose_index(5_000, 1024) == "Flat"
     assert choose_index(20_000, 1024) == "Flat"
-    # about 32 entries per list (a power of two), a flat coarse quantizer, at most 4,096 lists up to 1M entries
+    # about 48 entries per list (a power of two), a flat coarse quantizer, at most 16,384 lists up to 1M entries
     assert choose_index(20_001, 1024) == "IVF512,PQ512x4fs"
-    assert choose_index(50_000, 1152) == "IVF2048,PQ576x4fs"
-    assert choose_index(100_000, 768) == "IVF4096,PQ384x4fs"
-    assert choose_index(500_000, 1024) == "IVF4096,PQ512x4fs"
-    assert choose_index(5_000_000, 1280) == "IVF8192,PQ640x4fs"
+    assert choose_index(50_000, 1152) == "IVF1024,PQ576x4fs"
+    assert choose_index(100_000, 768) == "IVF2048,PQ384x4fs"
+    assert choose_index(500_000, 1024) == "IVF8192,PQ512x4fs"
+    assert choose_index(1_000_000, 1024) == "IVF16384,PQ512x4fs"
+    assert choose_index(10_000_000, 1280) == "IVF65536,PQ640x4fs"
 
 
 def test_exact_search_equals_brute_force(tmp_path: Path) -> None:
@@ -304,13 +305,13 @@ def test_rerank_drops_candidates_outside_the_mask(tmp_path: Path) -> None:
 
 def test_masked_approximate_search_respects_filters_and_deletions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wide filter goes through the IVF index with a selector (not exact search): still only allowed ids."""
-    import luna_vault.vault.index as index_mod
+    import luna_vault.vault.index.core as core
 
     path = tmp_path / "v.vault"
     x = _build(path, 3000, index="IVF16,PQ8x4fs")
     delete_where(path, "checkpoint=c")  # ids 2, 5, 8, ...
     v = Vault.open(path)
-    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 0)  # force the approximate path for any mask
+    monkeypatch.setattr(core, "EXACT_SUBSET_MAX", 0)  # force the approximate path for any mask
     idx = get_index(v)
     _, ids = search_arrays(v, x[:40], 8, "quality<0.5")
     quality = (np.arange(3000) % 10) / 10
@@ -321,24 +322,30 @@ def test_masked_approximate_search_respects_filters_and_deletions(tmp_path: Path
     assert idx.queries >= 40
 
 
-def test_guard_answers_unrepresented_queries_exactly(tmp_path: Path) -> None:
-    """A query unlike every centroid (here: from no cluster at all) is not trusted to the partition."""
+def test_queries_from_no_cluster_are_not_missed_and_the_guard_answers_exactly(tmp_path: Path) -> None:
+    """A query unlike every centroid (here: from no cluster at all) still gets its true neighbourhood; and a
+    query below the guard is answered by exact search, and counted."""
+    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+
     path = tmp_path / "v.vault"
     x = _build(path, 4000, index="IVF32,PQ8x4fs")
     v = Vault.open(path)
     idx = get_index(v)
-    assert idx.state.guard is not None
     far = np.random.default_rng(3).standard_normal((5, D)).astype(np.float32)
     far /= np.linalg.norm(far, axis=1, keepdims=True)
-    coarse = idx._coarse(idx.index, far, 1)[0][:, 0]
-    assert (coarse < idx.state.guard).all()  # these queries sit below the guard
-    sims, ids = search_arrays(v, far, 5)
     want_s, want_i = brute(v.embeddings(np.arange(4000)), far, 5)
+    sims, _ = search_arrays(v, far, 5)
+    assert (similarity_gap(want_s, sims) <= GAP_LIMIT).all()
+    top = idx.coarse.scores(far, 1, 1)[0][:, 0]
+    np.testing.assert_allclose(top, (far @ idx.coarse.centroids.T).max(axis=1), atol=1e-5)  # the best score is exact
+    idx.state.guard = float(top.max()) + 1e-3  # these queries now sit below the guard
+    before, asked = idx.exact_answers, idx.queries
+    sims, ids = search_arrays(v, far, 5)
     np.testing.assert_array_equal(ids, want_i)  # answered exactly
     np.testing.assert_allclose(sims, want_s, atol=2e-3)
-    assert idx.exact_answers == 5 and idx.describe()["exact_answers"] == 5
-    search_arrays(v, x[:3], 5)  # stored points are represented: the index answers them
-    assert idx.exact_answers == 5 and idx.queries == 8
+    assert idx.exact_answers == before + 5 and idx.describe()["exact_answers"] == before + 5
+    search_arrays(v, x[:3], 5)  # stored points score above it: the index answers them
+    assert idx.exact_answers == before + 5 and idx.queries == asked + 8
 
 
 @pytest.mark.slow
@@ -354,8 +361,10 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     idx = get_index(v)
     assert idx.spec == choose_index(len(x), 64) != "Flat"
     st = idx.state
-    assert st.tune_queries == 768 and st.target_met and st.recall >= 0.98
-    assert abs(idx._untrained().mean() - 0.1) < 0.03  # a tenth of the prompts never trained the partition
+    assert st.tune_queries == 2048 and st.target_met and st.recall >= 0.98
+    from luna_vault.vault.index.train import untrained_mask
+
+    assert abs(untrained_mask(v, st.train_share, st.trained_n).mean() - 0.1) < 0.03  # a tenth of the prompts never trained the partition
     sims, ids = search_arrays(v, q, 5)
     want_s, want_i = brute(v.embeddings(np.arange(len(x))), q, 5)
     gap = similarity_gap(want_s, sims)
@@ -365,58 +374,91 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     assert info["queries"] == 2000 and 0 <= info["exact_answers"] <= 60
 
 
+def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path) -> None:
+    """Entries appended from clusters the partition never saw: at append time their neighbourhoods are measured
+    under the tuned rule; when it would miss them the index is tuned again, and queries there are not missed."""
+    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+    from luna_vault.vault.index.reach import REACH_RATE
+
+    path = tmp_path / "v.vault"
+    _build(path, 4000, index="IVF64,PQ8x4fs")
+    first = get_index(Vault.open(path)).state
+    new = clustered(600, D, seed=99, clusters=6)  # 15% more, from six clusters in other directions
+    append(path, new, [f"new {i}" for i in range(600)], encoder=ENC)
+    v = Vault.open(path)
+    idx = get_index(v)
+    st = idx.state
+    assert st.built_at == first.built_at and idx.index.ntotal == 4600  # extended, not rebuilt
+    assert st.drift_rate is not None and st.drift_rate > REACH_RATE  # the old rule would miss them ...
+    assert st.tuned_n == 4600  # ... so it was tuned again
+    q = clustered(200, D, seed=99, clusters=6, sample_seed=5)
+    sims, _ = search_arrays(v, q, 5)
+    want_s, _ = brute(v.embeddings(np.arange(4600)), q, 5)
+    assert (similarity_gap(want_s, sims) <= GAP_LIMIT).all()
+
+
 def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_misses():
     """The guard is fitted with a margin (TUNE_GAP); the reported miss share uses GAP_LIMIT."""
-    from luna_vault.vault.index import GAP_LIMIT, TUNE_GAP, _Trial
+    from luna_vault.vault.index import GAP_LIMIT
+    from luna_vault.vault.index.guard import TUNE_GAP, Trial
 
     assert TUNE_GAP == GAP_LIMIT / 2
     gap = np.array([0.0, 0.03, 0.0, 0.2], np.float32)  # query 1 is near (inside the margin), query 3 a miss
     top = np.array([0.9, 0.6, 0.8, 0.5], np.float32)
-    trial = _Trial(8, 4, np.ones(4), gap, top, floor=0.1)
+    trial = Trial("rule", 4, np.ones(4), gap, top)
     assert trial.bad.tolist() == [False, True, False, True]
     assert trial.missed.tolist() == [False, False, False, True]
     assert trial.guard == pytest.approx(0.6 + 1e-6)  # the near query decides the threshold, not the miss
     assert trial.exact_share == 0.5
-    # out of sample: the guard fitted on the even rows (nothing bad there: the floor) lets query 3 through;
+    # out of sample: the guard fitted on the even rows (nothing bad there: no guard) lets query 3 through;
     # fitted on the odd rows, it covers the even rows, which hold no miss
     assert trial.out_of_sample_misses() == pytest.approx(0.25)
+    assert Trial("rule", 4, np.ones(2), np.zeros(2), np.ones(2)).guard == -np.inf  # nothing to guard
 
 
-def test_nprobe_covers_the_neighbourhood_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tuner never picks an nprobe below the reach of the tuning queries' neighbourhoods (extrapolated)."""
-    import luna_vault.vault.index as index_mod
+def test_tuned_rule_misses_within_the_reach_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuner picks a probing rule whose extrapolated miss rate on the tuning queries is within REACH_RATE."""
+    import luna_vault.vault.index.tune as tune_mod
+    from luna_vault.vault.index.reach import REACH_RATE
 
     path = tmp_path / "v.vault"
     _build(path, 4000, index="IVF64,PQ8x4fs")
-    reach = {}
-    real = index_mod.VaultIndex._reach
+    seen = {}
+    real = tune_mod.analyse_rules
 
-    def spy(self, index, sets, nprobes):  # noqa: ANN001, ANN202
-        reach["value"] = real(self, index, sets, nprobes)
-        reach["nprobes"] = nprobes
-        return reach["value"]
+    def spy(ix, index, sets):  # noqa: ANN001, ANN202
+        seen["stats"], seen["reach"] = real(ix, index, sets)
+        return seen["stats"], seen["reach"]
 
-    monkeypatch.setattr(index_mod.VaultIndex, "_reach", spy)
+    monkeypatch.setattr(tune_mod, "analyse_rules", spy)
     idx = get_index(Vault.open(path))
     d = idx.describe()
-    assert d["reach"] == reach["value"] >= 1 and d["nprobe"] >= d["reach"]
-    assert reach["value"] in reach["nprobes"]
+    chosen = next(s for s in seen["stats"] if s.rule == idx.rule)
+    assert idx.state.target_met and chosen.miss_rate <= REACH_RATE and chosen.recall >= 0.98
+    assert d["reach"] == seen["reach"] >= 1 and d["nprobe"] == idx.rule.floor >= 1
 
 
-def test_reach_is_extrapolated_per_doubling_to_one_in_ten_thousand() -> None:
-    from luna_vault.vault.index import reach_from_needs
+def test_miss_rate_is_extended_from_the_tail_per_doubling() -> None:
+    from luna_vault.vault.index.reach import miss_rate, reach_from_needs
 
     ps = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     geometric = np.repeat([1, 2, 4, 8, 16], [512, 160, 64, 24, 8])  # a third needs > 1, then / ~3 per doubling
-    reach, survival = reach_from_needs(geometric, ps)
+    reach, survival = reach_from_needs(geometric, ps, rate=1e-4)
     np.testing.assert_allclose(survival[:5], [256 / 768, 96 / 768, 32 / 768, 8 / 768, 0])
-    slope, icpt = np.polyfit(np.log2(ps[:4]), np.log(survival[:4]), 1)
-    target = 2 ** ((np.log(1e-4) - icpt) / slope)
-    assert 128 < target <= 256 and reach == 256  # far beyond the widest need seen (16)
+    # at nprobe 128 the 8 queries needing 16 have a slack of 8 (< 2^4): shares below 2^4, 2^5, 2^6 are
+    # 8, 32 and 96 of 768; the line through them on a log scale, at t = 0: ~7.6e-5 <= 1e-4
+    t = np.array([4, 5, 6])
+    slope, icpt = np.polyfit(t, np.log(np.array([8, 32, 96]) / 768), 1)
+    assert miss_rate(128 / geometric) == pytest.approx(np.exp(icpt)) and np.exp(icpt) < 1e-4
+    assert miss_rate(64 / geometric) > 1e-4  # one doubling less: ~2.6e-4
+    assert reach == 128  # 8 times the widest need seen (16)
+    assert miss_rate(256 / geometric) == pytest.approx(np.exp(icpt - slope))  # ~2.1e-5: above the default 1e-5,
+    assert reach_from_needs(geometric, ps)[0] == 256  # so by default the widest
     assert reach_from_needs(np.ones(768, np.int64), ps)[0] == 2  # nothing to fit: one doubling beyond
     rare = np.ones(768, np.int64)
     rare[:2] = 4
-    assert reach_from_needs(rare, ps)[0] == 8
+    assert reach_from_needs(rare, ps)[0] == 8  # two queries: nothing to fit, so one doubling beyond them
+    assert miss_rate(np.array([0.5, 4, 4])) == pytest.approx(1 / 3)  # an observed miss counts as it is
     never = rare.copy()
     never[0] = np.iinfo(np.int64).max  # a query no setting reaches
     assert reach_from_needs(never, ps)[0] == 256

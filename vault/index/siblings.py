@@ -1,0 +1,65 @@
+"""Prompt siblings: the entries made from the same prompt as a match are re-ranked with it.
+
+A vault of generated images holds a few images (seeds) per prompt. Their embeddings are close to
+each other, but each image's own detail moves it across list boundaries: the images of one prompt
+land in lists far apart, and a query like them (a new image of that prompt) needs every one of
+those lists probed to get its top-5. Once the search has found one of them, the others are known
+(they share its prompt id), so the best matches' siblings are re-ranked exactly as well: a few
+dozen more rows per query instead of hundreds more lists.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..store import Vault
+
+SIBLINGS_MAX = 32  # entries of one prompt taken along (a prompt with thousands of images is no neighbourhood)
+MIN_SHARE = 0.1  # used only when at least this share of entries has a sibling
+
+
+class Siblings:
+    """Entries grouped by prompt id: which entries share a prompt with given ones."""
+
+    def __init__(self, prompt_of: np.ndarray) -> None:
+        self.prompt_of = np.asarray(prompt_of, dtype=np.int64)
+        self.order = np.argsort(self.prompt_of, kind="stable")
+        counts = np.bincount(self.prompt_of) if len(self.prompt_of) else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.counts = np.minimum(counts, SIBLINGS_MAX)
+
+    @classmethod
+    def of_vault(cls, vault: "Vault") -> "Siblings | None":
+        """The vault's siblings, or None when too few entries share a prompt for them to matter."""
+        prompt_of = vault.all_prompt_ids()
+        if not len(prompt_of) or len(np.unique(prompt_of)) > (1 - MIN_SHARE) * len(prompt_of):
+            return None
+        return cls(prompt_of)
+
+    def table(self, ids: np.ndarray) -> np.ndarray:
+        """[*ids.shape, SIBLINGS_MAX] the entries sharing each id's prompt (itself included), -1 padded; -1 ids
+        give a row of -1."""
+        safe = np.maximum(ids, 0)
+        p = self.prompt_of[safe]
+        width = int(self.counts[p].max(initial=1)) if ids.size else 1
+        j = np.arange(width)
+        at = self.starts[p][..., None] + j
+        out = self.order[np.minimum(at, len(self.order) - 1)]
+        return np.where((j < self.counts[p][..., None]) & (ids[..., None] >= 0), out, -1)
+
+    def expand(self, cand: np.ndarray, best: int) -> np.ndarray:
+        """[B, W]: per row the candidates `cand` [B, C] (best first) and all siblings of the first `best` of them,
+        each once, -1 padded."""
+        extra = self.table(cand[:, :best]).reshape(len(cand), -1)
+        if len(cand) == 1:
+            row = np.unique(np.concatenate([cand[0], extra[0]]))
+            return (row[1:] if len(row) and row[0] < 0 else row)[None]
+        rows = [np.unique(r[r >= 0]) for r in np.concatenate([cand, extra], axis=1)]
+        width = max((len(r) for r in rows), default=0) or 1
+        out = np.full((len(cand), width), -1, np.int64)
+        for b, r in enumerate(rows):
+            out[b, : len(r)] = r
+        return out
