@@ -3,21 +3,22 @@
 Rule (like autofaiss, but the vectors are never stored twice):
 - up to FLAT_MAX entries: exact inner-product search over the stored fp16 vectors, built in memory
   at open (no file);
-- above: IVF with an exact (flat) coarse quantizer over about LIST_SIZE entries per list, 4-bit
-  fast-scan PQ codes (D/4 bytes per entry), then an exact re-rank of `k * k_factor` candidates
-  against the memory-mapped fp16 embeddings.
+- above: IVF over about LIST_SIZE entries per list with 4-bit fast-scan PQ codes (D/4 bytes per
+  entry); a coarse step (coarse.py) that scores the centroids with fast-scan codes and re-scores the
+  best exactly, then probes per query every list within a tuned drop of its best (a floor, a cap);
+  an exact re-rank of `k * k_factor` candidates and their prompt siblings (siblings.py) against the
+  memory-mapped fp16 embeddings.
 
-Why a flat coarse quantizer: an HNSW graph over the centroids (the earlier choice) walks greedily,
-and when centroids are nearly equidistant (clusters in many directions, as real data can be) it
-stops in the wrong region whatever nprobe asks for, so whole neighbourhoods were never probed.
 Why small lists: every natural cluster of the data should own a centroid; a cluster smaller than a
-list shares one with others and its members scatter over lists that no query of it probes.
+list shares one with others and its members scatter over lists that no query of it probes. Why an
+exact re-score of the best centroids: an HNSW graph over the centroids (an earlier choice) walks
+greedily and, when centroids are nearly equidistant, stops in the wrong region whatever nprobe says.
 
-`nprobe`, `k_factor` and a query-time guard are tuned together (tune.py) on three query sets
-drawn from prompts that were kept out of the partition's training (queries.py); nprobe never goes
-below the reach of their neighbourhoods (reach.py); the guard (guard.py) answers a query whose best
-centroid score is too low by exact search instead (exact.py), and counts it. Every returned
-similarity is exact.
+The probing rule, `k_factor` and a query-time guard are tuned together (tune.py) on four query sets
+that are not stored vectors (queries.py), scored by counts, not timings; no rule may miss the
+tuning queries' neighbourhoods more often than REACH_RATE, extrapolated (reach.py); the guard
+(guard.py) answers a query whose best centroid score is as low as where tuning saw poor answers by
+exact search instead (exact.py), and counts it. Every returned similarity is exact.
 
 A FAISS binary is only ever loaded from this machine's cache (state.py). Appends add only the new
 entries to a cached index. One process builds or extends an index at a time (a lock in the cache
@@ -25,8 +26,8 @@ folder): the others wait, then load it. Any FAISS factory string of the allowed 
 given instead of "auto" (inner-product metric).
 
 Modules: choice (which index), state (the cache files), train (the partition), queries (tuning
-queries), reach, guard, tune, exact (brute force and re-rank), measure (recall, gap), gpu, core
-(VaultIndex: load or build, then search).
+queries), coarse (which lists a query probes), siblings, reach, guard, tune, exact (brute force and
+re-rank), measure (recall, gap), gpu, core (VaultIndex: load or build, then search).
 """
 
 from .choice import FLAT_MAX, choose_index, pq_subquantizers

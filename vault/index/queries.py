@@ -1,4 +1,4 @@
-"""Tuning queries: three kinds of query that are not stored vectors as they are, each with its exact answers."""
+"""Tuning queries: four kinds of query that are not stored vectors as they are, each with its exact answers."""
 
 from __future__ import annotations
 

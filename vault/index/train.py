@@ -65,6 +65,8 @@ def two_level_centroids(sample: np.ndarray, nlist: int) -> np.ndarray:
     """
     from faiss.contrib.clustering import two_level_clustering
 
+    # min_points_per_centroid only decides when faiss warns: ~TRAIN_PER_LIST points per list is the plan, and
+    # faiss's default (39) printed one warning per group (~90 lines per build)
     centroids, _ = two_level_clustering(sample, int(math.sqrt(nlist)), nlist, clustering_niter=KMEANS_ITERATIONS,
-                                        spherical=True)
+                                        spherical=True, min_points_per_centroid=TRAIN_PER_LIST // 2)
     return np.ascontiguousarray(centroids, dtype=np.float32)
