@@ -143,49 +143,58 @@ def faiss_methods(vault: Any, q: np.ndarray, truth_s: np.ndarray, truth_i: np.nd
         m.misses, m.max_gap = _misses(truth_s, s)
         methods.append(m)
 
-    t = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    add_blocks(hnsw, vault)
-    builds["HNSW32"] = time.perf_counter() - t
-    keep.append(hnsw)
-    log(f"HNSW32 built in {builds['HNSW32']:.0f} s")
-    for ef in HNSW_EFS:
-        p = faiss.SearchParametersHNSW(efSearch=ef)
-        quality(Method("HNSW32", f"HNSW32 ef{ef}", lambda r, p=p: hnsw.search(r, 5, params=p)),
-                lambda qq, p=p: hnsw.search(qq, 5, params=p))
+    def built(name: str, make: Callable[[], Any]) -> Any:
+        """Build one baseline index, recording its build time and keeping it (and what it refers to) alive."""
+        t = time.perf_counter()
+        index = make()
+        builds[name] = time.perf_counter() - t
+        keep.append(index)
+        log(f"{name} built in {builds[name]:.0f} s")
+        return index
+
+    def sweep(family: str, index: Any, names_params: list[tuple[str, Any]]) -> None:
+        for name, p in names_params:
+            keep.append(p)
+            quality(Method(family, name, lambda r, p=p: index.search(r, 5, params=p)),
+                    lambda qq, p=p: index.search(qq, 5, params=p))
+
+    def make_hnsw() -> Any:
+        hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        add_blocks(hnsw, vault)
+        return hnsw
+
+    hnsw = built("HNSW32", make_hnsw)
+    sweep("HNSW32", hnsw, [(f"HNSW32 ef{ef}", faiss.SearchParametersHNSW(efSearch=ef)) for ef in HNSW_EFS])
+
     nlist = int(round(4 * np.sqrt(n)))
-    t = time.perf_counter()
-    ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    ivf.train(sample(vault, 40 * nlist))
-    add_blocks(ivf, vault)
-    builds[f"IVF{nlist},Flat"] = time.perf_counter() - t
-    keep.append(ivf)
-    log(f"IVF{nlist},Flat built in {builds[f'IVF{nlist},Flat']:.0f} s")
-    for npb in IVF_NPROBES:
-        p = faiss.SearchParametersIVF(nprobe=npb)
-        quality(Method("IVF-Flat", f"IVF{nlist},Flat np{npb}", lambda r, p=p: ivf.search(r, 5, params=p)),
-                lambda qq, p=p: ivf.search(qq, 5, params=p))
-    m = max(1, d // 2)
-    spec = f"IVF{nlist_fs},PQ{m}x4fs"
-    t = time.perf_counter()
-    fs = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-    fs.train(sample(vault, 20 * nlist_fs))
-    add_blocks(fs, vault)
-    fine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    add_blocks(fine, vault)
-    refine = faiss.IndexRefine(fs, fine)
-    keep.append(fine)
-    builds[spec + " + refine fp16"] = time.perf_counter() - t
-    keep += [fs, refine]
-    log(f"{spec} + refine built in {builds[spec + ' + refine fp16']:.0f} s")
-    for npb in IVF_NPROBES + (1024,):
-        if npb > nlist_fs:
-            continue
+
+    def make_ivf() -> Any:
+        ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf.train(sample(vault, 40 * nlist))
+        add_blocks(ivf, vault)
+        return ivf
+
+    ivf = built(f"IVF{nlist},Flat", make_ivf)
+    sweep("IVF-Flat", ivf, [(f"IVF{nlist},Flat np{npb}", faiss.SearchParametersIVF(nprobe=npb)) for npb in IVF_NPROBES])
+
+    spec = f"IVF{nlist_fs},PQ{max(1, d // 2)}x4fs"
+
+    def make_refine() -> Any:
+        fs = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        fs.train(sample(vault, 20 * nlist_fs))
+        add_blocks(fs, vault)
+        fine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        add_blocks(fine, vault)
+        keep.extend([fs, fine])
+        return faiss.IndexRefine(fs, fine)
+
+    refine = built(spec + " + refine fp16", make_refine)
+    settings = []
+    for npb in (n_ for n_ in IVF_NPROBES + (1024,) if n_ <= nlist_fs):
         base_params = faiss.SearchParametersIVF(nprobe=npb)
-        p = faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=base_params)
-        keep += [p, base_params]
-        quality(Method("fast-scan IVF", f"{spec} np{npb} refine x10", lambda r, p=p: refine.search(r, 5, params=p)),
-                lambda qq, p=p: refine.search(qq, 5, params=p))
+        keep.append(base_params)
+        settings.append((f"{spec} np{npb} refine x10", faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=base_params)))
+    sweep("fast-scan IVF", refine, settings)
     return methods, builds, keep
 
 
