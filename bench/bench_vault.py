@@ -64,7 +64,9 @@ def _misses(exact_s: np.ndarray, got_s: np.ndarray) -> tuple[int, float]:
 
 
 def _recall(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return np.array([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(ids, truth)])
+    from luna_vault.vault.index import recall_per_query
+
+    return recall_per_query(ids, truth)
 
 
 def exact_truth(vault: Any, q: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +132,8 @@ def faiss_methods(vault: Any, q: np.ndarray, truth_s: np.ndarray, truth_i: np.nd
     """Build the bare-faiss baselines on the vault's stored vectors and measure every setting over all queries."""
     import faiss
 
+    from luna_vault.vault.index import pq_subquantizers
+
     n, d = vault.n_entries, vault.dim
     methods: list[Method] = []
     builds: dict[str, float] = {}
@@ -177,7 +181,7 @@ def faiss_methods(vault: Any, q: np.ndarray, truth_s: np.ndarray, truth_i: np.nd
     ivf = built(f"IVF{nlist},Flat", make_ivf)
     sweep("IVF-Flat", ivf, [(f"IVF{nlist},Flat np{npb}", faiss.SearchParametersIVF(nprobe=npb)) for npb in IVF_NPROBES])
 
-    spec = f"IVF{nlist_fs},PQ{max(1, d // 2)}x4fs"
+    spec = f"IVF{nlist_fs},PQ{pq_subquantizers(d)}x4fs"  # the PQ of Luna's own automatic choice
 
     def make_refine() -> Any:
         fs = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
@@ -424,9 +428,10 @@ print(json.dumps({{"imports_s": t1 - t0, "open_s": t2 - t1, "first_query_s": t3 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cheapest(ms: list[dict[str, Any]], c: str, luna: dict[str, Any], ok: Callable[[dict[str, Any]], bool]) -> str:
-    """The fastest method of `ms` (p50 under condition `c`) that passes `ok`, with its p50 ratio to Luna's."""
-    fit = [m for m in ms if ok(m)]
+def cheapest(ms: list[dict[str, Any]], c: str, luna: dict[str, Any],
+             ok: Callable[[dict[str, Any], dict[str, Any]], bool]) -> str:
+    """The fastest method of `ms` (p50 under condition `c`) for which ok(method, luna) holds, with its p50 ratio to Luna's."""
+    fit = [m for m in ms if ok(m, luna)]
     if not fit:
         best = max(ms, key=lambda m: m["recall"])
         return f"not reached (best {best['name']}: recall {best['recall']:.3f}, {best['misses']} misses)"
@@ -460,8 +465,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     continue
 
                 out.append(f"| {r['data']} | {c} | {luna['timed'][c]['p50']:.2f} / {luna['timed'][c]['p99']:.2f} | {fam} | "
-                           f"{cheapest(ms, c, luna, lambda m, luna=luna: m['recall'] >= luna['recall'])} | "
-                           f"{cheapest(ms, c, luna, lambda m, luna=luna: m['misses'] <= luna['misses'])} |")
+                           f"{cheapest(ms, c, luna, lambda m, ref: m['recall'] >= ref['recall'])} | "
+                           f"{cheapest(ms, c, luna, lambda m, ref: m['misses'] <= ref['misses'])} |")
     out += ["", "### Luna per data set", ""]
     out += ["| data | entries | index | probing (floor..max, drop; mean lists) | k_factor | recall@5 | misses (worst gap) | "
             "exact answers | same setting on a second build | build entries/s | bytes/entry | batch-64 ms/query | "
