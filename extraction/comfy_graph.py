@@ -15,7 +15,8 @@ Edges are followed by type and by name, not by lists of node names:
 - bundles (Impact's BASIC_PIPE, Efficiency's pipes) are followed with the field wanted (positive or
   negative) until the node that packed it;
 - a node that makes CONDITIONING from a CLIP and text is an encoder: its prompt text is read from
-  its text inputs, values or STRING links (primitives, concatenation, wildcard nodes' populated text).
+  its text inputs, values or STRING links (primitives, concatenation, wildcard nodes' populated text);
+  a text input named for the negative side (`negative_prompt`, `text_negative`) goes to the negative only.
 Node types (output names and types, which inputs are links and which multiline text) come from, in
 order: the UI workflow stored beside the graph (exactly the nodes that ran, custom ones included),
 the definitions of a running ComfyUI when given (`NodeTypes.from_object_info`), and a built-in
@@ -757,7 +758,7 @@ class _TextTracer:
             self.path.append(f"{label} ({want}: its text)")
             return [literal]
         if out_type in (_COND, None) or (out_type not in _STRUCT and self._clip_fed(nid)):
-            text_inputs = self._text_inputs(nid)
+            text_inputs = _for_side(self._text_inputs(nid), side)
             texts = []
             for n in text_inputs:
                 texts += self._string(nid, n)
@@ -822,6 +823,18 @@ class _TextTracer:
                 return []
             return [text] if text.strip() else []
         return []
+
+
+_NEGATIVE_TEXT = re.compile(r"neg|uncond", re.I)
+
+
+def _for_side(text_inputs: list[str], side: str) -> list[str]:
+    """An encoder's text inputs for one side: one that encodes both sides (a `prompt` and a `negative_prompt`,
+    an output per side) names its negative text; the positive side never takes it, the negative side only it."""
+    negative = [n for n in text_inputs if _NEGATIVE_TEXT.search(n)]
+    if side == "negative":
+        return negative or text_inputs
+    return [n for n in text_inputs if n not in negative]
 
 
 def _looks_like_text(v: str) -> bool:

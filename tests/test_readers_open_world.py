@@ -110,6 +110,25 @@ def test_a_text_that_is_only_in_the_ui_widgets() -> None:
     assert read_graph(g, ui).prompt == "a misty forest at dawn"
 
 
+def test_an_encoder_of_both_sides_gives_each_side_its_own_text() -> None:
+    """A custom node that encodes a `prompt` and a `negative_prompt` (an output per side, as in the public
+    cg-use-everywhere test images): the positive is the prompt alone, the negative only the negative text."""
+    g = base(**{"3": ksampler("13"),
+                "10": {"class_type": "String_", "inputs": {"value": "atmospheric portrait of young woman"}},
+                "11": {"class_type": "String_", "inputs": {"value": "hat"}},
+                "13": {"class_type": "Dual Prompt Encode", "inputs": {"prompt": ["10", 0], "negative_prompt": ["11", 0],
+                                                                      "clip": ["4", 1]}}})
+    g["3"]["inputs"]["negative"] = ["13", 1]
+    ui = {"nodes": [ui_node(10, "String_", [("string", "STRING")]), ui_node(11, "String_", [("string", "STRING")]),
+                    ui_node(13, "Dual Prompt Encode", [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                            [("clip", "CLIP"), ("prompt", "STRING"), ("negative_prompt", "STRING")])]}
+    for r in (read_graph(g, ui), read_graph(g)):  # with the node's sockets from the UI workflow, and without them
+        assert (r.prompt, r.negative) == ("atmospheric portrait of young woman", "hat"), r.reason
+    # an ordinary encoder on the negative side still gives its one text
+    g["3"]["inputs"]["negative"] = ["7", 0]
+    assert read_graph(g, ui).negative == "blurry"
+
+
 # ---- 2. detailers and pipes -------------------------------------------------------------------------------------
 PIPE = {"40": {"class_type": "ToBasicPipe", "inputs": {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2],
                                                        "positive": ["6", 0], "negative": ["7", 0]}},
