@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from ..store import Vault
 
 
+TORCH_GRAIN = 32768  # torch runs an element-wise op of at most this many values on the calling thread
+
+
 def check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> None:
     """Unit vectors cannot be more similar than 1: a result above it is a damaged stored vector."""
     over = np.isfinite(sims) & (sims > 1.0 + 1e-2)
@@ -90,18 +93,18 @@ def rows_of(vault: "Vault", ids: np.ndarray) -> np.ndarray:
 def fp32_rows(rows: np.ndarray) -> np.ndarray:
     """fp16 rows [n, D] as float32, converted on this thread.
 
-    numpy's fp16 cast is scalar (~3 ns a value: 0.4 ms for 120 x 1024); torch's is SIMD, and below
+    numpy's fp16 cast is scalar (~3 ns a value: 0.4 ms for 120 x 1024); torch's is SIMD, and up to
     its parallel grain (32,768 values) it stays on the calling thread: one large cast would wake
-    torch's thread pool, which on a busy machine costs more than the cast.
+    torch's thread pool, which on a busy machine costs more than the cast. So the flat values are
+    cast in grain-sized pieces (measured: 121 us for 185 x 1024 against 168 us in pieces of 16 rows).
     """
     import torch
 
-    out = torch.empty(rows.shape, dtype=torch.float32)
-    src = torch.from_numpy(np.ascontiguousarray(rows))
-    step = max(1, 16384 // max(rows.shape[1], 1))
-    for a in range(0, len(rows), step):
-        out[a : a + step].copy_(src[a : a + step])
-    return out.numpy()
+    out = np.empty(rows.shape, np.float32)
+    src = torch.from_numpy(np.ascontiguousarray(rows).reshape(-1))
+    for dst, part in zip(torch.from_numpy(out.reshape(-1)).split(TORCH_GRAIN), src.split(TORCH_GRAIN)):
+        dst.copy_(part)
+    return out
 
 
 def exact_search(vault: "Vault", queries: np.ndarray, k: int, allowed: np.ndarray | None,
