@@ -143,10 +143,12 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _tuning_lines(st: Any) -> list[str]:
-    """How the index was tuned, measured on queries the partition never saw (see vault/index.py)."""
+    """How the index was tuned, measured on queries the partition never saw (see vault/index/)."""
     lines = [f"tuning    nprobe {st.nprobe} (reach {st.reach}), k_factor {st.k_factor}: recall@5 {st.recall:.3f} on {st.tune_queries} held-out "
              f"queries, {st.gap_share:.2%} missed (similarity gap > 0.05), {st.exact_share:.2%} answered exactly "
              f"by the guard, ~{st.tune_ms:.2f} ms per query (exact search {st.exact_ms:.1f} ms)"]
+    if st.outliers:
+        lines.append(f"outliers  {len(st.outliers):,} entries least like their list's centroid, searched for every query")
     if not st.target_met:
         lines.append(f"warning   {st.note}")
     return lines

@@ -6,8 +6,9 @@ Rule (like autofaiss, but the vectors are never stored twice):
 - above: IVF over about LIST_SIZE entries per list with 4-bit fast-scan PQ codes (D/4 bytes per
   entry); a coarse step (coarse.py) that scores the centroids with fast-scan codes and re-scores the
   best exactly, then probes per query every list within a tuned drop of its best (a floor, a cap);
-  an exact re-rank of `k * k_factor` candidates and their prompt siblings (siblings.py) against the
-  memory-mapped fp16 embeddings.
+  the entries least like their own list's centroid (outliers.py: a small look that k-means gave no
+  list) scanned for every query as well; an exact re-rank of `k * k_factor` candidates and their
+  prompt siblings (siblings.py) against the memory-mapped fp16 embeddings.
 
 Why small lists: every natural cluster of the data should own a centroid; a cluster smaller than a
 list shares one with others and its members scatter over lists that no query of it probes. Why an
@@ -26,7 +27,7 @@ folder): the others wait, then load it. Any FAISS factory string of the allowed 
 given instead of "auto" (inner-product metric).
 
 Modules: choice (which index), state (the cache files), train (the partition), queries (tuning
-queries), coarse (which lists a query probes), siblings, reach, guard, tune, exact (brute force and
+queries), coarse (which lists a query probes), outliers, siblings, reach, guard, tune, exact (brute force and
 re-rank), measure (recall, gap), gpu, core (VaultIndex: load or build, then search).
 """
 

@@ -17,13 +17,14 @@ from filelock import FileLock
 from ..entries import check_unit_block
 from ..manifest import check_index_spec
 from ..segment import prefetch
+from . import outliers as outliers_mod
 from . import state as state_mod
 from .choice import choose_index
 from .coarse import Coarse, ProbeRule, Probes, fast_pass
 from .exact import exact_search, rerank
 from .gpu import gpu_available, to_gpu
 from .queries import TUNE_K
-from .reach import REACH_RATE
+from .reach import REACH_RATE, list_of_entries
 from .siblings import Siblings
 from .state import IndexState, content_digest, default_cache_dir, index_cache_folder, ivf_of, read_state
 from .train import train
@@ -56,6 +57,7 @@ class VaultIndex:
         self.gpu = False
         self.coarse: Coarse | None = None  # the coarse step (IVF indexes): which lists each query probes
         self.siblings: Siblings | None = None  # entries by prompt: re-ranked along with the best matches
+        self.outliers: Any | None = None  # entries no list represents, searched for every query (outliers.py)
         if not self.exact:  # map the stored vectors now (in the background) so re-ranking never page-faults
             self._prefetch = threading.Thread(target=self._prefetch_embeddings, daemon=True)
             self._prefetch.start()
@@ -120,6 +122,7 @@ class VaultIndex:
             log.warning("the cached index at %s does not find the vault's own entries; rebuilding", self.folder)
             self.state, self.coarse = None, None
             return None
+        self._load_outliers(faiss, index)
         if state.ntotal < self.vault.n_entries:
             self.folder.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.folder / "build.lock")):
@@ -169,6 +172,7 @@ class VaultIndex:
                                 train_share=share, built_at=time.time(), vault_id=vault.manifest.vault_id)
         self._extend(index, progress, tune_after=False)
         self._prefetch.join()
+        self._pick_outliers(faiss, index)
         tune(self, index)
         state_mod.save(self.folder, index, self.state, self.coarse)
         log.info("built %s for %d entries in %.1f s", self.spec, index.ntotal, time.perf_counter() - t0)
@@ -194,9 +198,41 @@ class VaultIndex:
         self.state.covered_digest = content_digest(self.vault, index.ntotal)
         if tune_after and done:
             self._prefetch.join()
+            import faiss
+
+            self._pick_outliers(faiss, index)
             if self._needs_tuning(index):
                 tune(self, index)
             state_mod.save(self.folder, index, self.state, self.coarse)
+
+    def _pick_outliers(self, faiss: Any, index: Any) -> None:
+        """Choose the entries no list represents (outliers.py) and index them; records their ids in the state."""
+        assert self.state is not None
+        ivf = ivf_of(faiss, index)
+        if self.coarse is None or ivf is None or not outliers_mod.supported(faiss, index):
+            self.state.outliers, self.outliers = [], None
+            return
+        list_of = list_of_entries(faiss, ivf, self.vault.n_entries)
+        ids = outliers_mod.pick(self.vault, list_of, self.coarse.centroids)
+        self.state.outliers = ids.tolist()
+        self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
+
+    def _load_outliers(self, faiss: Any, index: Any) -> None:
+        """The outlier pool of a cached index: from the ids its state records (chosen now for an older state)."""
+        assert self.state is not None
+        ids = self.state.outliers
+        if ids is None or not outliers_mod.supported(faiss, index):
+            self._pick_outliers(faiss, index)
+            return
+        try:
+            arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            arr = np.full(1, -1, np.int64)
+        if len(arr) and (arr.min() < 0 or arr.max() >= index.ntotal):
+            log.warning("the cached index at %s lists outlier ids it does not hold; choosing them again", self.folder)
+            self._pick_outliers(faiss, index)
+            return
+        self.outliers = outliers_mod.pool_index(faiss, index, self.vault, arr)
 
     def _needs_tuning(self, index: Any) -> bool:
         """After an append: tune again when the index grew by a quarter since tuning, or when the tuned rule is
@@ -268,6 +304,11 @@ class VaultIndex:
                 lists, scores = np.ascontiguousarray(probes.lists), np.ascontiguousarray(probes.scores)
                 index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
                                            faiss.swig_ptr(dist), faiss.swig_ptr(cand), False, params)
+                if self.outliers is not None:  # entries no list represents: ranked with the lists' candidates
+                    pool_dist, pool_ids = self.outliers.search(queries, min(kk, outliers_mod.POOL_K, self.outliers.ntotal))
+                    if allowed is not None:  # a fast-scan index takes no selector
+                        pool_ids = np.where((pool_ids >= 0) & allowed[np.maximum(pool_ids, 0)], pool_ids, -1)
+                    cand = outliers_mod.merge(dist, cand, pool_dist, pool_ids, kk)
             return cand, probes.top, probes
         # a custom factory string (pre-transforms, other index types): plain search, no guard
         params = faiss.SearchParametersIVF(nprobe=rule.floor) if ivf_of(faiss, index) is not None else faiss.SearchParameters()
@@ -330,7 +371,7 @@ class VaultIndex:
             d.update(nprobe=st.nprobe, drop=st.drop, max_probe=st.max_probe, mean_probe=st.mean_probe, reach=st.reach, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
                      miss_share=st.gap_share, exact_share=st.exact_share, tuned_ms=st.tune_ms, exact_ms=st.exact_ms,
                      target_met=st.target_met, note=st.note, tuned_on=st.tuned_n, tune_queries=st.tune_queries,
-                     cache=str(self.folder))
+                     outliers=len(st.outliers or []), cache=str(self.folder))
         d.update(queries=self.queries, exact_answers=self.exact_answers)
         return d
 

@@ -70,6 +70,7 @@ class IndexState:
     tune_queries: int = 0
     drift_rate: float | None = None  # the tuned rule's expected miss rate on entries appended since tuning
     drift_reach: int = 0  # ... and the fixed nprobe they would need
+    outliers: list[int] | None = None  # entries least like their list's centroid, scanned for every query (outliers.py)
     built_at: float = 0.0
     version: int = INDEX_STATE_VERSION
 
