@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import faiss
@@ -93,3 +94,18 @@ def test_a_small_look_no_list_represents_is_found_when_its_lists_are_not_probed(
     assert not np.isin(members, without[0]).all()
     _, ids = ix.search(q, 5)  # the exact top-5 (the look's six are the nearest)
     np.testing.assert_array_equal(np.sort(ids[0]), np.sort(np.argsort(-(x @ q[0]), kind="stable")[:5]))
+
+
+def test_a_cached_index_from_before_the_pool_gets_one_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "o.vault"
+    _vault(path)
+    ix = get_index(Vault.open(path))
+    want = ix.state.outliers
+    state_file = ix.folder / "index.json"
+    old = json.loads(state_file.read_text())
+    del old["outliers"]  # as an index cached by an earlier version wrote it
+    state_file.write_text(json.dumps(old))
+    again = get_index(Vault.open(path))
+    assert again.state.built_at == ix.state.built_at  # loaded, not rebuilt
+    assert again.state.outliers == want and again.outliers.ntotal == len(want)
+    assert json.loads(state_file.read_text())["outliers"] == want  # recorded for the next open

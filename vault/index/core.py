@@ -221,6 +221,14 @@ class VaultIndex:
         """The outlier pool of a cached index: from the ids its state records (chosen now for an older state)."""
         assert self.state is not None
         ids = self.state.outliers
+        if ids is None and outliers_mod.supported(faiss, index):  # a state written before the pool existed
+            self._pick_outliers(faiss, index)
+            with FileLock(str(self.folder / "build.lock")):  # recorded once, unless another process changed it
+                fresh = read_state(self.folder, self.vault)
+                if fresh is not None and fresh.ntotal == self.state.ntotal and fresh.outliers is None:
+                    fresh.outliers = self.state.outliers
+                    state_mod.save_state(self.folder, fresh)
+            return
         if ids is None or not outliers_mod.supported(faiss, index):
             self._pick_outliers(faiss, index)
             return

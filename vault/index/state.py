@@ -116,6 +116,11 @@ def save(folder: Path, index: Any, state: IndexState, coarse: "Coarse | None") -
     if coarse is not None and coarse.fast is not None:
         atomic_write(folder / "coarse.faiss", lambda tmp: faiss.write_index(coarse.fast, str(tmp)))
         state.coarse_digest = centroid_digest(coarse.centroids)
+    save_state(folder, state)
+
+
+def save_state(folder: Path, state: IndexState) -> None:
+    """Write index.json alone, atomically (the index files it describes are already in place)."""
     atomic_write_bytes(folder / "index.json", json.dumps(asdict(state), indent=1).encode())
 
 
