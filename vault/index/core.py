@@ -218,29 +218,27 @@ class VaultIndex:
         self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
 
     def _load_outliers(self, faiss: Any, index: Any) -> None:
-        """The outlier pool of a cached index: from the ids its state records (chosen now for an older state)."""
+        """The outlier pool of a cached index: from the ids its state records, else chosen now (and, for a state
+        written before the pool existed, recorded once)."""
         assert self.state is not None
-        ids = self.state.outliers
-        if ids is None and outliers_mod.supported(faiss, index):  # a state written before the pool existed
-            self._pick_outliers(faiss, index)
-            with FileLock(str(self.folder / "build.lock")):  # recorded once, unless another process changed it
+        recorded = self.state.outliers
+        try:
+            ids = None if recorded is None else np.asarray(recorded, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            ids = np.full(1, -1, np.int64)
+        if ids is not None and len(ids) and (ids.min() < 0 or ids.max() >= index.ntotal):
+            log.warning("the cached index at %s lists outlier ids it does not hold; choosing them again", self.folder)
+            ids = None
+        if ids is not None and outliers_mod.supported(faiss, index):
+            self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
+            return
+        self._pick_outliers(faiss, index)
+        if recorded is None and self.state.outliers:
+            with FileLock(str(self.folder / "build.lock")):  # unless another process changed the state meanwhile
                 fresh = read_state(self.folder, self.vault)
                 if fresh is not None and fresh.ntotal == self.state.ntotal and fresh.outliers is None:
                     fresh.outliers = self.state.outliers
                     state_mod.save_state(self.folder, fresh)
-            return
-        if ids is None or not outliers_mod.supported(faiss, index):
-            self._pick_outliers(faiss, index)
-            return
-        try:
-            arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            arr = np.full(1, -1, np.int64)
-        if len(arr) and (arr.min() < 0 or arr.max() >= index.ntotal):
-            log.warning("the cached index at %s lists outlier ids it does not hold; choosing them again", self.folder)
-            self._pick_outliers(faiss, index)
-            return
-        self.outliers = outliers_mod.pool_index(faiss, index, self.vault, arr)
 
     def _needs_tuning(self, index: Any) -> bool:
         """After an append: tune again when the index grew by a quarter since tuning, or when the tuned rule is

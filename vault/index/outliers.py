@@ -55,8 +55,7 @@ def pick(vault: "Vault", list_of: np.ndarray, centroids: np.ndarray) -> np.ndarr
     m = min(POOL_MAX, int(round(POOL_SHARE * np.isfinite(sims).sum())))
     if m < 1:
         return np.zeros(0, np.int64)
-    ids = np.argpartition(sims, m - 1)[:m]
-    return np.sort(ids[np.isfinite(sims[ids])]).astype(np.int64)
+    return np.sort(np.argpartition(sims, m - 1)[:m]).astype(np.int64)  # m <= the finite ones: all finite
 
 
 def pool_index(faiss: Any, index: Any, vault: "Vault", ids: np.ndarray) -> Any | None:
