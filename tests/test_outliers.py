@@ -7,9 +7,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
 from helpers import clustered
 from luna_vault.vault import EncoderFingerprint, Vault, append, build, get_index
+from luna_vault.vault.index import outliers as outliers_mod
 from luna_vault.vault.index.coarse import ProbeRule
 from luna_vault.vault.index.outliers import POOL_SHARE, merge
 from luna_vault.vault.index.reach import list_of_entries
@@ -46,7 +48,8 @@ def test_merge_keeps_the_best_estimates_each_id_once() -> None:
     np.testing.assert_array_equal(same, [[1, 2, 3, 4]])
 
 
-def test_the_pool_holds_the_entries_least_like_their_centroid_and_survives_reopening(tmp_path: Path) -> None:
+def test_the_pool_holds_the_entries_least_like_their_centroid_and_survives_reopening(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "o.vault"
     _vault(path)
     ix = get_index(Vault.open(path))
@@ -55,9 +58,29 @@ def test_the_pool_holds_the_entries_least_like_their_centroid_and_survives_reope
     want = np.sort(np.argsort(sims, kind="stable")[:m])
     assert m == 8 and ix.state.outliers == want.tolist()
     assert ix.outliers is not None and ix.outliers.ntotal == m
-    again = get_index(Vault.open(path))  # from this machine's cache: the same pool, not chosen again
+    q = clustered(50, D, seed=3, clusters=12, sample_seed=8)
+    want_d, want_i = ix.outliers.search(q, 4)
+    with monkeypatch.context() as mp:  # from this machine's cache: the same pool, read from outliers.faiss
+        mp.setattr(outliers_mod, "pool_index", lambda *a: pytest.fail("the pool was coded again"))
+        again = get_index(Vault.open(path))
     assert again.state.built_at == ix.state.built_at and again.state.outliers == want.tolist()
-    assert again.outliers.ntotal == m
+    got_d, got_i = again.outliers.search(q, 4)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_d, want_d)
+    # a damaged outliers.faiss, or one written for other entries, is coded again from the vectors
+    for damage in (b"not a faiss file", None):
+        if damage is None:  # a well-formed pool of other entries (ids shifted by one)
+            other = outliers_mod.pool_index(faiss, ix.index, ix.vault, want + 1)
+            faiss.write_index(other, str(ix.folder / "outliers.faiss"))
+        else:
+            (ix.folder / "outliers.faiss").write_bytes(damage)
+        mended = get_index(Vault.open(path))
+        assert mended.state.built_at == ix.state.built_at
+        np.testing.assert_array_equal(faiss.vector_to_array(mended.outliers.id_map), want)
+        np.testing.assert_array_equal(mended.outliers.search(q, 4)[1], want_i)
+        with monkeypatch.context() as mp:  # ... and written again for the next open
+            mp.setattr(outliers_mod, "pool_index", lambda *a: pytest.fail("the pool was coded again"))
+            assert get_index(Vault.open(path)).outliers.ntotal == m
     # an append chooses them again over all entries
     y = clustered(1000, D, seed=4, clusters=12, sample_seed=9)
     append(path, y, [f"new {i}" for i in range(1000)], encoder=ENC)

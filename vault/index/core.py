@@ -117,12 +117,14 @@ class VaultIndex:
         if index.ntotal != state.ntotal or index.d != self.vault.dim:
             return None
         self.state = state
-        self.coarse = state_mod.load_coarse(self.folder, index, state)
+        self.coarse, remade = state_mod.load_coarse(self.folder, index, state)
         if not self._finds_itself(index):
             log.warning("the cached index at %s does not find the vault's own entries; rebuilding", self.folder)
             self.state, self.coarse = None, None
             return None
-        self._load_outliers(faiss, index)
+        chosen = self._load_outliers(faiss, index)
+        if remade or chosen:
+            self._record_at_open(remade, chosen)
         if state.ntotal < self.vault.n_entries:
             self.folder.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.folder / "build.lock")):
@@ -174,7 +176,7 @@ class VaultIndex:
         self._prefetch.join()
         self._pick_outliers(faiss, index)
         tune(self, index)
-        state_mod.save(self.folder, index, self.state, self.coarse)
+        state_mod.save(self.folder, index, self.state, self.coarse, self.outliers)
         log.info("built %s for %d entries in %.1f s", self.spec, index.ntotal, time.perf_counter() - t0)
         return index
 
@@ -203,7 +205,7 @@ class VaultIndex:
             self._pick_outliers(faiss, index)
             if self._needs_tuning(index):
                 tune(self, index)
-            state_mod.save(self.folder, index, self.state, self.coarse)
+            state_mod.save(self.folder, index, self.state, self.coarse, self.outliers)
 
     def _pick_outliers(self, faiss: Any, index: Any) -> None:
         """Choose the entries no list represents (outliers.py) and index them; records their ids in the state."""
@@ -217,9 +219,9 @@ class VaultIndex:
         self.state.outliers = ids.tolist()
         self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
 
-    def _load_outliers(self, faiss: Any, index: Any) -> None:
-        """The outlier pool of a cached index: from the ids its state records, else chosen now (and, for a state
-        written before the pool existed, recorded once)."""
+    def _load_outliers(self, faiss: Any, index: Any) -> bool:
+        """The outlier pool of a cached index: from outliers.faiss, else coded from the ids its state records, else
+        chosen now. True when chosen now for a state written before the pool existed (to be recorded)."""
         assert self.state is not None
         recorded = self.state.outliers
         try:
@@ -230,15 +232,35 @@ class VaultIndex:
             log.warning("the cached index at %s lists outlier ids it does not hold; choosing them again", self.folder)
             ids = None
         if ids is not None and outliers_mod.supported(faiss, index):
-            self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
-            return
+            self.outliers = state_mod.load_pool(self.folder, index, ids) if len(ids) else None
+            if self.outliers is None and len(ids):  # no file, or one written for another state: code them again
+                self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
+                try:  # ... and keep them for the next open (a stale file is only ever a slower open: it is checked)
+                    state_mod.save_pool(self.folder, self.outliers)
+                except OSError as e:
+                    log.info("could not write the outlier pool to %s (%s)", self.folder, e)
+            return False
         self._pick_outliers(faiss, index)
-        if recorded is None and self.state.outliers:
-            with FileLock(str(self.folder / "build.lock")):  # unless another process changed the state meanwhile
+        return recorded is None and bool(self.state.outliers)
+
+    def _record_at_open(self, coarse: bool, outliers: bool) -> None:
+        """Keep in the cache what this open had to make (the coarse fast pass; the outlier pool of a state from
+        before it), so the next open reads it: under the build lock, unless another process changed the state."""
+        assert self.state is not None and self.coarse is not None
+        try:
+            with FileLock(str(self.folder / "build.lock")):
                 fresh = read_state(self.folder, self.vault)
-                if fresh is not None and fresh.ntotal == self.state.ntotal and fresh.outliers is None:
+                if fresh is None or fresh.built_at != self.state.built_at or fresh.ntotal != self.state.ntotal:
+                    return
+                if coarse:
+                    state_mod.save_coarse(self.folder, self.coarse, fresh)
+                if outliers and fresh.outliers is None:
                     fresh.outliers = self.state.outliers
-                    state_mod.save_state(self.folder, fresh)
+                    if self.outliers is not None:
+                        state_mod.save_pool(self.folder, self.outliers)
+                state_mod.save_state(self.folder, fresh)
+        except OSError as e:
+            log.info("could not record the index's side files in %s (%s)", self.folder, e)
 
     def _needs_tuning(self, index: Any) -> bool:
         """After an append: tune again when the index grew by a quarter since tuning, or when the tuned rule is

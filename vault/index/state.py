@@ -1,8 +1,9 @@
 """The cached index on this machine: where it lives, what index.json records, and how index.faiss is written and read.
 
 A FAISS binary is only ever loaded from this machine's cache (never from a vault someone shared):
-`<cache>/index/<hash of the vault path>/` holds `index.faiss` and `index.json`, which binds it to
-the vault's id and to a digest of the entries it covers.
+`<cache>/index/<hash of the vault path>/` holds `index.faiss`, `coarse.faiss` (the coarse step's fast
+pass), `outliers.faiss` (the outlier pool) and `index.json`, which binds them to the vault's id and to a
+digest of the entries they cover.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def read_state(folder: Path, vault: "Vault") -> IndexState | None:
     return state
 
 
-def save(folder: Path, index: Any, state: IndexState, coarse: "Coarse | None") -> None:
-    """Write index.faiss (coarse centroids as fp16), coarse.faiss (the coarse step's fast pass, if any) and
-    index.json (last: it is what binds the files to the vault), each atomically."""
+def save(folder: Path, index: Any, state: IndexState, coarse: "Coarse | None", pool: Any | None = None) -> None:
+    """Write index.faiss (coarse centroids as fp16), coarse.faiss (the coarse step's fast pass, if any),
+    outliers.faiss (the outlier pool, if any) and index.json (last: it is what binds the files to the vault),
+    each atomically."""
     import faiss
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,10 +115,50 @@ def save(folder: Path, index: Any, state: IndexState, coarse: "Coarse | None") -
             faiss.write_index(index, str(tmp))
 
     atomic_write(folder / "index.faiss", write)
-    if coarse is not None and coarse.fast is not None:
+    if coarse is not None:
+        save_coarse(folder, coarse, state)
+    if pool is not None:
+        save_pool(folder, pool)
+    save_state(folder, state)
+
+
+def save_coarse(folder: Path, coarse: "Coarse", state: IndexState) -> None:
+    """Write coarse.faiss (the coarse step's fast pass, if it has one) and record in `state` which centroids it
+    was made from (index.json is the caller's to write)."""
+    import faiss
+
+    if coarse.fast is not None:
         atomic_write(folder / "coarse.faiss", lambda tmp: faiss.write_index(coarse.fast, str(tmp)))
         state.coarse_digest = centroid_digest(coarse.centroids)
-    save_state(folder, state)
+
+
+def save_pool(folder: Path, pool: Any) -> None:
+    """Write outliers.faiss (the outlier pool's codes, so that an open reads ~1 KB per entry instead of
+    gathering and coding its scattered vectors again), atomically."""
+    import faiss
+
+    atomic_write(folder / "outliers.faiss", lambda tmp: faiss.write_index(pool, str(tmp)))
+
+
+def load_pool(folder: Path, index: Any, ids: np.ndarray) -> Any | None:
+    """The outlier pool from outliers.faiss when it holds exactly the entries `ids`, coded with this index's own
+    PQ codebook; None otherwise (missing, unreadable, or written for another state: the caller codes it again)."""
+    import faiss
+
+    try:
+        pool = faiss.read_index(str(folder / "outliers.faiss"))
+    except RuntimeError:
+        return None
+    if not isinstance(pool, faiss.IndexIDMap) or pool.ntotal != len(ids):
+        return None
+    if not np.array_equal(faiss.vector_to_array(pool.id_map), ids):
+        return None
+    ivf, codes = faiss.downcast_index(ivf_of(faiss, index)), faiss.downcast_index(pool.index)
+    if (not isinstance(codes, faiss.IndexPQFastScan) or codes.d != ivf.d or codes.pq.M != ivf.pq.M
+            or codes.pq.nbits != ivf.pq.nbits
+            or not np.array_equal(faiss.vector_to_array(codes.pq.centroids), faiss.vector_to_array(ivf.pq.centroids))):
+        return None
+    return pool
 
 
 def save_state(folder: Path, state: IndexState) -> None:
@@ -132,20 +174,29 @@ def load(folder: Path) -> Any:
 
 
 def centroid_digest(centroids: np.ndarray) -> str:
-    """Digest of list centroids as saved (fp16), to bind coarse.faiss to the index.faiss it was made for."""
-    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float16).tobytes()).hexdigest()
+    """Digest of list centroids as index.faiss saves them, to bind coarse.faiss to the index.faiss it was made for.
+
+    The fp16 codes are made by faiss itself, as `save` makes them: faiss rounds a tie away from zero where
+    numpy rounds it to even, so a numpy cast of the float32 centroids (about 1 value in 16,000 is a tie)
+    differs from the centroids read back, and every open would make the fast pass again.
+    """
+    import faiss
+
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    sq = faiss.IndexScalarQuantizer(c.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    return hashlib.sha256(sq.sa_encode(c).tobytes()).hexdigest()
 
 
-def load_coarse(folder: Path, index: Any, state: IndexState) -> "Coarse | None":
-    """The coarse step of a loaded IVF index: its centroids, and the fast pass from coarse.faiss when that file
-    was made from the same centroids (else it is made again). None for an index without lists."""
+def load_coarse(folder: Path, index: Any, state: IndexState) -> "tuple[Coarse | None, bool]":
+    """The coarse step of a loaded IVF index (None for an index without lists): its centroids, and the fast pass
+    from coarse.faiss when that file was made from the same centroids, else made again (then the flag is True)."""
     import faiss
 
     from .coarse import Coarse, fast_pass
 
     ivf = ivf_of(faiss, index)
     if ivf is None:
-        return None
+        return None, False
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     try:
         if state.coarse_digest != centroid_digest(centroids):
@@ -155,7 +206,8 @@ def load_coarse(folder: Path, index: Any, state: IndexState) -> "Coarse | None":
             raise RuntimeError("coarse.faiss does not match the index")
     except RuntimeError:
         fast = fast_pass(centroids)
-    return Coarse(centroids, fast)
+        return Coarse(centroids, fast), fast is not None
+    return Coarse(centroids, fast), False
 
 
 def ivf_of(faiss: Any, index: Any) -> Any:
