@@ -133,7 +133,7 @@ def save_coarse(folder: Path, coarse: "Coarse", state: IndexState) -> None:
 
 
 def save_pool(folder: Path, pool: Any) -> None:
-    """Write outliers.faiss (the outlier pool's codes, so that an open reads ~1 KB per entry instead of
+    """Write outliers.faiss (the outlier pool's codes, so that an open reads a few hundred bytes per entry instead of
     gathering and coding its scattered vectors again), atomically."""
     import faiss
 
