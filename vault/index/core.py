@@ -122,9 +122,9 @@ class VaultIndex:
             log.warning("the cached index at %s does not find the vault's own entries; rebuilding", self.folder)
             self.state, self.coarse = None, None
             return None
-        chosen = self._load_outliers(faiss, index)
-        if remade or chosen:
-            self._record_at_open(remade, chosen)
+        made = self._load_outliers(faiss, index)
+        if remade or made:
+            self._record_at_open(remade, made)
         if state.ntotal < self.vault.n_entries:
             self.folder.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.folder / "build.lock")):
@@ -221,7 +221,8 @@ class VaultIndex:
 
     def _load_outliers(self, faiss: Any, index: Any) -> bool:
         """The outlier pool of a cached index: from outliers.faiss, else coded from the ids its state records, else
-        chosen now. True when chosen now for a state written before the pool existed (to be recorded)."""
+        chosen now. True when this open made a pool the cache should keep (coded again, or chosen for a state
+        written before the pool existed)."""
         assert self.state is not None
         recorded = self.state.outliers
         try:
@@ -235,17 +236,15 @@ class VaultIndex:
             self.outliers = state_mod.load_pool(self.folder, index, ids) if len(ids) else None
             if self.outliers is None and len(ids):  # no file, or one written for another state: code them again
                 self.outliers = outliers_mod.pool_index(faiss, index, self.vault, ids)
-                try:  # ... and keep them for the next open (a stale file is only ever a slower open: it is checked)
-                    state_mod.save_pool(self.folder, self.outliers)
-                except OSError as e:
-                    log.info("could not write the outlier pool to %s (%s)", self.folder, e)
+                return True
             return False
         self._pick_outliers(faiss, index)
         return recorded is None and bool(self.state.outliers)
 
-    def _record_at_open(self, coarse: bool, outliers: bool) -> None:
-        """Keep in the cache what this open had to make (the coarse fast pass; the outlier pool of a state from
-        before it), so the next open reads it: under the build lock, unless another process changed the state."""
+    def _record_at_open(self, coarse: bool, pool: bool) -> None:
+        """Keep in the cache what this open had to make (the coarse fast pass; the outlier pool, and its ids for a
+        state from before it), so the next open reads it: under the build lock, unless another process changed
+        the state."""
         assert self.state is not None and self.coarse is not None
         try:
             with FileLock(str(self.folder / "build.lock")):
@@ -254,9 +253,10 @@ class VaultIndex:
                     return
                 if coarse:
                     state_mod.save_coarse(self.folder, self.coarse, fresh)
-                if outliers and fresh.outliers is None:
-                    fresh.outliers = self.state.outliers
-                    if self.outliers is not None:
+                if pool:
+                    if fresh.outliers is None:
+                        fresh.outliers = self.state.outliers
+                    if fresh.outliers == self.state.outliers and self.outliers is not None:
                         state_mod.save_pool(self.folder, self.outliers)
                 state_mod.save_state(self.folder, fresh)
         except OSError as e:
