@@ -102,8 +102,8 @@ class Coarse:
         """`probes` for one query, in as few array operations as it takes (they cost more than the arithmetic)."""
         import faiss
 
-        est, ids = self.fast.search(q, width)
-        s, i = est[0], ids[0]
+        s, i = np.empty(width, np.float32), np.empty(width, np.int64)  # search_c: no wrapper checks and copies
+        self.fast.search_c(1, faiss.swig_ptr(q), width, faiss.swig_ptr(s), faiss.swig_ptr(i), None)
         n = min(2 * rule.floor + RESCORE_EXTRA, width)
         head = i[:n].copy()
         exact = np.empty(n, np.float32)

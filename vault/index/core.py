@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from filelock import FileLock
@@ -21,7 +20,7 @@ from . import outliers as outliers_mod
 from . import state as state_mod
 from .choice import choose_index
 from .coarse import Coarse, ProbeRule, Probes, fast_pass
-from .exact import exact_search, rerank
+from .exact import exact_search, faiss_threads, rerank
 from .gpu import gpu_available, to_gpu
 from .queries import TUNE_K
 from .reach import REACH_RATE, list_of_entries
@@ -299,8 +298,8 @@ class VaultIndex:
         kq = max(k, TUNE_K)  # candidates were tuned for TUNE_K results; a smaller k must not shrink the pool
         cand, top, _ = self.candidates(index, queries, kq * k_factor, rule, allowed)
         if self.siblings is not None:  # the best candidates' prompt siblings, wherever their lists are
-            cand = self.siblings.expand(cand, kq)
-        sims, ids = rerank(self.vault, queries, cand, kq, allowed)
+            cand = self.siblings.expand(cand, kq)  # (sorted, each id once)
+        sims, ids = rerank(self.vault, queries, cand, kq, allowed, sorted_unique=self.siblings is not None)
         return sims[:, :k], ids[:, :k], top
 
     def candidates(self, index: Any, queries: np.ndarray, kk: int, rule: ProbeRule, allowed: np.ndarray | None
@@ -322,7 +321,7 @@ class VaultIndex:
                 top = self.coarse.scores(queries, 1, 1)[0][:, 0]
             return cand, top, None
         if isinstance(index, faiss.IndexIVF) and self.coarse is not None:
-            with _faiss_threads(1 if B <= 256 else None):
+            with faiss_threads(1 if B <= 256 else None):
                 probes = self.coarse.probes(queries, rule)
                 params = faiss.SearchParametersIVF(nprobe=probes.lists.shape[1])
                 if bits is not None:
@@ -333,7 +332,7 @@ class VaultIndex:
                 index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
                                            faiss.swig_ptr(dist), faiss.swig_ptr(cand), False, params)
                 if self.outliers is not None:  # entries no list represents: ranked with the lists' candidates
-                    pool_dist, pool_ids = self.outliers.search(queries, min(kk, outliers_mod.POOL_K, self.outliers.ntotal))
+                    pool_dist, pool_ids = outliers_mod.search(self.outliers, queries, min(kk, outliers_mod.POOL_K))
                     if allowed is not None:  # a fast-scan index takes no selector
                         pool_ids = np.where((pool_ids >= 0) & allowed[np.maximum(pool_ids, 0)], pool_ids, -1)
                     cand = outliers_mod.merge(dist, cand, pool_dist, pool_ids, kk)
@@ -411,19 +410,3 @@ def _physical_memory() -> int:
     except (AttributeError, ValueError, OSError):
         return 4 << 30
 
-
-@contextlib.contextmanager
-def _faiss_threads(n: int | None) -> Iterator[None]:
-    """Run FAISS single-threaded for small searches: its OpenMP workers spinning after a search take
-    the cores from the re-rank's tensor operations (measured: batch of 64, 0.51 -> 0.35 ms per query)."""
-    if n is None:
-        yield
-        return
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)

@@ -53,13 +53,23 @@ class Siblings:
     def expand(self, cand: np.ndarray, best: int) -> np.ndarray:
         """[B, W]: per row the candidates `cand` [B, C] (best first) and all siblings of the first `best` of them,
         each once, -1 padded."""
-        extra = self.table(cand[:, :best]).reshape(len(cand), -1)
         if len(cand) == 1:
-            row = np.unique(np.concatenate([cand[0], extra[0]]))
-            return (row[1:] if len(row) and row[0] < 0 else row)[None]
+            return self._expand_one(cand[0], best)[None]
+        extra = self.table(cand[:, :best]).reshape(len(cand), -1)
         rows = [np.unique(r[r >= 0]) for r in np.concatenate([cand, extra], axis=1)]
         width = max((len(r) for r in rows), default=0) or 1
         out = np.full((len(cand), width), -1, np.int64)
         for b, r in enumerate(rows):
             out[b, : len(r)] = r
         return out
+
+    def _expand_one(self, row: np.ndarray, best: int) -> np.ndarray:
+        """`expand` for one query's candidates [C]: sorted ids, each once, no -1 (few array operations: for one
+        query they cost more than the arithmetic)."""
+        head = row[:best]
+        p = self.prompt_of[head[head >= 0]]
+        counts = self.counts[p]
+        ends = np.cumsum(counts)
+        at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(self.starts[p] - ends + counts, counts)
+        out = np.unique(np.concatenate([row, self.order[at]]))
+        return out[1:] if len(out) and out[0] < 0 else out

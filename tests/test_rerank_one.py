@@ -1,0 +1,127 @@
+"""The single-query re-rank (fp16 rows scored by a scratch faiss index) and the one-query sibling expansion,
+against hand computations and against the batch paths they must agree with."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import clustered
+from luna_vault.vault import EncoderFingerprint, Vault, append, build
+from luna_vault.vault.index import exact
+from luna_vault.vault.index.siblings import Siblings
+
+D = 48
+ENC = EncoderFingerprint("test-vit", D, "w1")
+
+
+def _two_segment_vault(path: Path) -> tuple[Vault, np.ndarray]:
+    """300 + 200 entries in two segment files; entries 7 and 211 (one in each segment) are the same vector."""
+    x = clustered(500, D, clusters=6, seed=3)
+    x[211] = x[7]
+    build(path, x[:300], [f"p{i}" for i in range(300)], encoder=ENC, category="t", index="Flat")
+    append(path, x[300:], [f"q{i}" for i in range(200)], encoder=ENC)
+    v = Vault.open(path)
+    assert len(v.segments) == 2
+    return v, v.embeddings(np.arange(500)).astype(np.float64)  # the stored (fp16) values, exactly
+
+
+def _by_hand(stored: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = stored[ids] @ q.astype(np.float64)
+    order = np.lexsort((ids, -s))[:k]  # best first, ties to the lower id
+    return s[order], ids[order]
+
+
+def test_single_query_rerank_is_exact_across_segments_and_agrees_with_the_batch_path(tmp_path: Path) -> None:
+    v, stored = _two_segment_vault(tmp_path / "v.vault")
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        q = stored[int(rng.integers(500))].astype(np.float32)[None] if trial % 4 == 0 else \
+            clustered(1, D, clusters=6, seed=3, sample_seed=trial)
+        cand = rng.choice(500, 120, replace=False)
+        cand[:3] = [7, 211, -1]
+        k = int(rng.integers(1, 12))
+        sims, ids = exact.rerank(v, q, cand[None], k)
+        want_s, want_i = _by_hand(stored, q[0], np.unique(cand[cand >= 0]), k)
+        np.testing.assert_array_equal(ids[0], want_i)
+        np.testing.assert_allclose(sims[0], want_s, rtol=0, atol=1e-6)
+        batch_s, batch_i = exact.rerank(v, np.repeat(q, 2, axis=0), np.repeat(cand[None], 2, axis=0), k)
+        np.testing.assert_array_equal(batch_i[0], ids[0])
+        np.testing.assert_allclose(batch_s[0], sims[0], rtol=0, atol=1e-6)
+    # the duplicated vector: both come back, the lower id first, as in a batch
+    sims, ids = exact.rerank(v, stored[7].astype(np.float32)[None], np.array([[211, 5, 7, 9]]), 2)
+    assert ids[0].tolist() == [7, 211] and sims[0, 0] == sims[0, 1]
+    assert exact.rerank(v, stored[7].astype(np.float32)[None], np.array([[211, 5, 7, 9]]), 1)[1].tolist() == [[7]]
+
+
+def test_sorted_unique_candidates_skip_the_unique_step_and_give_the_same_answer(tmp_path: Path) -> None:
+    v, stored = _two_segment_vault(tmp_path / "v.vault")
+    q = stored[42].astype(np.float32)[None]
+    cand = np.array([[-1, 3, 42, 250, -1, 260, 499]])  # sorted where present, each once, -1s anywhere
+    a = exact.rerank(v, q, cand, 4, sorted_unique=True)
+    b = exact.rerank(v, q, cand[:, ::-1].copy(), 4)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[1][0, 0] == 42
+    allowed = np.ones(500, bool)
+    allowed[42] = False
+    s, i = exact.rerank(v, q, cand, 6, allowed, sorted_unique=True)  # the mask turns ids into -1s in place
+    assert set(i[0, :4].tolist()) == {3, 250, 260, 499}
+    assert i[0, 4:].tolist() == [-1, -1] and np.isneginf(s[0, 4:]).all()
+
+
+def test_the_scratch_index_is_reused_resized_and_kept_per_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v, stored = _two_segment_vault(tmp_path / "v.vault")
+    q = stored[100].astype(np.float32)[None]
+    for ids in (np.arange(0, 500, 1), np.arange(3, 9), np.arange(0, 500, 7)):  # grow, shrink, grow again
+        s, i = exact._top_of_rows(v, q, ids, 5)
+        want_s, want_i = _by_hand(stored, q[0], ids, 5)
+        np.testing.assert_array_equal(i[0], want_i)
+        np.testing.assert_allclose(s[0], want_s, atol=1e-6)
+    kept = exact._scratch.flat
+    # another dimension: a new scratch index, right answers
+    y = clustered(40, 16, seed=1)
+    build(tmp_path / "w.vault", y, [f"y{i}" for i in range(40)], encoder=EncoderFingerprint("t16", 16, "w"), category="w",
+          index="Flat")
+    w = Vault.open(tmp_path / "w.vault")
+    s, i = exact._top_of_rows(w, y[:1], np.arange(40), 3)
+    assert i[0, 0] == 0 and exact._scratch.flat.d == 16 and exact._scratch.flat is not kept
+    # more rows than the scratch may keep: answered by a throwaway index, the kept one stays small
+    monkeypatch.setattr(exact, "SCRATCH_MAX_BYTES", 100 * 2 * D)
+    s, i = exact._top_of_rows(v, q, np.arange(500), 3)
+    assert i[0].tolist() == _by_hand(stored, q[0], np.arange(500), 3)[1].tolist()
+    assert exact._scratch.flat.d == 16  # not replaced by the large one
+    # a second thread has its own scratch
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((exact._top_of_rows(v, q, np.arange(50), 1)[1][0, 0],
+                                                     getattr(exact._scratch, "flat", None))))
+    t.start()
+    t.join()
+    assert seen[0][0] == _by_hand(stored, q[0], np.arange(50), 1)[1][0] and seen[0][1] is not exact._scratch.flat
+
+
+def test_rows_of_into_a_buffer_checks_the_ids(tmp_path: Path) -> None:
+    x = clustered(30, D, seed=2)
+    build(tmp_path / "v.vault", x, [f"p{i}" for i in range(30)], encoder=ENC, category="t", index="Flat")
+    v = Vault.open(tmp_path / "v.vault")
+    out = np.empty((3, D), np.float16)
+    np.testing.assert_array_equal(exact.rows_of(v, np.array([0, 4, 29]), out), v.embeddings(np.array([0, 4, 29])))
+    with pytest.raises(IndexError, match="outside"):
+        exact.rows_of(v, np.array([0, 4, 30]), out)
+
+
+def test_one_query_sibling_expansion_equals_the_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        s = Siblings(rng.integers(0, max(1, n // int(rng.integers(1, 50))), n))
+        cand = rng.integers(-1, n, (1, int(rng.integers(1, 60))))
+        if trial % 7 == 0:
+            cand[:] = -1
+        best = int(rng.integers(1, 10))
+        want = np.unique(np.concatenate([cand[0], s.table(cand[:, :best]).reshape(-1)]))
+        got = s.expand(cand, best)
+        assert got.shape[0] == 1
+        np.testing.assert_array_equal(got[0], want[want >= 0])
