@@ -99,12 +99,31 @@ class Coarse:
 
 
     def _probes_one(self, q: np.ndarray, rule: ProbeRule, width: int) -> Probes:
-        """`probes` for one query, in as few array operations as it takes (they cost more than the arithmetic)."""
+        """`probes` for one query, in as few array operations as it takes (they cost more than the arithmetic).
+
+        The fast pass is first asked for the head alone (the lists re-scored exactly); only when every one of them
+        is within the drop, so that more may be, is it asked for the whole width (measured at 8,192 lists: 163 us
+        for the 32 best, 235 us for 512; most queries probe just their floor).
+        """
+        n = min(2 * rule.floor + RESCORE_EXTRA, width)
+        adaptive = rule.cap > rule.floor and rule.drop > 0
+        s, i = self._ranked_one(q, n, n)
+        count = min(rule.floor, width)
+        if adaptive:  # s falls: the lists within the drop are a prefix
+            within = int(np.searchsorted(-s, np.float32(rule.drop) - s[0], side="right"))
+            if within == n and n < width:  # the drop may reach past the head
+                s, i = self._ranked_one(q, width, n)
+                within = int(np.searchsorted(-s, np.float32(rule.drop) - s[0], side="right"))
+            count = max(count, within)
+        return Probes(i[None, :count], s[None, :count], np.array([count], np.int64), s[:1].copy())
+
+    def _ranked_one(self, q: np.ndarray, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """One query's `width` best lists by the fast pass, the first `n` re-scored exactly and re-ranked, the rest kept
+        below them: (scores [width], ids [width]), best first."""
         import faiss
 
         s, i = np.empty(width, np.float32), np.empty(width, np.int64)  # search_c: no wrapper checks and copies
         self.fast.search_c(1, faiss.swig_ptr(q), width, faiss.swig_ptr(s), faiss.swig_ptr(i), None)
-        n = min(2 * rule.floor + RESCORE_EXTRA, width)
         head = i[:n].copy()
         exact = np.empty(n, np.float32)
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(exact), faiss.swig_ptr(q), faiss.swig_ptr(self.centroids),
@@ -113,10 +132,7 @@ class Coarse:
         s[:n], i[:n] = exact[order], head[order]
         if n < width:
             np.minimum(s[n:], s[n - 1], out=s[n:])
-        count = min(rule.floor, width)
-        if rule.cap > rule.floor and rule.drop > 0:  # s falls: the lists within the drop are a prefix
-            count = max(count, int(np.searchsorted(-s, np.float32(rule.drop) - s[0], side="right")))
-        return Probes(i[None, :count], s[None, :count], np.array([count], np.int64), s[:1].copy())
+        return s, i
 
 
 def fast_pass(centroids: np.ndarray) -> Any | None:

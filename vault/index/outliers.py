@@ -89,6 +89,8 @@ def merge(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_ids: n
     enters = (pool_ids >= 0) & (pool_dist > floor)
     if not enters.any():  # the common case: nothing in the pool beats the lists' candidates
         return cand
+    if len(cand) == 1:
+        return _merge_one(dist[0], cand[0], pool_dist[0][enters[0]], pool_ids[0][enters[0]], kk)[None]
     ids = np.concatenate([cand, np.where(enters, pool_ids, -1)], axis=1)
     est = np.where(ids >= 0, np.concatenate([dist, pool_dist], axis=1), -np.inf)
     order = np.argsort(ids, axis=1, kind="stable")
@@ -101,3 +103,14 @@ def merge(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_ids: n
     best = np.argsort(-est, axis=1, kind="stable")[:, :kk]
     out = np.where(np.isfinite(np.take_along_axis(est, best, 1)), np.take_along_axis(ids, best, 1), -1)
     return np.pad(out, ((0, 0), (0, kk - out.shape[1])), constant_values=-1)
+
+
+def _merge_one(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_ids: np.ndarray, kk: int) -> np.ndarray:
+    """`merge` for one query, with only the pool's entries that beat the lists' last candidate: each goes in at its
+    place among the lists' (best first, after equal estimates), unless the lists have it already; [kk], -1 pads."""
+    have = set(cand.tolist())
+    fresh = np.fromiter((i not in have for i in pool_ids.tolist()), bool, len(pool_ids))
+    valid = int(np.count_nonzero(cand >= 0))  # the lists' candidates first, -1 pads after them
+    at = np.searchsorted(-dist[:valid], -pool_dist[fresh], side="right")
+    out = np.insert(cand[:valid], at, pool_ids[fresh])[:kk]
+    return np.pad(out, (0, kk - len(out)), constant_values=-1)

@@ -1,5 +1,6 @@
-"""The single-query re-rank (fp16 rows scored by a scratch faiss index) and the one-query sibling expansion,
-against hand computations and against the batch paths they must agree with."""
+"""The single-query paths (the common detailer query): the re-rank (fp16 rows scored by a scratch faiss index),
+the sibling expansion, the outlier pool's merge and the coarse step, against hand computations and against the
+batch paths they must agree with."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from helpers import clustered
 from luna_vault.vault import EncoderFingerprint, Vault, append, build
-from luna_vault.vault.index import exact
+from luna_vault.vault.index import exact, outliers
+from luna_vault.vault.index.coarse import Coarse, ProbeRule, fast_pass
 from luna_vault.vault.index.siblings import Siblings
 
 D = 48
@@ -125,3 +127,59 @@ def test_one_query_sibling_expansion_equals_the_table(tmp_path: Path) -> None:
         got = s.expand(cand, best)
         assert got.shape[0] == 1
         np.testing.assert_array_equal(got[0], want[want >= 0])
+
+
+def test_one_query_pool_merge_equals_the_batch_merge() -> None:
+    """Ties (estimates rounded to 0.1), pool ids the lists already hold, -1 pads on both sides, short lists."""
+    rng = np.random.default_rng(0)
+    for trial in range(3000):
+        kk = int(rng.integers(1, 40))
+        valid = int(rng.integers(0, kk + 1))
+        ids = rng.choice(200, kk + 30, replace=False)
+        cand = np.full((1, kk), -1, np.int64)
+        cand[0, :valid] = ids[:valid]
+        dist = np.full((1, kk), -np.inf if trial % 2 else -3.4e38, np.float32)
+        dist[0, :valid] = np.sort(np.round(rng.random(valid), 1))[::-1]
+        p = int(rng.integers(1, 12))
+        pool_ids = ids[kk : kk + p].copy()
+        if valid:
+            again = rng.random(p) < 0.3
+            pool_ids[again] = rng.choice(cand[0, :valid], int(again.sum()))
+        pool_ids = np.where(rng.random(p) < 0.1, -1, pool_ids).astype(np.int64)[None]
+        pool_dist = np.sort(np.round(rng.random(p), 1))[::-1].astype(np.float32)[None]
+        one = outliers.merge(dist, cand, pool_dist, pool_ids, kk)
+        two = outliers.merge(*(np.repeat(a, 2, axis=0) for a in (dist, cand, pool_dist, pool_ids)), kk)
+        np.testing.assert_array_equal(one[0], two[0])
+        assert one.shape == (1, kk) and len(set(one[0][one[0] >= 0].tolist())) == int((one[0] >= 0).sum())
+    # by hand: 7 enters between 0.9 and 0.5; 3 is held already; 8 is below the last candidate
+    got = outliers.merge(np.array([[0.9, 0.5, 0.4]], np.float32), np.array([[1, 3, 2]]),
+                         np.array([[0.6, 0.55, 0.3]], np.float32), np.array([[7, 3, 8]]), 3)
+    assert got.tolist() == [[1, 7, 3]]
+
+
+def test_one_query_probes_ask_the_fast_pass_for_the_whole_width_only_when_the_drop_may_reach_past_the_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    centroids = clustered(700, 32, clusters=30, seed=4)
+    coarse = Coarse(centroids, fast_pass(centroids))
+    assert coarse.fast is not None
+    queries = clustered(200, 32, clusters=30, seed=4, sample_seed=9)
+    calls: list[int] = []
+    ranked = Coarse._ranked_one
+    monkeypatch.setattr(Coarse, "_ranked_one", lambda self, q, width, n: calls.append(width) or ranked(self, q, width, n))
+    for rule, widths in ((ProbeRule(4), {4}), (ProbeRule(2, 0.0, 64), {20}), (ProbeRule(4, 2.0, 64), {24, 64}),
+                         (ProbeRule(4, 0.02, 256), None)):
+        agree = 0
+        batch = coarse.probes(queries, rule)
+        for b, q in enumerate(queries):
+            calls.clear()
+            one = coarse.probes(q[None], rule)
+            head = min(2 * rule.floor + 16, rule.widest)
+            if widths is not None:
+                assert set(calls) == widths
+            else:  # the whole width only for the queries whose head is within the drop
+                assert calls[0] == head and (len(calls) == 1 or (one.count[0] >= head and calls[1] == rule.widest))
+            agree += one.count[0] == batch.count[b] and set(one.lists[0]) == set(batch.lists[b][: batch.count[b]])
+            assert one.top[0] == pytest.approx(float(centroids[one.lists[0, 0]] @ q), abs=1e-6)
+        assert agree >= 0.97 * len(queries)  # equal 4-bit estimates at the head's edge may swap one list
+    big = ProbeRule(4, 2.0, 64)
+    assert coarse.probes(queries[:1], big).count[0] == 64
