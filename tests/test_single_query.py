@@ -183,3 +183,11 @@ def test_one_query_probes_ask_the_fast_pass_for_the_whole_width_only_when_the_dr
         assert agree >= 0.97 * len(queries)  # equal 4-bit estimates at the head's edge may swap one list
     big = ProbeRule(4, 2.0, 64)
     assert coarse.probes(queries[:1], big).count[0] == 64
+
+
+def test_unique_ids_equals_numpy_unique() -> None:
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 3, 17, 280):
+        ids = rng.integers(-1, 40, n)
+        np.testing.assert_array_equal(exact.unique_ids(ids), np.unique(ids))
+    assert exact.unique_ids(np.array([5, 5, 5])).tolist() == [5]

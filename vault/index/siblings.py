@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .exact import unique_ids
+
 if TYPE_CHECKING:
     from ..store import Vault
 
@@ -56,7 +58,7 @@ class Siblings:
         if len(cand) == 1:
             return self._expand_one(cand[0], best)[None]
         extra = self.table(cand[:, :best]).reshape(len(cand), -1)
-        rows = [np.unique(r[r >= 0]) for r in np.concatenate([cand, extra], axis=1)]
+        rows = [unique_ids(r[r >= 0]) for r in np.concatenate([cand, extra], axis=1)]
         width = max((len(r) for r in rows), default=0) or 1
         out = np.full((len(cand), width), -1, np.int64)
         for b, r in enumerate(rows):
@@ -71,5 +73,5 @@ class Siblings:
         counts = self.counts[p]
         ends = np.cumsum(counts)
         at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(self.starts[p] - ends + counts, counts)
-        out = np.unique(np.concatenate([row, self.order[at]]))
+        out = unique_ids(np.concatenate([row, self.order[at]]))
         return out[1:] if len(out) and out[0] < 0 else out
