@@ -111,6 +111,11 @@ def _merge_one(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_i
     have = set(cand.tolist())
     fresh = np.fromiter((i not in have for i in pool_ids.tolist()), bool, len(pool_ids))
     valid = int(np.count_nonzero(cand >= 0))  # the lists' candidates first, -1 pads after them
-    at = np.searchsorted(-dist[:valid], -pool_dist[fresh], side="right")
-    out = np.insert(cand[:valid], at, pool_ids[fresh])[:kk]
-    return np.pad(out, (0, kk - len(out)), constant_values=-1)
+    at = np.searchsorted(-dist[:valid], -pool_dist[fresh], side="right")  # rises: the pool's are best first
+    at += np.arange(len(at))  # their places in the merged row
+    lists = np.ones(valid + len(at), bool)
+    lists[at] = False
+    out = np.full(max(kk, len(lists)), -1, np.int64)
+    out[: len(lists)][lists] = cand[:valid]
+    out[at] = pool_ids[fresh]
+    return out[:kk]
