@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from ..store import Vault
 
 
-
-
 def check_similarities(vault: "Vault", sims: np.ndarray, ids: np.ndarray) -> None:
     """Unit vectors cannot be more similar than 1: a result above it is a damaged stored vector."""
     over = np.isfinite(sims) & (sims > 1.0 + 1e-2)
