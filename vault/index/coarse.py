@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .choice import pq_subquantizers
+from .faiss_calls import search
 
 FAST_MIN_LISTS = 256  # below this many lists, exact scores of all centroids cost about as much as the fast pass
 RESCORE_EXTRA = 16
@@ -122,8 +123,8 @@ class Coarse:
         below them: (scores [width], ids [width]), best first."""
         import faiss
 
-        s, i = np.empty(width, np.float32), np.empty(width, np.int64)  # search_c: no wrapper checks and copies
-        self.fast.search_c(1, faiss.swig_ptr(q), width, faiss.swig_ptr(s), faiss.swig_ptr(i), None)
+        est, ids = search(self.fast, q, width)
+        s, i = est[0], ids[0]
         head = i[:n].copy()
         exact = np.empty(n, np.float32)
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(exact), faiss.swig_ptr(q), faiss.swig_ptr(self.centroids),

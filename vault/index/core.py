@@ -20,7 +20,8 @@ from . import outliers as outliers_mod
 from . import state as state_mod
 from .choice import choose_index
 from .coarse import Coarse, ProbeRule, Probes, fast_pass
-from .exact import exact_search, faiss_threads, rerank
+from .exact import exact_search, rerank
+from .faiss_calls import faiss_threads, search
 from .gpu import gpu_available, to_gpu
 from .queries import TUNE_K
 from .reach import REACH_RATE, list_of_entries
@@ -332,7 +333,7 @@ class VaultIndex:
                 index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
                                            faiss.swig_ptr(dist), faiss.swig_ptr(cand), False, params)
                 if self.outliers is not None:  # entries no list represents: ranked with the lists' candidates
-                    pool_dist, pool_ids = outliers_mod.search(self.outliers, queries, min(kk, outliers_mod.POOL_K))
+                    pool_dist, pool_ids = search(self.outliers, queries, min(kk, outliers_mod.POOL_K, self.outliers.ntotal))
                     if allowed is not None:  # a fast-scan index takes no selector
                         pool_ids = np.where((pool_ids >= 0) & allowed[np.maximum(pool_ids, 0)], pool_ids, -1)
                     cand = outliers_mod.merge(dist, cand, pool_dist, pool_ids, kk)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import warnings
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .faiss_calls import faiss_threads, search
 
 if TYPE_CHECKING:
     from ..store import Vault
@@ -128,11 +129,8 @@ def _top_of_rows(vault: "Vault", q: np.ndarray, ids: np.ndarray, k: int) -> tupl
     flat.codes.resize(m * 2 * d)
     rows_of(vault, ids, faiss.rev_swig_ptr(flat.codes.data(), m * 2 * d).view(np.float16).reshape(m, d))
     flat.ntotal = m
-    kk = min(k, m)
-    sims = np.empty((1, kk), np.float32)
-    pos = np.empty((1, kk), np.int64)
     with faiss_threads(1):
-        flat.search_c(1, faiss.swig_ptr(q), kk, faiss.swig_ptr(sims), faiss.swig_ptr(pos), None)
+        sims, pos = search(flat, q, min(k, m))
     out = ids[pos[0]]
     order = np.lexsort((out, -sims[0]))  # faiss's heap leaves equal scores in any order: the lower id first
     return sims[:, order], out[order][None]
@@ -198,19 +196,3 @@ def _pad(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return (np.concatenate([sims, np.full((B, short), -np.inf, np.float32)], axis=1),
             np.concatenate([ids, np.full((B, short), -1, np.int64)], axis=1))
 
-
-@contextlib.contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Run FAISS single-threaded for small searches: its OpenMP workers spinning after a search take
-    the cores from the re-rank's tensor operations (measured: batch of 64, 0.51 -> 0.35 ms per query)."""
-    if n is None:
-        yield
-        return
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)

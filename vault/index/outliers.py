@@ -71,16 +71,6 @@ def pool_index(faiss: Any, index: Any, vault: "Vault", ids: np.ndarray) -> Any |
     return pool
 
 
-def search(pool: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pool's best `k` per query by PQ estimate: (estimates [B, k], ids [B, k], -1 pads)."""
-    import faiss
-
-    k = min(k, pool.ntotal)
-    dist, ids = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
-    pool.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(dist), faiss.swig_ptr(ids), None)
-    return dist, ids
-
-
 def merge(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_ids: np.ndarray, kk: int
           ) -> np.ndarray:
     """The `kk` best ids per row [B, kk] of two candidate lists (estimated similarity, higher first; -1 = none),
