@@ -1,5 +1,5 @@
-"""Thin helpers around FAISS calls on the single-query path: how many threads a search may use, and a search
-without the Python wrapper's checks and copies (they cost as much as a small search itself)."""
+"""Thin helpers around FAISS calls on the search path (one query or a batch): how many threads a search may use,
+and a search without the Python wrapper's checks and copies (for one query they cost as much as the search)."""
 
 from __future__ import annotations
 
