@@ -1,8 +1,8 @@
 """Start a real ComfyUI headless on 127.0.0.1 with this pack installed, and drive it over HTTP.
 
 Follows ../shared/COMFYUI.md: a writable copy of the ComfyUI source, a temp --base-directory whose
-custom_nodes holds a link to this repository, --cpu, an empty front-end root, and the shared
-sitecustomize on PYTHONPATH (CPU torch beside PyPI's CUDA torchvision). Every wait is bounded.
+custom_nodes holds a link to this repository, --cpu (unless LUNA_TEST_COMFY_GPU=1, on a lent GPU), an empty
+front-end root, and the shared sitecustomize on PYTHONPATH (CPU torch beside PyPI's CUDA torchvision). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -55,11 +55,18 @@ class ComfyServer:
 
     def start(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHARED / "comfyui-tools"), env.get("PYTHONPATH", "")]))
+        tools = str(SHARED / "comfyui-tools")
+        if os.environ.get("LUNA_TEST_COMFY_GPU") == "1":  # a matched torch: no shim, and torch must not be imported
+            # before main.py sets its CUDA allocator (the shim's sitecustomize imports it)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != tools)
+        else:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [tools, env.get("PYTHONPATH", "")]))
         env["LUNA_VAULT_CACHE"] = str(self.workdir / "index-cache")
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch"]
+        if os.environ.get("LUNA_TEST_COMFY_GPU") != "1":
+            cmd.append("--cpu")
         if not self.frontend:
             cmd += ["--front-end-root", str(self.workdir / "frontend")]
         self.proc = subprocess.Popen(cmd, cwd=self.app, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)

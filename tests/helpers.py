@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def make_folder(root: Path, n: int, seed: int = 0, sub: str = "eyes") -> list[Pa
 
 
 def import_comfyui() -> None:
-    """Make ../shared/comfyui importable (on the CPU) for a test module, or skip the whole module."""
+    """Make ../shared/comfyui importable for a test module (on the CPU, see `comfy_device`), or skip the whole module."""
     import sys
 
     import pytest
@@ -60,10 +61,18 @@ def import_comfyui() -> None:
     if str(COMFYUI) not in sys.path:
         sys.path.insert(0, str(COMFYUI))
     try:
-        import comfy.cli_args
+        import comfy.cli_args  # noqa: F401 (the import is the check)
     except ImportError as e:  # ComfyUI's requirements are not installed
         pytest.skip(f"ComfyUI cannot be imported here: {e}", allow_module_level=True)
-    comfy.cli_args.args.cpu = True
+    comfy_device()
+
+
+def comfy_device() -> None:
+    """ComfyUI's models run on the CPU in tests, unless LUNA_TEST_COMFY_GPU=1 (scripts/gpu_checks.sh on a lent
+    GPU): then ComfyUI places them as it does for a user, text encoders and CLIP vision on the GPU."""
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = os.environ.get("LUNA_TEST_COMFY_GPU") != "1"
 
 
 def tiny_open_clip(folder: Path) -> tuple[Path, Path, Path]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from helpers import COMFYUI, SHARED
+from helpers import COMFYUI, SHARED, comfy_device
 
 # comfy/model_detection.py's SD15 config: what CheckpointLoaderSimple detects from the keys we write
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -37,9 +37,7 @@ def _comfy() -> None:
     for p in (str(COMFYUI), str(SHARED / "comfyui-tools")):
         if p not in sys.path:
             sys.path.insert(0, p)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    comfy_device()
 
 
 def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:

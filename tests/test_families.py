@@ -63,14 +63,14 @@ def max_diff(a: list, b: list) -> float:
     worst = 0.0
     for (ca, ea), (cb, eb) in zip(a, b):
         assert ca.shape == cb.shape, (ca.shape, cb.shape)
-        worst = max(worst, (ca.float() - cb.float()).abs().max().item())
+        worst = max(worst, (ca.float().cpu() - cb.float().cpu()).abs().max().item())  # values; the device may differ
         assert ea.keys() == eb.keys(), (sorted(ea), sorted(eb))
         for key, va in ea.items():
             vb = eb[key]
             if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
                 assert isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and va.shape == vb.shape, key
                 assert va.dtype == vb.dtype, (key, va.dtype, vb.dtype)
-                worst = max(worst, (va.float() - vb.float()).abs().max().item() if va.numel() else 0.0)
+                worst = max(worst, (va.float().cpu() - vb.float().cpu()).abs().max().item() if va.numel() else 0.0)
             else:
                 assert va == vb, (key, va, vb)
     return worst
@@ -160,7 +160,9 @@ class Width5120TextModel(torch.nn.Module):
         pass
 
     def encode_token_weights(self, token_weight_pairs: dict) -> tuple:
-        ids = torch.tensor([[t for t, _ in chunk] for chunk in token_weight_pairs["l"]]).reshape(1, -1)
+        # on the model's device (ComfyUI puts it on the GPU when there is one); the outputs stay there, as a
+        # custom encoder may leave them
+        ids = torch.tensor([[t for t, _ in chunk] for chunk in token_weight_pairs["l"]], device=self.embed.weight.device).reshape(1, -1)
         h = self.embed(ids)
         mask = (ids != 49407).long()
         mask[0, 0] = 1
