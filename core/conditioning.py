@@ -325,6 +325,19 @@ def retrieved_conditioning(results: Sequence["QueryResult"], lookup: Callable[["
     return [[torch.stack(conds), {"pooled_output": pooled, **extras}]]
 
 
+def on_device_of(cond: Conditioning, user: Conditioning | None) -> Conditioning:
+    """`cond` with its tensors on the device of the user's conditioning (a text encoder that leaves its output on
+    the GPU): ComfyUI's own nodes (ConditioningAverage, Concat) then take both. Unchanged without a user."""
+    if not user or not isinstance(user[0][0], torch.Tensor):
+        return cond
+    device = user[0][0].device
+
+    def move(v: Any) -> Any:
+        return v.to(device) if isinstance(v, torch.Tensor) and v.device != device else v
+
+    return [[move(c), {k: move(v) for k, v in extras.items()}] for c, extras in cond]
+
+
 def _extras_shapes(extras: Mapping[str, Any]) -> dict[str, tuple[int | None, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in extras.items()
             if isinstance(v, torch.Tensor) and k != "pooled_output" and is_text_key(k)}

@@ -82,9 +82,16 @@ def loss_parts(model: Any, x: torch.Tensor, tokens: torch.Tensor, pooled: torch.
 def _dist() -> tuple[int, int, int]:
     """(rank, world, local rank), joining the process group when torchrun started us."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and local_rank >= gpus:
+        raise RuntimeError(
+            f"torchrun started process {local_rank} of this machine, but it has {gpus} GPU(s) and each process "
+            f"trains on its own: run torchrun --nproc-per-node {gpus}, or hide the GPUs (CUDA_VISIBLE_DEVICES='') "
+            "to train in several CPU processes")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if gpus else "gloo")
+    return int(os.environ.get("RANK", "0")), world, local_rank
 
 
 def _cosine_schedule(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:

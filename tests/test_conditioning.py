@@ -340,3 +340,18 @@ def test_baked_vault_without_pooled_and_with_a_rebuilt_mask(tmp_path: Path) -> N
     with pytest.raises(VaultError, match=r"bakes lumina2.LuminaModel\[gemma2_2b\] conditioning \(no pooled output\); the "
                                          r"projector predicts tokens \+ a pooled output only"):
         target_for_vault(v)
+
+
+def test_retrieved_conditioning_follows_the_users_device() -> None:
+    """A text encoder that leaves its output on the GPU gives the user's conditioning there; the retrieved one
+    (cached on the CPU) follows it, so ComfyUI's own nodes can mix the two. The meta device stands in for the GPU."""
+    from luna_vault.core.conditioning import on_device_of
+
+    retrieved = [[torch.ones(1, 4, 8), {"pooled_output": torch.ones(1, 6), "attention_mask": torch.ones(1, 4), "n": 3}]]
+    user = [[torch.zeros(1, 4, 8, device="meta"), {"pooled_output": None}]]
+    moved = on_device_of(retrieved, user)
+    assert moved[0][0].device.type == "meta" and moved[0][0].shape == (1, 4, 8)
+    assert moved[0][1]["pooled_output"].device.type == "meta" and moved[0][1]["attention_mask"].device.type == "meta"
+    assert moved[0][1]["n"] == 3 and retrieved[0][0].device.type == "cpu"  # the input is left as it was
+    assert on_device_of(retrieved, None) is retrieved
+    assert on_device_of(retrieved, [[torch.zeros(1, 4, 8), {}]])[0][0] is retrieved[0][0]  # same device: no copy

@@ -202,7 +202,7 @@ def test_cli_train_and_eval(syn_vault: Path, tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(syn_vault: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.safetensors"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # gloo on the CPU, also on a GPU machine
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(29500 + os.getpid() % 1000), "-m", "luna_vault.cli", "train", str(syn_vault), "--out",
                           str(out), "--epochs", "2", "--json"], capture_output=True, text=True, timeout=600, env=env)
@@ -212,3 +212,13 @@ def test_ddp_two_processes_gloo(syn_vault: Path, tmp_path: Path) -> None:
     model, header = load_projector(out)
     assert header["stats"]["world_size"] == 2
     assert model(torch.randn(2, IN_DIM))[0].shape == (2, 8, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_checks.sh runs it on a lent one)")
+def test_ddp_more_processes_than_gpus_says_what_to_run(syn_vault: Path, tmp_path: Path) -> None:
+    n = torch.cuda.device_count() + 1
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
+                          str(29600 + os.getpid() % 1000), "-m", "luna_vault.cli", "train", str(syn_vault), "--out",
+                          str(tmp_path / "p.safetensors"), "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert f"has {n - 1} GPU(s)" in res.stderr and f"--nproc-per-node {n - 1}" in res.stderr, res.stderr[-3000:]

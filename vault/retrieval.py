@@ -16,6 +16,7 @@ from ..core.conditioning import (
     baked_lookup,
     blend,
     check_baked_family,
+    on_device_of,
     retrieval_weights,
     retrieved_conditioning,
     text_lookup,
@@ -102,7 +103,7 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
         families = sorted({vaults_by_name[r.vault].text.family for r in results})  # type: ignore[union-attr]
         family = " + ".join(families)
     notes: list[str] = []
-    retrieved = retrieved_conditioning(results, lookup, temperature=temperature, notes=notes)
+    retrieved = on_device_of(retrieved_conditioning(results, lookup, temperature=temperature, notes=notes), user)
     blended = blend(user, retrieved, mode, strength, notes=notes, family=family)
     index = {v.name: index_summary(v) for v in vaults if v.name not in skipped}
     return Retrieval(results, retrieved, blended, text_mode, temperature, skipped, index, family, notes)
