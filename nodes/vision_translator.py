@@ -10,7 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..core.conditioning import BLEND_MODES, blend
+from ..core.conditioning import BLEND_MODES, blend, on_device_of
 from ..extraction.comfy_adapters import ComfyClipTextEncoder, ComfyClipVisionEncoder
 from ..projector.translate import load_cached, translate
 from ..vault.cache import open_cached
@@ -92,9 +92,10 @@ class LunaVisionTranslator(io.ComfyNode):
         result = translate(model, encoder.encode(image), vault=v, threshold=threshold, k=k,
                            text_encoder=ComfyClipTextEncoder(clip) if clip is not None else None,
                            encoder=encoder.fingerprint)
-        blended = blend(conditioning, result.conditioning, blend_mode, strength)
+        translated = on_device_of(result.conditioning, conditioning)  # mixable with yours in ComfyUI's own nodes
+        blended = blend(conditioning, translated, blend_mode, strength)
         summary = "\n".join(
             f"crop {b}: {p}" + (f" (best vault match {s:.3f}{' >= ' if p == 'vault' else ' < '}{threshold})" if s is not None else "")
             for b, (p, s) in enumerate(zip(result.paths, result.best_similarity)))
-        return io.NodeOutput(blended, result.conditioning, json.dumps(result.report(threshold if v else None)),
+        return io.NodeOutput(blended, translated, json.dumps(result.report(threshold if v else None)),
                              ui={"text": [summary]})
