@@ -11,7 +11,8 @@
 #      weights) at $N images with two decode-worker counts, and the projector's latency and training
 #      throughput (pairs on the GPU and streamed);
 #   4. whether faiss can use the GPU here (which CUDA libraries the machine has).
-# A machine without internet: Python packages it lacks travel as wheels in .whl/ (open_clip_torch, ftfy,
+# A machine without internet (scripts/gpu_prepare.sh makes .whl/ and .gpu/ here; carry both): Python
+# packages it lacks travel as wheels in .whl/ (open_clip_torch, ftfy,
 # wcwidth, faiss-cpu; for ComfyUI torchsde, trampoline, and for its server alembic, Mako, SQLAlchemy,
 # greenlet, pydantic(-core, -settings), annotated-types, typing-inspection, python-dotenv); ../shared
 # (ComfyUI, its tools) travels as .gpu/shared when it is not beside the checkout. PyAV (~40 MB) is
