@@ -83,7 +83,7 @@ def _dist() -> tuple[int, int, int]:
     """(rank, world, local rank), joining the process group when torchrun started us."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = torch.cuda.device_count()  # 0 without CUDA (or with CUDA_VISIBLE_DEVICES='')
     if gpus and local_rank >= gpus:
         raise RuntimeError(
             f"torchrun started process {local_rank} of this machine, but it has {gpus} GPU(s) and each process "

@@ -11,12 +11,10 @@
 #      weights) at $N images with two decode-worker counts, and the projector's latency and training
 #      throughput (pairs on the GPU and streamed);
 #   4. whether faiss can use the GPU here (which CUDA libraries the machine has).
-# A machine without internet (scripts/gpu_prepare.sh makes .whl/ and .gpu/ here; carry both): Python
-# packages it lacks travel as wheels in .whl/ (open_clip_torch, ftfy,
-# wcwidth, faiss-cpu; for ComfyUI torchsde, trampoline, and for its server alembic, Mako, SQLAlchemy,
-# greenlet, pydantic(-core, -settings), annotated-types, typing-inspection, python-dotenv); ../shared
-# (ComfyUI, its tools) travels as .gpu/shared when it is not beside the checkout. PyAV (~40 MB) is
-# replaced by an empty stand-in: ComfyUI imports it at module level for video types only.
+# A machine without internet: the Python packages it lacks travel as wheels in .whl/, and ../shared
+# (ComfyUI, its tools) as .gpu/shared when it is not beside the checkout; scripts/gpu_prepare.sh makes
+# both here (and lists the packages); carry both. PyAV (~40 MB) is replaced by an empty stand-in:
+# ComfyUI imports it at module level for video types only.
 # Results go to $OUT (default bench/out), the log to $OUT/gpu_checks.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,9 @@
 """Start a real ComfyUI headless on 127.0.0.1 with this pack installed, and drive it over HTTP.
 
 Follows ../shared/COMFYUI.md: a writable copy of the ComfyUI source, a temp --base-directory whose
-custom_nodes holds a link to this repository, --cpu (unless LUNA_TEST_COMFY_GPU=1, on a lent GPU), an empty
-front-end root, and the shared sitecustomize on PYTHONPATH (CPU torch beside PyPI's CUDA torchvision). Every wait is bounded.
+custom_nodes holds a link to this repository, --cpu (unless LUNA_TEST_COMFY_GPU=1, on a lent GPU), an
+empty front-end root, and the shared sitecustomize on PYTHONPATH (CPU torch beside PyPI's CUDA
+torchvision; not in GPU mode). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from helpers import COMFYUI, SHARED
+from helpers import COMFYUI, SHARED, comfy_on_gpu
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,9 @@ class ComfyServer:
 
     def start(self) -> None:
         env = dict(os.environ)
-        tools = str(SHARED / "comfyui-tools")
-        if os.environ.get("LUNA_TEST_COMFY_GPU") == "1":  # a matched torch: no shim, and torch must not be imported
-            # before main.py sets its CUDA allocator (the shim's sitecustomize imports it)
+        tools, gpu = str(SHARED / "comfyui-tools"), comfy_on_gpu()
+        if gpu:  # a matched torch: no shim, and torch must not be imported before main.py sets its CUDA allocator
+            # (the shim's sitecustomize imports it)
             env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != tools)
         else:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [tools, env.get("PYTHONPATH", "")]))
@@ -65,7 +66,7 @@ class ComfyServer:
         cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                "--disable-auto-launch"]
-        if os.environ.get("LUNA_TEST_COMFY_GPU") != "1":
+        if not gpu:
             cmd.append("--cpu")
         if not self.frontend:
             cmd += ["--front-end-root", str(self.workdir / "frontend")]

@@ -67,12 +67,17 @@ def import_comfyui() -> None:
     comfy_device()
 
 
+def comfy_on_gpu() -> bool:
+    """LUNA_TEST_COMFY_GPU=1 (scripts/gpu_checks.sh on a lent GPU): ComfyUI, in-process and as a server, places
+    its models as it does for a user, text encoders and CLIP vision on the GPU; otherwise tests run it on the CPU."""
+    return os.environ.get("LUNA_TEST_COMFY_GPU") == "1"
+
+
 def comfy_device() -> None:
-    """ComfyUI's models run on the CPU in tests, unless LUNA_TEST_COMFY_GPU=1 (scripts/gpu_checks.sh on a lent
-    GPU): then ComfyUI places them as it does for a user, text encoders and CLIP vision on the GPU."""
+    """Tell the in-process ComfyUI where its models go (see `comfy_on_gpu`)."""
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = os.environ.get("LUNA_TEST_COMFY_GPU") != "1"
+    comfy.cli_args.args.cpu = not comfy_on_gpu()
 
 
 def tiny_open_clip(folder: Path) -> tuple[Path, Path, Path]:
