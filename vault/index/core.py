@@ -18,6 +18,7 @@ from ..manifest import check_index_spec
 from ..segment import prefetch
 from . import outliers as outliers_mod
 from . import state as state_mod
+from .assign import assigning
 from .choice import choose_index
 from .coarse import Coarse, ProbeRule, Probes, fast_pass
 from .exact import exact_search, rerank
@@ -184,24 +185,25 @@ class VaultIndex:
         """Add the entries the index does not cover yet (all of them for a fresh index), checking each
         vector is unit length as it is read (a damaged file is refused here, not searched)."""
         assert self.state is not None
+        import faiss
+
         start, stop = index.ntotal, self.vault.n_entries
         done = 0
-        for first, block in self.vault.iter_embedding_blocks():
-            if first + len(block) <= start:
-                continue
-            block = np.asarray(block[max(0, start - first):], dtype=np.float32)
-            check_unit_block(self.vault.name, block, max(first, start))
-            index.add(block)
-            done += len(block)
-            if progress:
-                progress(done, stop - start)
+        with assigning(faiss, index, stop - start):
+            for first, block in self.vault.iter_embedding_blocks():
+                if first + len(block) <= start:
+                    continue
+                block = np.asarray(block[max(0, start - first):], dtype=np.float32)
+                check_unit_block(self.vault.name, block, max(first, start))
+                index.add(block)
+                done += len(block)
+                if progress:
+                    progress(done, stop - start)
         self.state.ntotal = index.ntotal
         self.state.vault_id = self.vault.manifest.vault_id
         self.state.covered_digest = content_digest(self.vault, index.ntotal)
         if tune_after and done:
             self._prefetch.join()
-            import faiss
-
             self._pick_outliers(faiss, index)
             if self._needs_tuning(index):
                 tune(self, index)

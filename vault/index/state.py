@@ -231,11 +231,11 @@ class _compact_quantizer:
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
         small = faiss.IndexScalarQuantizer(ivf.d, faiss.ScalarQuantizer.QT_fp16, ivf.quantizer.metric_type)
         small.add(centroids)
-        self.saved = _swap_quantizer(ivf, small)
+        self.saved = swap_quantizer(ivf, small)
 
     def __exit__(self, *exc: Any) -> None:
         if self.saved is not None:
-            _swap_quantizer(self.ivf, self.saved)
+            swap_quantizer(self.ivf, self.saved)
 
 
 def _expand_quantizer(faiss: Any, index: Any) -> Any:
@@ -246,11 +246,11 @@ def _expand_quantizer(faiss: Any, index: Any) -> Any:
         if isinstance(q, faiss.IndexScalarQuantizer) and q.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
             flat = faiss.IndexFlat(ivf.d, q.metric_type)
             flat.add(q.reconstruct_n(0, q.ntotal))
-            _swap_quantizer(ivf, flat)
+            swap_quantizer(ivf, flat)
     return index
 
 
-def _swap_quantizer(ivf: Any, new: Any) -> Any:
+def swap_quantizer(ivf: Any, new: Any) -> Any:
     """Give `new` to the IVF index (which then owns it); return the old quantizer, now owned by Python."""
     old = ivf.quantizer
     new.this.disown()
