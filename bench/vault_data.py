@@ -119,7 +119,7 @@ class ClipLike:
                 x[dup] = unit(x[src] + self._draw(rng, "dup", len(dup)))
             pick = np.flatnonzero(_hash01(offset + a + np.arange(len(part)), self.seed) < 0.02)
             for p in pick:
-                seen[offset + a + int(p)] = prompts[p]
+                seen[offset + a + int(p)] = prompts[p].copy()  # a copy: a row view would keep the whole block alive
             seen.setdefault(-1, np.zeros((0, self.d), np.float32))
             take = np.flatnonzero(_hash01(offset * 7 + a * 4 + np.arange(len(local)), self.seed + 1) < 0.01)
             seen[-1] = np.concatenate([seen[-1], x[take]])[-20000:]

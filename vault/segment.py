@@ -185,6 +185,18 @@ def prefetch(array: np.ndarray) -> None:
 
     Random-access searches then skip a page fault per row. Best effort: no-op where unsupported.
     """
+    _advise(array, (22, getattr(mmap, "MADV_WILLNEED", None)))  # 22 = MADV_POPULATE_READ (Linux >= 5.14)
+
+
+def read_rows_only(array: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped array is read a few rows at a time (MADV_RANDOM): a page fault reads that
+    page, not the ~128 KB of read-ahead around it (measured at 10M entries: 9.3 GB of the vectors' pages resident
+    after 2,000 queries, for the few hundred rows each query re-ranks). Best effort: no-op where unsupported."""
+    _advise(array, (getattr(mmap, "MADV_RANDOM", None),))
+
+
+def _advise(array: np.ndarray, advices: tuple[int | None, ...]) -> None:
+    """madvise the pages of a memory-mapped array with the first of `advices` the system accepts."""
     base = array
     while isinstance(base, np.ndarray):
         base = base.base
@@ -195,7 +207,7 @@ def prefetch(array: np.ndarray) -> None:
     start = array.__array_interface__["data"][0] - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
     page = mmap.PAGESIZE
     aligned = start - start % page
-    for advice in (22, getattr(mmap, "MADV_WILLNEED", None)):  # 22 = MADV_POPULATE_READ (Linux >= 5.14)
+    for advice in advices:
         if advice is None:
             continue
         try:

@@ -55,7 +55,7 @@ from .manifest import (
     vault_name,
     write_manifest,
 )
-from .segment import Binding, Segment, SegmentData, concat_segments, read_deleted, write_deleted, write_segment
+from .segment import Binding, Segment, SegmentData, concat_segments, prefetch, read_deleted, write_deleted, write_segment
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,16 @@ class Vault:
         return out
 
     def iter_embedding_blocks(self, block: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first_id, fp16 block) over all entries in id order, deleted ones included."""
+        """Yield (first_id, fp16 block) over all entries in id order, deleted ones included.
+
+        Each block's pages are read in one request before it is yielded (`prefetch`): a scan stays one large read
+        per block where the vectors are mapped for random access (`read_rows_only`, on vaults too big to map ahead).
+        """
         for s in self.segments:
             for a in range(0, s.n, block):
-                yield s.entry_base + a, s.embeddings[a : a + block]
+                part = s.embeddings[a : a + block]
+                prefetch(part)
+                yield s.entry_base + a, part
 
     def _locate_one(self, entry_id: int) -> tuple[Segment, int]:
         entry_id = int(entry_id)

@@ -15,7 +15,7 @@ from filelock import FileLock
 
 from ..entries import check_unit_block
 from ..manifest import check_index_spec
-from ..segment import prefetch
+from ..segment import prefetch, read_rows_only
 from . import outliers as outliers_mod
 from . import state as state_mod
 from .assign import assigning
@@ -71,6 +71,8 @@ class VaultIndex:
         if total > PREFETCH_SHARE * _physical_memory():
             log.info("not mapping %.1f GB of stored vectors ahead (more than %.0f%% of memory)", total / 1e9,
                      100 * PREFETCH_SHARE)
+            for seg in self.vault.segments:
+                read_rows_only(seg.embeddings)
             return
         for seg in self.vault.segments:
             prefetch(seg.embeddings)
