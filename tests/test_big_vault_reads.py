@@ -45,3 +45,6 @@ def test_a_scan_reads_each_block_in_one_request(vault_path: Path, monkeypatch: p
     monkeypatch.setattr(store_mod, "prefetch", lambda a: asked.append(len(a)))
     firsts = [first for first, _ in vault.iter_embedding_blocks(block=10000)]
     assert firsts == [0, 10000, 20000] and asked == [10000, 10000, 4000]
+    asked.clear()  # from an entry on (an append's new entries): the blocks before it are never read
+    assert [first for first, _ in vault.iter_embedding_blocks(block=10000, start=15000)] == [10000, 20000]
+    assert asked == [10000, 4000]

@@ -149,9 +149,9 @@ class Vault:
         A scaled or bit-flipped vector would otherwise win every query with an impossible similarity.
         """
         stop = self.n_entries if stop is None else stop
-        for first, block in self.iter_embedding_blocks():
-            if first + len(block) <= start or first >= stop:
-                continue
+        for first, block in self.iter_embedding_blocks(start=start):
+            if first >= stop:
+                break
             check_unit_block(self.name, block, first)
 
     # ---- basic properties ----------------------------------------------------------------------
@@ -200,14 +200,17 @@ class Vault:
                 out[sel] = segment.embeddings[ids[sel] - segment.entry_base]
         return out
 
-    def iter_embedding_blocks(self, block: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first_id, fp16 block) over all entries in id order, deleted ones included.
+    def iter_embedding_blocks(self, block: int = 65536, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first_id, fp16 block) over all entries in id order, deleted ones included; from the block holding
+        entry `start` on (the blocks before it are never read).
 
         Each block's pages are read in one request before it is yielded (`prefetch`): a scan stays one large read
         per block where the vectors are mapped for random access (`read_rows_only`, on vaults too big to map ahead).
         """
         for s in self.segments:
             for a in range(0, s.n, block):
+                if s.entry_base + min(a + block, s.n) <= start:
+                    continue
                 part = s.embeddings[a : a + block]
                 prefetch(part)
                 yield s.entry_base + a, part

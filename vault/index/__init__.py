@@ -26,9 +26,10 @@ entries to a cached index. One process builds or extends an index at a time (a l
 folder): the others wait, then load it. Any FAISS factory string of the allowed families can be
 given instead of "auto" (inner-product metric).
 
-Modules: choice (which index), state (the cache files), train (the partition), assign (entries to lists), queries (tuning
-queries), coarse (which lists a query probes), outliers, siblings, reach, guard, tune, exact (brute force and
-re-rank), measure (recall, gap), gpu, core (VaultIndex: load or build, then search).
+Modules: choice (which index), state (the cache files), train (the partition), assign (entries to
+lists), queries (tuning queries), coarse (which lists a query probes), outliers, siblings, reach,
+guard, tune, exact (brute force and re-rank), measure (recall, gap), gpu, core (VaultIndex: load or
+build, then search).
 """
 
 from .choice import FLAT_MAX, choose_index, pq_subquantizers

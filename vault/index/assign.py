@@ -4,10 +4,12 @@ Adding an entry to an IVF index scores it against every centroid: n x nlist x D 
 entries x 65,536 lists x 1024-d is ~1.4e15 flops, about three hours on 2 cores). Above
 GRAPH_MIN_WORK entry-centroid pairs, the index's flat quantizer is swapped, for the add alone, for an
 HNSW graph over the same centroids (faiss IndexHNSWFlat, as faiss's own IVF..._HNSW indexes assign
-billion-entry sets). The graph finds the best centroid for ~97% of entries and a near-best one for
-the rest (measured on the CLIP-shaped benchmark data, efSearch 64). That costs no answer: tuning
-measures each query's reach through the lists the entries are actually in, and the outlier pool
-covers entries far from their own list's centroid. Queries never use the graph (see __init__).
+billion-entry sets). On the CLIP-shaped benchmark data it puts 90-94% of entries in their best list
+and the rest in a near one (10M into 65,536 lists: 90.3%, p99 0.072 below the best centroid; 1M into
+16,384: 94.4%), 3-6x faster than scoring every centroid. That costs no answer: tuning measures each
+query's reach through the lists the entries are actually in, and the outlier pool covers entries far
+from their own list's centroid. Measured at 1M, a build through the graph chose the same probing
+setting as one with exact assignment, with the same recall and 0 misses. Queries never use the graph.
 """
 
 from __future__ import annotations

@@ -192,9 +192,7 @@ class VaultIndex:
         start, stop = index.ntotal, self.vault.n_entries
         done = 0
         with assigning(faiss, index, stop - start):
-            for first, block in self.vault.iter_embedding_blocks():
-                if first + len(block) <= start:
-                    continue
+            for first, block in self.vault.iter_embedding_blocks(start=start):
                 block = np.asarray(block[max(0, start - first):], dtype=np.float32)
                 check_unit_block(self.vault.name, block, max(first, start))
                 index.add(block)
