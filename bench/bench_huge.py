@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vault import pct  # noqa: E402
 from vault_data import QUERY_KINDS, ClipLike  # noqa: E402
 
 
@@ -47,12 +48,8 @@ def memory() -> dict[str, float]:
     return out
 
 
-def pct(xs: Any, p: float) -> float:
-    return float(np.percentile(np.asarray(xs), p))
-
-
 def phase_write(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from luna_vault.vault import EncoderFingerprint
+    from luna_vault.vault import EncoderFingerprint, Vault
     from luna_vault.vault.store import VaultWriter
 
     data = ClipLike(args.n, args.dim, seed=args.seed)
@@ -72,7 +69,7 @@ def phase_write(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     q, kinds = data.queries(args.queries)
     np.save(work / "q.npy", q)
     np.save(work / "kinds.npy", kinds)
-    disk = sum(f.stat().st_size for f in (work / "huge.vault").rglob("*") if f.is_file())
+    disk = Vault.open(work / "huge.vault").disk_bytes()
     return {"entries": done, "write_s": write_s, "generate_s": gen_s, "entries_per_s": done / write_s,
             "vault_gb": disk / 1e9, "bytes_per_entry": disk / done}
 
@@ -123,7 +120,7 @@ def phase_query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from luna_vault.vault import Vault, get_index
-    from luna_vault.vault.index import GAP_LIMIT, similarity_gap
+    from luna_vault.vault.index import GAP_LIMIT, recall_per_query, similarity_gap
     from luna_vault.vault.query import search_arrays
 
     faiss.omp_set_num_threads(1)
@@ -147,7 +144,7 @@ def phase_query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             lat.append((time.perf_counter() - t) * 1e3)
             got_s[r], got_i[r] = s[0], i[0]
         gap = similarity_gap(truth_s, got_s)
-        recall = np.array([len(set(a) & set(b)) / 5 for a, b in zip(got_i.tolist(), truth_i.tolist())])
+        recall = recall_per_query(got_i, truth_i)
         out[rnd] = {"p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": max(lat),
                     "recall_at_5": float(recall.mean()), "misses": int((gap > GAP_LIMIT).sum()),
                     "max_gap": float(gap.max()), "exact_answers": ix.exact_answers,
