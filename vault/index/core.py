@@ -27,6 +27,7 @@ from .gpu import gpu_available, to_gpu
 from .queries import TUNE_K
 from .reach import REACH_RATE, list_of_entries
 from .siblings import Siblings
+from .split import SplitScans
 from .state import IndexState, content_digest, default_cache_dir, index_cache_folder, ivf_of, read_state
 from .train import train
 from .tune import RECALL_TARGET, drift, tune
@@ -54,6 +55,7 @@ class VaultIndex:
         self.state: IndexState | None = None
         self.queries = 0  # queries answered (since this process opened the index)
         self.exact_answers = 0  # of which the guard answered exactly
+        self.split = SplitScans()  # whether one query's long scan is split between threads (split.py)
         self._lock = threading.Lock()
         self.gpu = False
         self.coarse: Coarse | None = None  # the coarse step (IVF indexes): which lists each query probes
@@ -324,6 +326,7 @@ class VaultIndex:
                 top = self.coarse.scores(queries, 1, 1)[0][:, 0]
             return cand, top, None
         if isinstance(index, faiss.IndexIVF) and self.coarse is not None:
+            threads = faiss.omp_get_max_threads()  # what the caller allows: faiss_threads holds FAISS to one below
             with faiss_threads(1 if B <= 256 else None):
                 probes = self.coarse.probes(queries, rule)
                 params = faiss.SearchParametersIVF(nprobe=probes.lists.shape[1])
@@ -332,8 +335,11 @@ class VaultIndex:
                 dist = np.empty((B, kk), np.float32)
                 cand = np.empty((B, kk), np.int64)
                 lists, scores = np.ascontiguousarray(probes.lists), np.ascontiguousarray(probes.scores)
-                index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
-                                           faiss.swig_ptr(dist), faiss.swig_ptr(cand), False, params)
+                codes = float(probes.count.sum()) * index.ntotal / max(index.nlist, 1)
+                with self.split.scan(faiss, index, B, kk, codes, threads):
+                    index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists),
+                                               faiss.swig_ptr(scores), faiss.swig_ptr(dist), faiss.swig_ptr(cand), False,
+                                               params)
                 if self.outliers is not None:  # entries no list represents: ranked with the lists' candidates
                     pool_dist, pool_ids = search(self.outliers, queries, min(kk, outliers_mod.POOL_K, self.outliers.ntotal))
                     if allowed is not None:  # a fast-scan index takes no selector
