@@ -3,6 +3,7 @@ pays, with FAISS's settings restored, and with the same answers as one thread.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -12,15 +13,17 @@ import pytest
 from helpers import clustered
 from luna_vault.vault import EncoderFingerprint, Vault, build
 from luna_vault.vault.index import split as split_mod
-from luna_vault.vault.index.split import BACKOFF_MIN, SplitScans
+from luna_vault.vault.index.split import BACKOFF_MIN, SplitScans, cores_taken
 
 D = 32
 
 
 @pytest.fixture()
-def faiss_two_threads() -> Iterator[object]:
+def faiss_two_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """FAISS allowed two threads, and the machine's other work ignored (see test_cores_taken_...)."""
     import faiss
 
+    monkeypatch.setattr(split_mod, "cores_taken", lambda: False)
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)
     yield faiss
@@ -56,6 +59,29 @@ def test_a_long_single_query_scan_is_split_once_one_thread_was_timed_and_faiss_i
         with s.scan(faiss, ix, B, 50, codes=codes, threads=threads):
             assert getattr(ix, "implem", 0) == 0 and faiss.omp_get_max_threads() == 1
     assert s.splits == 2
+
+
+def test_no_split_is_tried_while_more_threads_are_runnable_than_there_are_cores(
+        faiss_two_threads: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    loadavg = tmp_path / "loadavg"
+    for running, taken in ((cores + 1, True), (cores, False), (1, False)):
+        loadavg.write_text(f"0.52 1.20 1.61 {running}/86 519\n")
+        assert cores_taken(loadavg) is taken
+    for bad in ("", "0.52 1.20 1.61 x/86 519", "0.52"):
+        loadavg.write_text(bad)
+        assert cores_taken(loadavg) is False  # unreadable: the timing alone decides
+    assert cores_taken(tmp_path / "missing") is False
+    faiss = faiss_two_threads
+    index = _fast_scan_index(faiss)
+    s = SplitScans()
+    s.per_code = 1.0  # every split would pay
+    monkeypatch.setattr(split_mod, "cores_taken", lambda: True)
+    with s.scan(faiss, index, 1, 50, codes=1e6, threads=2):
+        assert index.implem == 0
+    monkeypatch.setattr(split_mod, "cores_taken", lambda: False)
+    with s.scan(faiss, index, 1, 50, codes=1e6, threads=2):
+        assert index.implem == 15
 
 
 def test_a_split_that_does_not_pay_stops_splitting_for_a_backoff_that_doubles_and_comes_down_when_splits_pay(

@@ -5,23 +5,41 @@ FAISS can split one query's lists between its OpenMP threads (its fast-scan impl
 15): measured on 2 idle cores, scan alone, p50 1.36 -> 0.78 ms at 1M CLIP-shaped entries and 14.1
 -> 7.7 ms at 10M. But its threads meet at a barrier, so when other processes hold the cores a split
 waits for a thread that has none: with two busy processes beside a 500k vault, always splitting took
-the p90 from 6.9 to 31 ms. So a split is only tried while it pays: each query times its scan against
-the time per code of recent unsplit scans; a split that comes out no faster than one thread
-(cores busy elsewhere) stops splitting for the next `backoff` long scans; the backoff doubles each
-time that happens again and halves after a split that pays (BACKOFF_MIN to BACKOFF_MAX). Short scans, batches, and callers that
-allow FAISS one thread (faiss.omp_set_num_threads(1)) are never split.
+the p90 from 6.9 to 31 ms (a split that waits costs ~20 ms; one that pays saves ~0.3). So a split is
+not tried while more threads are runnable than there are cores (`cores_taken`), and only while it
+pays: each query times its scan against the time per code of recent unsplit scans; a split that
+takes SLOWER times that or more (the cores got busy between two reads) stops splitting for the next
+`backoff` long scans; the backoff doubles each time that happens again and halves after a split
+that pays (BACKOFF_MIN to BACKOFF_MAX). The time per code varies between queries (list sizes,
+caches): at 1.0 a tenth of the splits on an idle machine at 10M counted as not paying, at 1.5 one in
+250. Short scans, batches, and callers that allow FAISS one thread (faiss.omp_set_num_threads(1))
+are never split.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 SPLIT_MIN_CODES = 8192  # shorter scans (~0.15 ms) gain less than waking a thread costs
-SLOWER = 1.5  # a split at 1.5x one thread's time per code or more: the cores are busy (busy: 3-5x; idle ~0.6x)
+SLOWER = 1.5  # a split at this many times one thread's time per code or more did not pay (idle: ~0.6x)
 BACKOFF_MIN, BACKOFF_MAX = 16, 1024  # long scans left unsplit after a split that did not pay
 EMA = 0.1  # weight of the newest unsplit scan in the time per code
+
+
+def cores_taken(loadavg: Path = Path("/proc/loadavg")) -> bool:
+    """Whether more threads are runnable now than this process has cores (Linux's /proc/loadavg, ~10 us to read):
+    then a split would wait at FAISS's barrier for a core. One runnable thread per core is allowed, since this
+    query's own thread and FAISS's idle workers still spinning after the last split count among them. False where
+    it cannot be read (then the timing alone decides)."""
+    try:
+        running = int(loadavg.read_bytes().split()[3].split(b"/")[0])
+        return running > len(os.sched_getaffinity(0))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return False
 
 
 class SplitScans:
@@ -40,7 +58,7 @@ class SplitScans:
         if B != 1 or codes < SPLIT_MIN_CODES or threads < 2 or not isinstance(index, faiss.IndexIVFFastScan):
             yield
             return
-        split = self.per_code > 0 and self.unsplit_left == 0
+        split = self.per_code > 0 and self.unsplit_left == 0 and not cores_taken()
         if not split:
             self.unsplit_left = max(0, self.unsplit_left - 1)
         t = time.perf_counter()
