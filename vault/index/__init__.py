@@ -27,9 +27,9 @@ folder): the others wait, then load it. Any FAISS factory string of the allowed 
 given instead of "auto" (inner-product metric).
 
 Modules: choice (which index), state (the cache files), train (the partition), assign (entries to
-lists), queries (tuning queries), coarse (which lists a query probes), outliers, siblings, reach,
-guard, tune, exact (brute force and re-rank), measure (recall, gap), gpu, core (VaultIndex: load or
-build, then search).
+lists), queries (tuning queries), coarse (which lists a query probes), split (one query's scan on
+several threads while that pays), outliers, siblings, reach, guard, tune, exact (brute force and
+re-rank), measure (recall, gap), gpu, core (VaultIndex: load or build, then search).
 """
 
 from .choice import FLAT_MAX, choose_index, pq_subquantizers
