@@ -27,6 +27,21 @@ def clustered(n: int, d: int, clusters: int = 20, seed: int = 0, spread: float =
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def ivf_vault(path: Path, n: int = 24000, d: int = 32) -> Path:
+    """A vault of `n` clustered entries (two per prompt) with a small IVF fast-scan index, for index-path tests;
+    `ivf_queries` draws queries from the same clusters."""
+    from luna_vault.vault import EncoderFingerprint, build
+
+    build(path, clustered(n, d, seed=5, clusters=150), [f"p{i // 2}" for i in range(n)],
+          encoder=EncoderFingerprint("t", d, "w"), category="c", index="IVF256,PQ16x4fs")
+    return path
+
+
+def ivf_queries(m: int, d: int = 32) -> np.ndarray:
+    """`m` queries from the clusters of `ivf_vault` (none of them stored)."""
+    return clustered(m, d, seed=5, clusters=150, sample_seed=9)
+
+
 def toy_encode(prompt: str, dim: int = 8, tokens: int = 77, pooled_dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic fake text encoder: values depend only on the prompt; long prompts get 154 tokens."""
     seed = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import clustered
-from luna_vault.vault import EncoderFingerprint, Vault, build, search
+from helpers import ivf_queries, ivf_vault
+from luna_vault.vault import Vault, search
 from luna_vault.vault import store as store_mod
 from luna_vault.vault.index import core as core_mod
 
@@ -16,16 +16,12 @@ D = 32
 
 @pytest.fixture()
 def vault_path(tmp_path: Path) -> Path:
-    n = 24000
-    path = tmp_path / "big.vault"
-    build(path, clustered(n, D, seed=5, clusters=150), [f"p{i // 2}" for i in range(n)],
-          encoder=EncoderFingerprint("t", D, "w"), category="c", index="IVF256,PQ16x4fs")
-    return path
+    return ivf_vault(tmp_path / "big.vault", d=D)
 
 
 def test_vectors_bigger_than_a_quarter_of_memory_are_read_row_by_row_not_mapped_ahead(
         vault_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    q = clustered(30, D, seed=5, clusters=150, sample_seed=9)
+    q = ivf_queries(30, D)
     want = search(Vault.open(vault_path), q, k=5)  # mapped ahead: 1.5 MB of vectors, far below a quarter of memory
     advised, ahead = [], []
     monkeypatch.setattr(core_mod, "_physical_memory", lambda: 1 << 20)  # as if the machine had 1 MB

@@ -10,8 +10,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from helpers import clustered
-from luna_vault.vault import EncoderFingerprint, Vault, build
+from helpers import clustered, ivf_queries, ivf_vault
+from luna_vault.vault import Vault
 from luna_vault.vault.index import split as split_mod
 from luna_vault.vault.index.split import BACKOFF_MIN, SplitScans, cores_taken
 
@@ -109,11 +109,8 @@ def test_a_split_that_does_not_pay_stops_splitting_for_a_backoff_that_doubles_an
 def test_split_scans_give_the_same_answers_as_one_thread(tmp_path: Path, faiss_two_threads: object,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     faiss = faiss_two_threads
-    n = 24000
-    build(tmp_path / "v.vault", clustered(n, D, seed=5, clusters=150), [f"p{i // 2}" for i in range(n)],
-          encoder=EncoderFingerprint("t", D, "w"), category="c", index="IVF256,PQ16x4fs")
-    ix = Vault.open(tmp_path / "v.vault").search_index()
-    q = clustered(40, D, seed=5, clusters=150, sample_seed=9)
+    ix = Vault.open(ivf_vault(tmp_path / "v.vault", d=D)).search_index()
+    q = ivf_queries(40, D)
     faiss.omp_set_num_threads(1)
     want = [ix.search(q[i : i + 1], 5) for i in range(len(q))]
     assert ix.split.splits == 0

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .faiss_calls import faiss_threads
+
 SPLIT_MIN_CODES = 8192  # shorter scans (~0.15 ms) gain less than waking a thread costs
 SLOWER = 1.5  # a split at this many times one thread's time per code or more did not pay (idle: ~0.6x)
 BACKOFF_MIN, BACKOFF_MAX = 16, 1024  # long scans left unsplit after a split that did not pay
@@ -63,14 +65,13 @@ class SplitScans:
             self.unsplit_left = max(0, self.unsplit_left - 1)
         t = time.perf_counter()
         if split:
-            before_threads, before_implem = faiss.omp_get_max_threads(), index.implem
+            before = index.implem
             index.implem = 14 if k <= 20 else 15  # 15: the reservoir variant, which FAISS picks above 20 results
-            faiss.omp_set_num_threads(threads)
             try:
-                yield
+                with faiss_threads(threads):
+                    yield
             finally:
-                faiss.omp_set_num_threads(before_threads)
-                index.implem = before_implem
+                index.implem = before
         else:
             yield
         self._learn(codes, time.perf_counter() - t, split)
