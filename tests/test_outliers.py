@@ -43,6 +43,8 @@ def test_merge_keeps_the_best_estimates_each_id_once() -> None:
     got = merge(dist, cand, pool_d, pool_i, 4)
     # row 0: 11 (0.95), 7 (0.9), 3 once (0.5), 12 (0.45); row 1: 9 (0.8) then the lists' 1, 2, 3 (3 once)
     np.testing.assert_array_equal(got, [[11, 7, 3, 12], [9, 1, 2, 3]])
+    for r in range(2):  # one query alone (its own path): the same rows
+        np.testing.assert_array_equal(merge(dist[r:r + 1], cand[r:r + 1], pool_d[r:r + 1], pool_i[r:r + 1], 4), got[r:r + 1])
     # nothing in the pool beats the lists' last candidate: the lists' candidates as they are
     same = merge(dist[1:], cand[1:], np.array([[-0.5, 0.0]], np.float32), np.array([[8, 9]]), 4)
     np.testing.assert_array_equal(same, [[1, 2, 3, 4]])

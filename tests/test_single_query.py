@@ -114,6 +114,25 @@ def test_rows_of_into_a_buffer_checks_the_ids(tmp_path: Path) -> None:
         exact.rows_of(v, np.array([0, 4, 30]), out)
 
 
+def test_rows_of_gathers_across_segments_at_their_edges(tmp_path: Path) -> None:
+    x = clustered(90, D, seed=4)
+    build(tmp_path / "v.vault", x[:40], [f"p{i}" for i in range(40)], encoder=ENC, category="t", index="Flat")
+    append(tmp_path / "v.vault", x[40:70], [f"q{i}" for i in range(30)], encoder=ENC)
+    append(tmp_path / "v.vault", x[70:], [f"r{i}" for i in range(20)], encoder=ENC)
+    v = Vault.open(tmp_path / "v.vault")
+    assert v.entry_bases.tolist() == [0, 40, 70, 90]
+    stored = np.stack([v.embeddings(np.array([i]))[0] for i in range(90)])  # one id at a time
+    for ids in ([0, 39, 40, 69, 70, 89], [39, 70], [41, 42, 68], [89], [], [0, 1, 2, 3]):  # edges; a segment skipped
+        ids = np.array(ids, np.int64)
+        out = np.full((len(ids), D), np.nan, np.float16)
+        np.testing.assert_array_equal(exact.rows_of(v, ids, out), stored[ids])
+        np.testing.assert_array_equal(out, stored[ids])
+        np.testing.assert_array_equal(exact.rows_of(v, ids), stored[ids])
+    for bad in ([0, 90], [-1, 5]):
+        with pytest.raises(IndexError, match="outside the vault's 90 rows"):
+            exact.rows_of(v, np.array(bad), np.empty((2, D), np.float16))
+
+
 def test_one_query_sibling_expansion_equals_the_table(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for trial in range(200):

@@ -79,7 +79,8 @@ class Vault:
         self.manifest = manifest
         self.segments = segments
         self.deleted = deleted
-        self._entry_bases = np.array([s.entry_base for s in segments] + [manifest.entries], dtype=np.int64)
+        # [segments + 1]: each segment's first entry id, then n_entries (segment s holds ids entry_bases[s:s+2])
+        self.entry_bases = np.array([s.entry_base for s in segments] + [manifest.entries], dtype=np.int64)
         self.n_entries = manifest.entries  # entries ever written, deleted ones included (ids 0..n_entries-1)
         self.n_prompts = manifest.prompts
         self.name = vault_name(self.path)
@@ -192,7 +193,7 @@ class Vault:
             raise IndexError(f"entry id out of range 0..{self.n_entries - 1}")
         if len(self.segments) == 1:
             return self.segments[0].embeddings[ids]
-        seg = np.searchsorted(self._entry_bases, ids, side="right") - 1
+        seg = np.searchsorted(self.entry_bases, ids, side="right") - 1
         out = np.empty((len(ids), self.dim), np.float16)
         for s, segment in enumerate(self.segments):
             sel = np.flatnonzero(seg == s)

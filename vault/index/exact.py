@@ -85,24 +85,23 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def rows_of(vault: "Vault", ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The stored fp16 rows of sorted entry ids, gathered per segment (one numpy index each, no per-id Python),
+    """The stored fp16 rows of sorted entry ids, gathered per segment (one numpy take each, no per-id Python),
     into `out` [len(ids), D] fp16 when given."""
     if out is None:
         if len(vault.segments) == 1:
             return vault.segments[0].embeddings[ids]
         out = np.empty((len(ids), vault.dim), np.float16)
-    if len(vault.segments) == 1:  # mode "clip" writes straight into `out` ("raise" copies it); the ids are checked
-        emb = vault.segments[0].embeddings
-        if len(ids) and (ids[0] < 0 or ids[-1] >= len(emb)):
-            raise IndexError(f"entry ids {int(ids[0])}..{int(ids[-1])} outside the vault's {len(emb)} rows")
-        np.take(emb, ids, axis=0, out=out, mode="clip")
+    bases = vault.entry_bases
+    if len(ids) and (ids[0] < 0 or ids[-1] >= bases[-1]):  # sorted: the ends bound them all ("clip" would not)
+        raise IndexError(f"entry ids {int(ids[0])}..{int(ids[-1])} outside the vault's {int(bases[-1])} rows")
+    if len(vault.segments) == 1:  # mode "clip" writes straight into `out` ("raise" copies it)
+        np.take(vault.segments[0].embeddings, ids, axis=0, out=out, mode="clip")
         return out
-    bases = np.array([s.entry_base for s in vault.segments], np.int64)
-    seg = np.searchsorted(bases, ids, side="right") - 1
-    cuts = np.searchsorted(seg, np.arange(len(bases) + 1))
-    for s in np.flatnonzero(cuts[1:] > cuts[:-1]):  # the segments holding any of the (sorted) ids
+    cuts = np.searchsorted(ids, bases).tolist()  # segment s holds ids[cuts[s]:cuts[s + 1]]
+    for s, segment in enumerate(vault.segments):
         a, b = cuts[s], cuts[s + 1]
-        out[a:b] = vault.segments[s].embeddings[ids[a:b] - bases[s]]
+        if a < b:
+            np.take(segment.embeddings, ids[a:b] - segment.entry_base, axis=0, out=out[a:b], mode="clip")
     return out
 
 

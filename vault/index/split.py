@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 from .faiss_calls import faiss_threads
 
@@ -30,6 +30,7 @@ SPLIT_MIN_CODES = 8192  # shorter scans (~0.15 ms) gain less than waking a threa
 SLOWER = 1.5  # a split at this many times one thread's time per code or more did not pay (idle: ~0.6x)
 BACKOFF_MIN, BACKOFF_MAX = 16, 1024  # long scans left unsplit after a split that did not pay
 EMA = 0.1  # weight of the newest unsplit scan in the time per code
+_UNSPLIT = contextlib.nullcontext()  # what `scan` returns for scans it never splits (no generator per query)
 
 
 def cores_taken(loadavg: Path = Path("/proc/loadavg")) -> bool:
@@ -53,13 +54,15 @@ class SplitScans:
         self.unsplit_left = 0  # long scans to run on one thread before the next try
         self.splits = self.splits_slow = 0
 
-    @contextlib.contextmanager
-    def scan(self, faiss: Any, index: Any, B: int, k: int, codes: float, threads: int) -> Iterator[None]:
+    def scan(self, faiss: Any, index: Any, B: int, k: int, codes: float, threads: int) -> ContextManager[None]:
         """Around one search_preassigned of `B` queries for `k` results over `codes` codes (estimated), with `threads`
         the FAISS threads the caller allows: splits it when it should, and learns from its time."""
         if B != 1 or codes < SPLIT_MIN_CODES or threads < 2 or not isinstance(index, faiss.IndexIVFFastScan):
-            yield
-            return
+            return _UNSPLIT
+        return self._long_scan(faiss, index, k, codes, threads)
+
+    @contextlib.contextmanager
+    def _long_scan(self, faiss: Any, index: Any, k: int, codes: float, threads: int) -> Iterator[None]:
         split = self.per_code > 0 and self.unsplit_left == 0 and not cores_taken()
         if not split:
             self.unsplit_left = max(0, self.unsplit_left - 1)
