@@ -210,3 +210,18 @@ def test_unique_ids_equals_numpy_unique() -> None:
         ids = rng.integers(-1, 40, n)
         np.testing.assert_array_equal(exact.unique_ids(ids), np.unique(ids))
     assert exact.unique_ids(np.array([5, 5, 5])).tolist() == [5]
+
+
+def test_siblings_are_kept_only_where_enough_entries_share_a_prompt(tmp_path: Path) -> None:
+    x = clustered(40, D, seed=5)
+    build(tmp_path / "own.vault", x, [f"p{i}" for i in range(40)], encoder=ENC, category="t", index="Flat")
+    assert Siblings.of_vault(Vault.open(tmp_path / "own.vault")) is None  # every entry its own prompt
+    # 37 prompts for 40 entries: more than 0.9 x 40 distinct, so none; 36 prompts: siblings
+    for distinct, kept in ((37, False), (36, True)):
+        prompts = [f"p{i % distinct}" for i in range(40)]
+        build(tmp_path / f"{distinct}.vault", x, prompts, encoder=ENC, category="t", index="Flat")
+        v = Vault.open(tmp_path / f"{distinct}.vault")
+        s = Siblings.of_vault(v)
+        assert (s is not None) == kept
+        if kept:  # entry 3 shares prompt p3 with entry 39 (3 + 36)
+            assert sorted(x for x in s.table(np.array([3]))[0].tolist() if x >= 0) == [3, 39]
