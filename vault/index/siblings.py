@@ -79,5 +79,5 @@ class Siblings:
 
 def _entries_per_prompt(prompt_of: np.ndarray) -> np.ndarray:
     """[max prompt id + 1] how many entries each prompt id has: one counting pass (np.unique sorts or hashes the
-    ids: 2.1 s of a 10M-entry vault's 17 s open, against ~0.05 s)."""
+    ids: 2.1 s of a 10M-entry vault's 17 s open, against 0.02 s)."""
     return np.bincount(prompt_of) if len(prompt_of) else np.zeros(0, np.int64)
