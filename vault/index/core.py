@@ -329,11 +329,8 @@ class VaultIndex:
             threads = faiss.omp_get_max_threads()  # what the caller allows: faiss_threads holds FAISS to one below
             with faiss_threads(1 if B <= 256 else None):
                 probes = self.coarse.probes(queries, rule)
-                if bits is None:
-                    params = _unmasked_params(faiss)
-                    params.nprobe = probes.lists.shape[1]
-                else:
-                    params = faiss.SearchParametersIVF(nprobe=probes.lists.shape[1])
+                params = faiss.SearchParametersIVF(nprobe=probes.lists.shape[1])
+                if bits is not None:
                     params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
                 dist = np.empty((B, kk), np.float32)
                 cand = np.empty((B, kk), np.int64)
@@ -413,18 +410,6 @@ class VaultIndex:
                      outliers=len(st.outliers or []), cache=str(self.folder))
         d.update(queries=self.queries, exact_answers=self.exact_answers)
         return d
-
-
-_params = threading.local()
-
-
-def _unmasked_params(faiss: Any) -> Any:
-    """This thread's SearchParametersIVF for searches without a mask (making one costs ~2 us: a tenth of a small
-    vault's query overhead); the caller sets nprobe."""
-    params = getattr(_params, "ivf", None)
-    if params is None:
-        params = _params.ivf = faiss.SearchParametersIVF()
-    return params
 
 
 def _physical_memory() -> int:

@@ -75,16 +75,12 @@ def merge(dist: np.ndarray, cand: np.ndarray, pool_dist: np.ndarray, pool_ids: n
           ) -> np.ndarray:
     """The `kk` best ids per row [B, kk] of two candidate lists (estimated similarity, higher first; -1 = none),
     each id once. `cand` [B, kk] is the lists' (best first), `pool_ids` the pool's."""
-    if len(cand) == 1:  # one query: the same test on scalars (a few us less, on every single query)
-        floor = float(dist[0, -1]) if cand[0, -1] >= 0 else -np.inf
-        enters = (pool_ids[0] >= 0) & (pool_dist[0] > floor)
-        if not enters.any():
-            return cand
-        return _merge_one(dist[0], cand[0], pool_dist[0][enters], pool_ids[0][enters], kk)[None]
     floor = np.where(cand[:, -1:] >= 0, dist[:, -1:], -np.inf)
     enters = (pool_ids >= 0) & (pool_dist > floor)
     if not enters.any():  # the common case: nothing in the pool beats the lists' candidates
         return cand
+    if len(cand) == 1:
+        return _merge_one(dist[0], cand[0], pool_dist[0][enters[0]], pool_ids[0][enters[0]], kk)[None]
     ids = np.concatenate([cand, np.where(enters, pool_ids, -1)], axis=1)
     est = np.where(ids >= 0, np.concatenate([dist, pool_dist], axis=1), -np.inf)
     order = np.argsort(ids, axis=1, kind="stable")
