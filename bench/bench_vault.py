@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vault_data import KINDS, QUERY_KINDS, Dataset  # noqa: E402
 
-HNSW_EFS = (16, 32, 64, 128, 256, 512, 768, 1024)
+HNSW_EFS = (16, 32, 48, 64, 96, 128, 192, 256, 512, 768, 1024)
 IVF_NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 SLOW_MS = 15.0  # settings slower than this (measured in batch) are timed on a tenth of the timed queries
 

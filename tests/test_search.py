@@ -416,6 +416,23 @@ def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_miss
     assert Trial("rule", 4, np.ones(2), np.zeros(2), np.ones(2)).guard == -np.inf  # nothing to guard
 
 
+def test_k_factor_headroom_is_taken_only_when_it_buys_the_recall_step() -> None:
+    """One k_factor step above the smallest that passes is kept when its tuning recall (exact answers counting as
+    exact) is RECALL_STEP higher or more."""
+    from luna_vault.vault.index.guard import Trial
+    from luna_vault.vault.index.tune import RECALL_STEP, headroom
+
+    def trial(kf: int, rec: list[float], gap: list[float], top: list[float]) -> Trial:
+        return Trial("rule", kf, np.array(rec), np.array(gap, np.float32), np.array(top, np.float32))
+
+    found = trial(6, [1.0, 0.8, 1.0, 0.8], [0, 0, 0, 0], [0.9, 0.9, 0.9, 0.9])  # recall 0.9
+    assert headroom(found, trial(8, [1.0, 1.0, 1.0, 0.8], [0, 0, 0, 0], [0.9] * 4)).k_factor == 8  # 0.95
+    assert headroom(found, trial(8, [1.0, 0.8, 1.0, 0.8 + 4 * RECALL_STEP - 1e-3], [0] * 4, [0.9] * 4)) is found
+    # a guarded query counts as answered exactly: query 1's gap sends it to exact search, so the step's recall is 1.0
+    guarded = trial(8, [1.0, 0.8, 1.0, 1.0], [0, 0.2, 0, 0], [0.9, 0.5, 0.9, 0.9])
+    assert guarded.recall == pytest.approx(1.0) and headroom(found, guarded) is guarded
+
+
 def test_tuned_rule_misses_within_the_reach_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tuner picks a probing rule whose extrapolated miss rate on the tuning queries is within REACH_RATE."""
     import luna_vault.vault.index.tune as tune_mod
