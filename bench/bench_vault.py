@@ -518,6 +518,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/vault.json")
     ap.add_argument("--work", default=None, help="folder for the vaults (default: a temporary folder)")
     args = ap.parse_args()
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="luna-bench-", dir=args.work))
     cache = str(work / "cache")
     os.environ["LUNA_VAULT_CACHE"] = cache
