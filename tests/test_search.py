@@ -433,6 +433,25 @@ def test_k_factor_headroom_is_taken_only_when_it_buys_the_recall_step() -> None:
     assert guarded.recall == pytest.approx(1.0) and headroom(found, guarded) is guarded
 
 
+def test_k_factor_headroom_is_tried_only_while_the_stored_rows_are_in_memory(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows re-ranked from disk are not cheap recall: a vault too large to map ahead gets no k_factor headroom."""
+    import luna_vault.vault.index.core as core_mod
+    import luna_vault.vault.index.tune as tune_mod
+
+    calls = []
+    real = tune_mod.headroom
+    monkeypatch.setattr(tune_mod, "headroom", lambda found, up: calls.append(up.k_factor) or real(found, up))
+    for name, share in (("mem", core_mod.PREFETCH_SHARE), ("disk", 0.0)):
+        monkeypatch.setattr(core_mod, "PREFETCH_SHARE", share)
+        calls.clear()
+        _build(tmp_path / f"{name}.vault", 4000, index="IVF64,PQ8x4fs")
+        idx = get_index(Vault.open(tmp_path / f"{name}.vault"))
+        assert idx.rows_in_memory is (share > 0) and idx.state.target_met
+        assert len(calls) == (1 if share > 0 else 0), calls
+        assert share == 0 or idx.state.k_factor in (calls[0], tune_mod.FACTORS[tune_mod.FACTORS.index(calls[0]) - 1])
+
+
 def test_tuned_rule_misses_within_the_reach_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tuner picks a probing rule whose extrapolated miss rate on the tuning queries is within REACH_RATE."""
     import luna_vault.vault.index.tune as tune_mod

@@ -66,13 +66,17 @@ class VaultIndex:
             self._prefetch.start()
         self.index = self._load(progress)
 
+    @property
+    def rows_in_memory(self) -> bool:
+        """Whether the stored vectors are mapped ahead (PREFETCH_SHARE): else each re-ranked row may be a disk read."""
+        return sum(seg.embeddings.nbytes for seg in self.vault.segments) <= PREFETCH_SHARE * _physical_memory()
+
     def _prefetch_embeddings(self) -> None:
         """Map the stored vectors' pages ahead (re-ranking then never waits for a page fault), unless they would
         take more than PREFETCH_SHARE of memory: a 10M-entry vault's 20 GB stay on disk, read as queries need them."""
-        total = sum(seg.embeddings.nbytes for seg in self.vault.segments)
-        if total > PREFETCH_SHARE * _physical_memory():
-            log.info("not mapping %.1f GB of stored vectors ahead (more than %.0f%% of memory)", total / 1e9,
-                     100 * PREFETCH_SHARE)
+        if not self.rows_in_memory:
+            log.info("not mapping %.1f GB of stored vectors ahead (more than %.0f%% of memory)",
+                     sum(seg.embeddings.nbytes for seg in self.vault.segments) / 1e9, 100 * PREFETCH_SHARE)
             for seg in self.vault.segments:
                 read_rows_only(seg.embeddings)
             return

@@ -12,7 +12,8 @@
 3. The k_factor then gets one step of headroom (`headroom`) when that step buys RECALL_STEP of recall:
    the smallest k_factor that passes sits at the edge for the tuning sample, and a few dozen more rows
    re-ranked exactly are the cheapest recall there is (500k anisotropic: k_factor 6 -> 8, recall@5
-   0.995 -> 0.998 on the benchmark's queries, p50 +1.4%).
+   0.995 -> 0.998 on the benchmark's queries, p50 +1.4%). Not where the stored vectors are too large
+   to keep in memory (a 10M-entry vault): there each row re-ranked may be a read from disk.
 Every choice rests on counts, never on timings, so two builds of the same data choose the same
 setting; the time per query is measured afterwards and recorded.
 """
@@ -206,7 +207,7 @@ def tune(ix: "VaultIndex", index: Any) -> None:
             else:
                 lo = mid + 1
         step = FACTORS.index(found.k_factor) + 1
-        if step < len(FACTORS):
+        if step < len(FACTORS) and ix.rows_in_memory:  # rows read from disk are not cheap recall
             up = widest_trial if step == len(FACTORS) - 1 else evaluate(s.rule, FACTORS[step])
             found = headroom(found, up) if acceptable(up) else found
         chosen = (s, found)
