@@ -137,7 +137,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         f"entries   {info['entries']} live, {info['deleted']} deleted, {info['prompts']} unique prompts, {info['segments']} segments",
         f"size      {info['bytes']['total'] / 1e6:.2f} MB ({info['bytes']['thumbnails'] / 1e6:.2f} MB thumbnails, {info['bytes']['baked'] / 1e6:.2f} MB baked)",
         f"index     {index.spec}" + ("  (exact search)" if index.exact else ""),
-    ] + ([f"tuned     {v.manifest.tuned.describe()}"] if v.manifest.tuned else []) + ([] if index.exact or index.state is None else _tuning_lines(index.state)))
+    ] + ([f"tuned     {v.manifest.tuned.describe()}"] if v.manifest.tuned else []) + ([] if index.exact or index.state is None else _tuning_lines(index.state))
+      + ([f"advice    {index.advice}"] if index.advice else []))
     emit(info, a.json, text)
     return 0
 

@@ -21,6 +21,7 @@ from luna_vault.vault import (
     delete_where,
     detect_category,
     get_index,
+    rebuild_index,
     search,
 )
 from luna_vault.vault.query import search_arrays
@@ -374,7 +375,7 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     assert info["queries"] == 2000 and 0 <= info["exact_answers"] <= 60
 
 
-def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path) -> None:
+def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Entries appended from clusters the partition never saw: at append time their neighbourhoods are measured
     under the tuned rule; when it would miss them the index is tuned again, and queries there are not missed."""
     from luna_vault.vault.index import GAP_LIMIT, similarity_gap
@@ -395,6 +396,13 @@ def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path) -> 
     sims, _ = search_arrays(v, q, 5)
     want_s, _ = brute(v.embeddings(np.arange(4600)), q, 5)
     assert (similarity_gap(want_s, sims) <= GAP_LIMIT).all()
+    # the re-tune keeps answers right, not fast: the index says a new partition would serve them better
+    assert first.drift_rate is None and idx.advice.startswith("600 entries appended since the partition was trained (on 4,000) spread")
+    assert "luna-vault rebuild" in idx.advice and idx.describe()["advice"] == idx.advice
+    from luna_vault.cli import main
+
+    assert main(["info", str(path)]) == 0 and f"advice    {idx.advice}" in capsys.readouterr().out
+    assert rebuild_index(path).advice == ""
 
 
 def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_misses():

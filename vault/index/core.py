@@ -404,6 +404,18 @@ class VaultIndex:
                 self.exact_answers += len(rows)
             return sims, ids, distrust
 
+    @property
+    def advice(self) -> str:
+        """What would make queries faster, in a line ("" when nothing): entries appended from regions the partition
+        never trained on spread over many lists, and the re-tune that reaches them probes more lists for every query."""
+        st = self.state
+        if st is None or st.drift_rate is None or st.drift_rate <= REACH_RATE or st.trained_n >= st.ntotal:
+            return ""
+        return (f"{st.ntotal - st.trained_n:,} entries appended since the partition was trained (on {st.trained_n:,}) spread "
+                f"over many of its lists, so the append tuned the index again to reach them: every query now probes at "
+                f"least {st.nprobe} lists (~{st.mean_probe:.0f} on average). `luna-vault rebuild` trains a new partition "
+                f"that includes them, for faster queries")
+
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"spec": self.spec, "exact": self.exact, "gpu": self.gpu}
         if self.state is not None:
@@ -411,7 +423,7 @@ class VaultIndex:
             d.update(nprobe=st.nprobe, drop=st.drop, max_probe=st.max_probe, mean_probe=st.mean_probe, reach=st.reach, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
                      miss_share=st.gap_share, exact_share=st.exact_share, tuned_ms=st.tune_ms, exact_ms=st.exact_ms,
                      target_met=st.target_met, note=st.note, tuned_on=st.tuned_n, tune_queries=st.tune_queries,
-                     outliers=len(st.outliers or []), cache=str(self.folder))
+                     outliers=len(st.outliers or []), advice=self.advice, cache=str(self.folder))
         d.update(queries=self.queries, exact_answers=self.exact_answers)
         return d
 
