@@ -375,7 +375,9 @@ def test_auto_index_misses_no_neighbourhood_of_many_small_clusters(tmp_path: Pat
     assert info["queries"] == 2000 and 0 <= info["exact_answers"] <= 60
 
 
-def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("n_new", [600, 1200])  # 15% more; 30%, past the quarter that re-tunes anyway
+def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             n_new: int) -> None:
     """Entries appended from clusters the partition never saw: at append time their neighbourhoods are measured
     under the tuned rule; when it would miss them the index is tuned again, and queries there are not missed."""
     from luna_vault.vault.index import GAP_LIMIT, similarity_gap
@@ -384,20 +386,20 @@ def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, cap
     path = tmp_path / "v.vault"
     _build(path, 4000, index="IVF64,PQ8x4fs")
     first = get_index(Vault.open(path)).state
-    new = clustered(600, D, seed=99, clusters=6)  # 15% more, from six clusters in other directions
-    append(path, new, [f"new {i}" for i in range(600)], encoder=ENC)
+    new = clustered(n_new, D, seed=99, clusters=6)  # from six clusters in other directions
+    append(path, new, [f"new {i}" for i in range(n_new)], encoder=ENC)
     v = Vault.open(path)
     idx = get_index(v)
     st = idx.state
-    assert st.built_at == first.built_at and idx.index.ntotal == 4600  # extended, not rebuilt
+    assert st.built_at == first.built_at and idx.index.ntotal == 4000 + n_new  # extended, not rebuilt
     assert st.drift_rate is not None and st.drift_rate > REACH_RATE  # the old rule would miss them ...
-    assert st.tuned_n == 4600  # ... so it was tuned again
+    assert st.tuned_n == 4000 + n_new  # ... so it was tuned again
     q = clustered(200, D, seed=99, clusters=6, sample_seed=5)
     sims, _ = search_arrays(v, q, 5)
-    want_s, _ = brute(v.embeddings(np.arange(4600)), q, 5)
+    want_s, _ = brute(v.embeddings(np.arange(4000 + n_new)), q, 5)
     assert (similarity_gap(want_s, sims) <= GAP_LIMIT).all()
     # the re-tune keeps answers right, not fast: the index says a new partition would serve them better
-    assert first.drift_rate is None and idx.advice.startswith("600 entries appended since the partition was trained (on 4,000) spread")
+    assert first.drift_rate is None and idx.advice.startswith(f"{n_new:,} entries appended since the partition was trained (on 4,000) spread")
     assert "luna-vault rebuild" in idx.advice and idx.describe()["advice"] == idx.advice
     from luna_vault.cli import main
 

@@ -275,12 +275,11 @@ class VaultIndex:
         expected to miss the neighbourhoods of more than REACH_RATE of queries like the appended entries."""
         assert self.state is not None
         st = self.state
-        if index.ntotal > 1.25 * max(st.tuned_n, 1):
-            return True
-        if self.coarse is None or self.gpu or st.tuned_n >= index.ntotal:
-            return False
-        st.drift_rate, _, st.drift_reach = drift(self, index, st.tuned_n)
-        return st.drift_rate > REACH_RATE
+        drifted = False
+        if self.coarse is not None and not self.gpu and st.tuned_n < index.ntotal:  # measured also when grown: `advice`
+            st.drift_rate, _, st.drift_reach = drift(self, index, st.tuned_n)
+            drifted = st.drift_rate > REACH_RATE
+        return drifted or index.ntotal > 1.25 * max(st.tuned_n, 1)
 
     def _maybe_gpu(self, index: Any) -> Any:
         out = to_gpu(index, self.spec)
