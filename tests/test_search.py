@@ -401,6 +401,9 @@ def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, cap
     # the re-tune keeps answers right, not fast: the index says a new partition would serve them better
     assert first.drift_rate is None and idx.advice.startswith(f"{n_new:,} entries appended since the partition was trained (on 4,000) spread")
     assert "luna-vault rebuild" in idx.advice and idx.describe()["advice"] == idx.advice
+    from luna_vault.vault.retrieval import index_summary
+
+    assert index_summary(v)["advice"] == idx.advice  # the Vault Query node's report carries it
     from luna_vault.cli import main
 
     assert main(["info", str(path)]) == 0 and f"advice    {idx.advice}" in capsys.readouterr().out

@@ -110,8 +110,9 @@ def retrieve(vaults: Sequence[Vault], embeddings: Any, *, k: int = 5, filter: An
 
 
 def index_summary(vault: Vault) -> dict[str, Any]:
-    """What a user should know of a vault's index: its kind, and whether its tuning reached the target."""
+    """What a user should know of a vault's index: its kind, whether its tuning reached the target, and what would
+    make it faster (`advice`, "" when nothing)."""
     d = get_index(vault).describe()
     keep = ("spec", "exact", "nprobe", "k_factor", "recall_at_5", "miss_share", "exact_share", "target_met", "note",
-            "queries", "exact_answers")
+            "advice", "queries", "exact_answers")
     return {k: d[k] for k in keep if k in d}
