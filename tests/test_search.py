@@ -407,6 +407,12 @@ def test_append_from_unseen_clusters_is_measured_and_retuned(tmp_path: Path, cap
     from luna_vault.cli import main
 
     assert main(["info", str(path)]) == 0 and f"advice    {idx.advice}" in capsys.readouterr().out
+    # a later append from the old clusters is served by the re-tuned rule: no new tune, and the advice stays
+    advice = idx.advice
+    append(path, clustered(100, D, seed=0, clusters=12, sample_seed=7), [f"more {i}" for i in range(100)], encoder=ENC)
+    later = get_index(Vault.open(path))
+    assert later.index.ntotal == 4100 + n_new and later.state.tuned_n == 4000 + n_new
+    assert later.advice == advice.replace(f"{n_new:,} entries", f"{n_new + 100:,} entries")
     assert rebuild_index(path).advice == ""
 
 

@@ -277,8 +277,10 @@ class VaultIndex:
         st = self.state
         drifted = False
         if self.coarse is not None and not self.gpu and st.tuned_n < index.ntotal:  # measured also when grown: `advice`
-            st.drift_rate, _, st.drift_reach = drift(self, index, st.tuned_n)
-            drifted = st.drift_rate > REACH_RATE
+            rate, _, reach = drift(self, index, st.tuned_n)
+            drifted = rate > REACH_RATE
+            if st.drift_rate is None or rate >= st.drift_rate:  # a later clean append leaves the wide rule, and `advice`
+                st.drift_rate, st.drift_reach = rate, reach
         return drifted or index.ntotal > 1.25 * max(st.tuned_n, 1)
 
     def _maybe_gpu(self, index: Any) -> Any:

@@ -69,8 +69,9 @@ class IndexState:
     note: str = ""
     tuned_n: int = 0
     tune_queries: int = 0
-    drift_rate: float | None = None  # the tuned rule's expected miss rate on entries appended since tuning
-    drift_reach: int = 0  # ... and the fixed nprobe they would need
+    drift_rate: float | None = None  # the highest expected miss rate an append's entries had under the rule tuned
+    # before it, since the partition was trained (above REACH_RATE: the index was tuned again for them, see `advice`)
+    drift_reach: int = 0  # ... and the fixed nprobe those entries would need
     outliers: list[int] | None = None  # entries least like their list's centroid, scanned for every query (outliers.py)
     built_at: float = 0.0
     version: int = INDEX_STATE_VERSION
