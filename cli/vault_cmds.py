@@ -137,15 +137,17 @@ def cmd_info(a: argparse.Namespace) -> int:
         f"entries   {info['entries']} live, {info['deleted']} deleted, {info['prompts']} unique prompts, {info['segments']} segments",
         f"size      {info['bytes']['total'] / 1e6:.2f} MB ({info['bytes']['thumbnails'] / 1e6:.2f} MB thumbnails, {info['bytes']['baked'] / 1e6:.2f} MB baked)",
         f"index     {index.spec}" + ("  (exact search)" if index.exact else ""),
-    ] + ([f"tuned     {v.manifest.tuned.describe()}"] if v.manifest.tuned else []) + ([] if index.exact or index.state is None else _tuning_lines(index.state))
+    ] + ([f"tuned     {v.manifest.tuned.describe()}"] if v.manifest.tuned else []) + ([] if index.exact or index.state is None else _tuning_lines(index))
       + ([f"advice    {index.advice}"] if index.advice else []))
     emit(info, a.json, text)
     return 0
 
 
-def _tuning_lines(st: Any) -> list[str]:
+def _tuning_lines(index: Any) -> list[str]:
     """How the index was tuned, measured on queries the partition never saw (see vault/index/)."""
-    lines = [f"tuning    nprobe {st.nprobe} (reach {st.reach}), k_factor {st.k_factor}: recall@5 {st.recall:.3f} on {st.tune_queries} held-out "
+    st = index.state
+    lines = [f"probing   {index.rule.summary()}: ~{st.mean_probe:.0f} lists per query (a fixed nprobe would need {st.reach})",
+             f"tuning    k_factor {st.k_factor}: recall@5 {st.recall:.3f} on {st.tune_queries} held-out "
              f"queries, {st.gap_share:.2%} missed (similarity gap > 0.05), {st.exact_share:.2%} answered exactly "
              f"by the guard, ~{st.tune_ms:.2f} ms per query (exact search {st.exact_ms:.1f} ms)"]
     if st.outliers:

@@ -435,6 +435,33 @@ def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_miss
     assert Trial("rule", 4, np.ones(2), np.zeros(2), np.ones(2)).guard == -np.inf  # nothing to guard
 
 
+
+def test_far_tier_gives_the_smallest_passing_floor_to_the_fewest_queries_lowest_best_score_first() -> None:
+    """Hand-made: the 50 of 1,000 tuning queries with the lowest best centroid score miss under floor 4 and floor 16;
+    floor 64 reaches them. The far tier gives floor 64 to the 6% lowest (4% would leave ten of them missed)."""
+    from luna_vault.vault.index.coarse import ProbeRule
+    from luna_vault.vault.index.tune import PerQuery, far_tiers, summarise
+
+    n = 1000
+    top = np.linspace(0.5, 0.9, n)
+    missed = np.where(np.arange(n) < 50, 0.5, 100.0)
+
+    def outcome(slack: np.ndarray, lists: int, cost: float) -> PerQuery:
+        return PerQuery(slack, np.ones(n), np.full(n, cost), np.full(n, lists))
+
+    per = {ProbeRule(4): outcome(missed, 4, 10.0), ProbeRule(16): outcome(missed, 16, 30.0),
+           ProbeRule(64): outcome(np.full(n, 100.0), 64, 100.0)}
+    kinds = [(0, n)]
+    stats = {rule: summarise(rule, p, kinds) for rule, p in per.items()}
+    assert [s.miss_rate for s in stats.values()] == [0.05, 0.05, 0.0]
+    tiers = far_tiers(per, stats, {r.floor: top for r in per}, kinds)
+    assert [t.rule for t in tiers] == [ProbeRule(4, far_floor=64, far_score=float(np.quantile(top, 0.06))),
+                                       ProbeRule(16, far_floor=64, far_score=float(np.quantile(top, 0.06)))]
+    assert tiers[0].miss_rate == 0.0 and tiers[0].cost == pytest.approx((60 * 100 + 940 * 10) / n)
+    assert tiers[0].lists == pytest.approx((60 * 64 + 940 * 4) / n) and tiers[0].recall == 1.0
+    per[ProbeRule(64)] = outcome(missed, 64, 100.0)  # no higher floor reaches them: no far tier
+    assert far_tiers(per, {rule: summarise(rule, p, kinds) for rule, p in per.items()}, {r.floor: top for r in per}, kinds) == []
+
 def test_k_factor_headroom_is_taken_only_when_it_buys_the_recall_step() -> None:
     """One k_factor step above the smallest that passes is kept when its tuning recall (exact answers counting as
     exact) is RECALL_STEP higher or more."""

@@ -204,6 +204,49 @@ def test_one_query_probes_ask_the_fast_pass_for_the_whole_width_only_when_the_dr
     assert coarse.probes(queries[:1], big).count[0] == 64
 
 
+
+def test_probe_rule_counts_with_a_far_tier() -> None:
+    """Hand-computed: the floor is far_floor below far_score; the drop widens up to the cap; never below the floor."""
+    scores = np.array([[0.9, 0.89, 0.85, 0.5], [0.6, 0.59, 0.585, 0.57], [0.6, 0.3, 0.2, 0.1]], np.float32)
+    rule = ProbeRule(1, 0.02, 3, far_floor=2, far_score=0.7)
+    far = rule.far(scores[:, 0])
+    assert far.tolist() == [False, True, True] and rule.widest == 3 and rule.adaptive
+    assert rule.counts(scores, far).tolist() == [2, 3, 2]  # within the drop: 2; 3 (4, capped); 1, raised to the floor
+    fixed = ProbeRule(1, 0.0, 0, far_floor=3, far_score=0.7)
+    assert fixed.widest == 3 and not fixed.adaptive and fixed.counts(scores, fixed.far(scores[:, 0])).tolist() == [1, 3, 3]
+    assert not ProbeRule(4).far(scores[:, 0]).any() and not ProbeRule(4, far_floor=2, far_score=1.0).far(scores[:, 0]).any()
+
+
+def test_far_queries_probe_the_far_floor_with_its_exact_head_in_one_query_and_in_a_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    centroids = clustered(700, 32, clusters=30, seed=4)
+    coarse = Coarse(centroids, fast_pass(centroids))
+    queries = clustered(200, 32, clusters=30, seed=4, sample_seed=9)
+    top = (queries @ centroids.T).max(axis=1)
+    rule = ProbeRule(2, 0.02, 256, far_floor=32, far_score=float(np.median(top)))
+    calls: list[tuple[int, float]] = []
+    ranked = Coarse._ranked_one
+
+    def spy(self: Coarse, q: np.ndarray, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        s, i = ranked(self, q, width, n)
+        calls.append((width, float(s[0])))
+        return s, i
+
+    monkeypatch.setattr(Coarse, "_ranked_one", spy)
+    batch = coarse.probes(queries, rule)
+    far = rule.far(batch.top)
+    assert 0.4 < far.mean() < 0.6 and (batch.count[far] >= 32).all() and (batch.count[~far] < 32).mean() > 0.5
+    agree = 0
+    for b, q in enumerate(queries):
+        calls.clear()
+        one = coarse.probes(q[None], rule)
+        if calls[0][1] < rule.far_score:  # far by the exact head of the near floor (2 * 2 + 16): the far floor's
+            assert [w for w, _ in calls[:2]] == [20, 80] and one.count[0] >= 32  # head (2 * 32 + 16) is re-scored
+        else:
+            assert calls[0][0] == 20 and 80 not in [w for w, _ in calls]
+        agree += one.count[0] == batch.count[b] and set(one.lists[0]) == set(batch.lists[b][: batch.count[b]])
+    assert agree >= 0.97 * len(queries)
+
 def test_unique_ids_equals_numpy_unique() -> None:
     rng = np.random.default_rng(5)
     for n in (0, 1, 2, 3, 17, 280):

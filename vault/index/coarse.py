@@ -10,11 +10,14 @@ compare against, are exact; only the ranking of the wide tail rests on the appro
 The probing rule (`ProbeRule`), tuned per vault: every list whose score is within `drop` of the
 query's best, at least `floor` lists, at most `cap`. A query in a clear neighbourhood (one centroid
 far ahead) probes `floor` lists; one whose neighbourhood spreads over many near-equal lists (a query
-from no stored cluster, or between clusters) probes them all, up to `cap`.
+from no stored cluster, or between clusters) probes them all, up to `cap`. A query far from every
+centroid (best score below `far_score`: entries the partition was not trained on, a region it covers
+thinly) may need more lists than the floor whatever its scores' spread: it probes at least `far_floor`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +32,41 @@ RESCORE_EXTRA = 16
 
 @dataclass(frozen=True)
 class ProbeRule:
-    """Which lists a query probes: all within `drop` of its best centroid score, at least `floor`, at most `cap`."""
+    """Which lists a query probes: all within `drop` of its best centroid score, at least `floor` (`far_floor` when
+    that best score is below `far_score`), at most `cap` (or that floor)."""
 
     floor: int
     drop: float = 0.0
     cap: int = 0  # 0: floor (no adaptive widening)
+    far_floor: int = 0  # 0: one floor for every query
+    far_score: float = -math.inf
 
     @property
     def widest(self) -> int:
-        return max(self.floor, self.cap)
+        return max(self.floor, self.cap, self.far_floor)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.cap > self.floor and self.drop > 0
+
+    def summary(self) -> str:
+        """The rule in words, for logs and `luna-vault info`."""
+        text = f"{self.floor}..{self.widest} lists within {self.drop:g} of the best centroid score" if self.adaptive else f"{self.floor} lists"
+        if self.far_floor > self.floor:
+            text += f", at least {self.far_floor} when the best score is below {self.far_score:.4f}"
+        return text
+
+    def far(self, top: np.ndarray) -> np.ndarray:
+        """[B] bool: the queries (best centroid score `top` [B]) that get `far_floor`."""
+        return np.asarray(top < self.far_score) if self.far_floor > self.floor else np.zeros(np.shape(top), bool)
+
+    def counts(self, scores: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """[B] lists each query probes, from its centroid scores [B, W] (best first, W as wide as the rule)."""
+        floor = np.minimum(np.where(far, self.far_floor, self.floor), scores.shape[1])
+        if not self.adaptive:
+            return floor.astype(np.int64)
+        within = (scores >= scores[:, :1] - np.float32(self.drop)).sum(axis=1)
+        return np.maximum(floor, np.minimum(within, self.cap)).astype(np.int64)
 
 
 @dataclass
@@ -86,15 +115,22 @@ class Coarse:
             est[:, n:] = np.minimum(est[:, n:], est[:, n - 1 : n])
         return est, ids
 
+    def ranked(self, queries: np.ndarray, rule: ProbeRule, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`scores` for `rule`: the `width` best lists, the head the rule's floor needs scored exactly (the far
+        floor's, for queries it makes far), and which queries are far: (scores, ids, far [B] bool)."""
+        s, i = self.scores(queries, width, 2 * rule.floor + RESCORE_EXTRA)
+        far = rule.far(s[:, 0])
+        if far.any():
+            s[far], i[far] = self.scores(queries[far], width, 2 * rule.far_floor + RESCORE_EXTRA)
+        return s, i, far
+
     def probes(self, queries: np.ndarray, rule: ProbeRule) -> Probes:
         """The lists each query probes under `rule` (see ProbeRule)."""
         width = min(rule.widest, self.nlist)
         if len(queries) == 1 and self.fast is not None and width < self.nlist:
             return self._probes_one(np.ascontiguousarray(queries, dtype=np.float32), rule, width)
-        s, i = self.scores(queries, width, 2 * rule.floor + RESCORE_EXTRA)
-        count = np.full(len(queries), min(rule.floor, width), np.int64)
-        if rule.cap > rule.floor and rule.drop > 0:
-            count = np.maximum(count, (s >= s[:, :1] - np.float32(rule.drop)).sum(axis=1))
+        s, i, far = self.ranked(queries, rule, width)
+        count = rule.counts(s, far)
         keep = np.arange(width)[None] < count[:, None]
         return Probes(np.where(keep, i, -1), np.where(keep, s, -np.inf).astype(np.float32), count, s[:, 0].copy())
 
@@ -107,15 +143,18 @@ class Coarse:
         for the 32 best, 235 us for 512; most queries probe just their floor).
         """
         n = min(2 * rule.floor + RESCORE_EXTRA, width)
-        adaptive = rule.cap > rule.floor and rule.drop > 0
         s, i = self._ranked_one(q, n, n)
-        count = min(rule.floor, width)
-        if adaptive:  # s falls: the lists within the drop are a prefix
+        floor = rule.floor
+        if rule.far(s[0]):  # far from every centroid: its floor, and the head that floor re-scores exactly
+            floor, n = rule.far_floor, min(2 * rule.far_floor + RESCORE_EXTRA, width)
+            s, i = self._ranked_one(q, n, n)
+        count = min(floor, width)
+        if rule.adaptive:  # s falls: the lists within the drop are a prefix
             within = int(np.searchsorted(-s, np.float32(rule.drop) - s[0], side="right"))
             if within == n and n < width:  # the drop may reach past the head
                 s, i = self._ranked_one(q, width, n)
                 within = int(np.searchsorted(-s, np.float32(rule.drop) - s[0], side="right"))
-            count = max(count, within)
+            count = max(count, min(within, rule.cap))
         return Probes(i[None, :count], s[None, :count], np.array([count], np.int64), s[:1].copy())
 
     def _ranked_one(self, q: np.ndarray, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:

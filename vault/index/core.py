@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -300,7 +301,9 @@ class VaultIndex:
     def rule(self) -> ProbeRule:
         """The tuned probing rule (see coarse.ProbeRule)."""
         assert self.state is not None
-        return ProbeRule(self.state.nprobe, self.state.drop, self.state.max_probe)
+        st = self.state
+        far = st.far_floor if st.far_score is not None else 0
+        return ProbeRule(st.nprobe, st.drop, st.max_probe, far, st.far_score if far else -math.inf)
 
     def ann(self, index: Any, queries: np.ndarray, k: int, rule: ProbeRule, k_factor: int,
             allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -394,7 +397,7 @@ class VaultIndex:
             rule = self.rule
             if allowed is not None and n_allowed < self.vault.n_entries:  # probe wider when the mask thins lists
                 wider = min(max(1, int(round(self.vault.n_entries / n_allowed))), 8)
-                rule = ProbeRule(rule.floor * wider, rule.drop, rule.cap * wider)
+                rule = replace(rule, floor=rule.floor * wider, cap=rule.cap * wider, far_floor=rule.far_floor * wider)
             sims, ids, top = self.ann(self.index, queries, k, rule, self.state.k_factor, allowed)
             distrust = (ids >= 0).sum(axis=1) < min(k, n_allowed)
             if self.state.guard is not None:
@@ -413,15 +416,15 @@ class VaultIndex:
         if st is None or st.drift_rate is None or st.drift_rate <= REACH_RATE or st.trained_n >= st.ntotal:
             return ""
         return (f"{st.ntotal - st.trained_n:,} entries appended since the partition was trained (on {st.trained_n:,}) spread "
-                f"over many of its lists, so the append tuned the index again to reach them: every query now probes at "
-                f"least {st.nprobe} lists (~{st.mean_probe:.0f} on average). `luna-vault rebuild` trains a new partition "
-                f"that includes them, for faster queries")
+                f"over many of its lists, so the append tuned the index again to reach them: queries now probe "
+                f"{self.rule.summary()} (~{st.mean_probe:.0f} on average). `luna-vault rebuild` trains a new partition "
+                f"that includes them, for faster queries near them")
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"spec": self.spec, "exact": self.exact, "gpu": self.gpu}
         if self.state is not None:
             st = self.state
-            d.update(nprobe=st.nprobe, drop=st.drop, max_probe=st.max_probe, mean_probe=st.mean_probe, reach=st.reach, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
+            d.update(nprobe=st.nprobe, drop=st.drop, max_probe=st.max_probe, far_floor=st.far_floor, far_score=st.far_score, mean_probe=st.mean_probe, reach=st.reach, k_factor=st.k_factor, guard=st.guard, recall_at_5=st.recall,
                      miss_share=st.gap_share, exact_share=st.exact_share, tuned_ms=st.tune_ms, exact_ms=st.exact_ms,
                      target_met=st.target_met, note=st.note, tuned_on=st.tuned_n, tune_queries=st.tune_queries,
                      outliers=len(st.outliers or []), advice=self.advice, cache=str(self.folder))

@@ -56,6 +56,8 @@ class IndexState:
     nprobe: int = 16  # lists every query probes at least (the probing rule's floor, see coarse.ProbeRule)
     drop: float = 0.0  # ... and every list within this of its best centroid score
     max_probe: int = 0  # ... up to this many
+    far_floor: int = 0  # ... and at least this many when the best centroid score is below far_score (0: no such tier)
+    far_score: float | None = None
     mean_probe: float = 0.0  # lists probed per tuning query, on average
     k_factor: int = 8
     guard: float | None = None  # queries whose best centroid score is below this are answered exactly

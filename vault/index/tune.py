@@ -4,7 +4,10 @@
    alone, for all tuning queries at once: the share of each query's true top-5 inside the lists it
    would probe (its recall if scanning were exact), its expected miss rate (reach.miss_rate: how
    far the tuning queries' neighbourhoods reach, extended to 1 query in 100,000), and its cost
-   (entries scanned, in fast-scan blocks of 32, plus LIST_COST per list).
+   (entries scanned, in fast-scan blocks of 32, plus LIST_COST per list). A rule whose miss rate is too
+   high may also be tried with a far tier (`far_tiers`): a higher floor for the queries with the lowest
+   best centroid scores, which are the ones whose neighbourhoods reach furthest (after an append from
+   regions the partition never saw: 550k CLIP-shaped, old-region p50 2.33 -> 1.49 ms, 0 misses).
 2. The cheapest rules whose miss rate is within REACH_RATE and whose recall meets the target are
    then searched for real, cheapest first, for the smallest k_factor whose recall (with PQ codes
    and the exact re-rank) meets the target, with a guard that sends every tuning query whose
@@ -53,6 +56,7 @@ BLOCK = 32  # fast-scan codes are scanned in blocks of 32: a list's last block c
 RULES_TRIED = 6
 RECALL_STEP = 0.002  # the k_factor's step of headroom is taken when it raises the tuning recall by this much
 DRIFT_QUERIES = 256  # appended entries whose neighbourhoods are measured at append time
+FAR_SHARES = np.arange(1, 26) / 50  # a far tier widens the floor of 2%, 4%, ... 50% of the tuning queries
 
 
 @dataclass
@@ -85,9 +89,31 @@ def outcome(ix: "VaultIndex", index: Any, qs: QuerySet, rule: ProbeRule, kf: int
     return (recall_per_query(ids, qs.truth_ids), similarity_gap(qs.truth_sims, sims), top)
 
 
+@dataclass
+class PerQuery:
+    """What the coarse step alone says of one probing rule, per tuning query."""
+
+    slack: np.ndarray  # lists probed over lists needed (reach.py)
+    recall: np.ndarray  # share of the true top-k inside the probed lists
+    cost: np.ndarray  # entries scanned (in fast-scan blocks) + LIST_COST per list
+    count: np.ndarray  # lists probed
+
+    def where(self, far: np.ndarray, other: "PerQuery") -> "PerQuery":
+        """`other`'s values for the queries in `far`, these for the rest."""
+        return PerQuery(np.where(far, other.slack, self.slack), np.where(far, other.recall, self.recall),
+                        np.where(far, other.cost, self.cost), np.where(far, other.count, self.count))
+
+
+def summarise(rule: ProbeRule, p: PerQuery, kinds: list[tuple[int, int]]) -> RuleStats:
+    """RuleStats of `rule` from its per-query outcome (`kinds`: the rows of each kind held to the target)."""
+    per_set = [float(p.recall[a:b].mean()) for a, b in kinds] or [1.0]
+    return RuleStats(rule, float(p.cost.mean()), float(p.recall.mean()), min(per_set), reach_mod.miss_rate(p.slack),
+                     float(p.count.mean()))
+
+
 def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[list[RuleStats], int]:
-    """RuleStats of every candidate rule (see the module docstring), and the reach: the smallest fixed nprobe
-    (no drop) whose miss rate is within REACH_RATE, for comparison."""
+    """RuleStats of every candidate rule (see the module docstring; with far tiers, see `far_tiers`), and the reach:
+    the smallest fixed nprobe (no drop) whose miss rate is within REACH_RATE, for comparison."""
     import faiss
 
     assert ix.coarse is not None
@@ -100,37 +126,67 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
     cap = caps[-1]
     pooled = [qs for qs in sets if qs.pool is not None]
     queries = np.concatenate([qs.queries for qs in pooled])
-    stats: list[RuleStats] = []
-    reach = 0
+    bounds = np.cumsum([0] + [len(qs.queries) for qs in pooled])
+    kinds = [(a, b) for qs, a, b in zip(pooled, bounds[:-1], bounds[1:]) if qs.own_recall_target]
+    valid = np.concatenate([qs.truth_ids >= 0 for qs in pooled])
+    per: dict[ProbeRule, PerQuery] = {}
+    tops: dict[int, np.ndarray] = {}
     for floor in (f for f in FLOORS if f <= cap):  # the order's head is exact for 2 * floor + RESCORE_EXTRA lists
         scores, order = ix.coarse.scores(queries, cap, 2 * floor + RESCORE_EXTRA)
         cum = np.cumsum(step[np.maximum(order, 0)], axis=1)
-        needs, truth_pos, a = [], [], 0
-        for qs in pooled:
-            rows = order[a : a + len(qs.queries)]
-            a += len(qs.queries)
+        needs, truth_pos = [], []
+        for qs, a, b in zip(pooled, bounds[:-1], bounds[1:]):
             assert qs.pool is not None
-            needs.append(reach_mod.need(qs, reach_mod.member_positions(rows, qs.pool[1], list_of, ix.siblings, qs.allowed)))
-            truth_pos.append(reach_mod.member_positions(rows, qs.truth_ids, list_of, ix.siblings, qs.allowed))
-        need = np.concatenate(needs)
+            needs.append(reach_mod.need(qs, reach_mod.member_positions(order[a:b], qs.pool[1], list_of, ix.siblings, qs.allowed)))
+            truth_pos.append(reach_mod.member_positions(order[a:b], qs.truth_ids, list_of, ix.siblings, qs.allowed))
+        need = np.maximum(np.concatenate(needs), 1).astype(np.float64)
         tpos = np.concatenate(truth_pos)
-        valid = np.concatenate([qs.truth_ids >= 0 for qs in pooled])
-        bounds = np.cumsum([0] + [len(qs.queries) for qs in pooled])
-        kinds = [(a, b) for qs, a, b in zip(pooled, bounds[:-1], bounds[1:]) if qs.own_recall_target]
-        within = {drop: (scores >= scores[:, :1] - np.float32(drop)).sum(axis=1) for drop in DROPS if drop > 0}
+        tops[floor] = scores[:, 0]
+        near = np.zeros(len(queries), bool)
         for drop, widest in ((d, c) for d in DROPS for c in (caps if d > 0 else [floor])):
             if widest < floor or (drop > 0 and widest == floor):
                 continue
-            count = np.minimum(np.maximum(floor, within[drop]), widest) if drop > 0 else np.full(len(queries), floor)
             rule = ProbeRule(floor, drop, widest if drop > 0 else 0)
-            per_query = ((tpos < count[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
-            per_set = [float(per_query[a:b].mean()) for a, b in kinds] or [1.0]
-            rate = reach_mod.miss_rate(count / np.maximum(need, 1).astype(np.float64))
-            cost = float(np.mean(cum[np.arange(len(count)), count - 1]))
-            stats.append(RuleStats(rule, cost, float(per_query.mean()), min(per_set), rate, float(count.mean())))
-            if drop == 0 and not reach and rate <= reach_mod.REACH_RATE:
-                reach = floor
-    return stats, reach or cap
+            count = rule.counts(scores, near)
+            recall = ((tpos < count[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+            per[rule] = PerQuery(count / need, recall, cum[np.arange(len(count)), count - 1], count)
+    stats = {rule: summarise(rule, p, kinds) for rule, p in per.items()}
+    reach = next((r.floor for r, s in stats.items() if r.drop == 0 and s.miss_rate <= reach_mod.REACH_RATE), cap)
+    return list(stats.values()) + far_tiers(per, stats, tops, kinds), reach
+
+
+def far_tiers(per: dict[ProbeRule, PerQuery], stats: dict[ProbeRule, RuleStats], tops: dict[int, np.ndarray],
+              kinds: list[tuple[int, int]]) -> list[RuleStats]:
+    """Rules that give queries far from every centroid a higher floor than the rest.
+
+    The tuning queries whose neighbourhoods reach furthest are mostly those whose best centroid score is low
+    (entries appended from regions the partition never saw, thinly covered regions). For each rule whose miss
+    rate is too high, the smallest higher floor that meets REACH_RATE on its own (same drop and cap) is given to
+    the fewest queries, lowest best score first, in steps of FAR_SHARES, that bring the miss rate within it.
+    """
+    out = []
+    for lo, p_lo in per.items():
+        if stats[lo].miss_rate <= reach_mod.REACH_RATE:
+            continue
+        hi = next((r for r in per if r.floor > lo.floor and r.drop == lo.drop and r.cap == (lo.cap if lo.drop > 0 else 0)
+                   and stats[r].miss_rate <= reach_mod.REACH_RATE), None)
+        if hi is None:
+            continue
+        top, p_hi = tops[lo.floor], per[hi]
+        cuts = np.quantile(top, FAR_SHARES)
+        far = top[None, :] < cuts[:, None]  # [cut, query]
+        if reach_mod.miss_rate(p_lo.where(far[-1], p_hi).slack) > reach_mod.REACH_RATE:
+            continue
+        a, b = 0, len(cuts) - 1  # the miss rate falls as the far share grows: the smallest share that meets it
+        while a < b:
+            mid = (a + b) // 2
+            if reach_mod.miss_rate(p_lo.where(far[mid], p_hi).slack) <= reach_mod.REACH_RATE:
+                b = mid
+            else:
+                a = mid + 1
+        rule = ProbeRule(lo.floor, lo.drop, lo.cap, hi.floor, float(cuts[b]))
+        out.append(summarise(rule, p_lo.where(far[b], p_hi), kinds))
+    return out
 
 
 def tune(ix: "VaultIndex", index: Any) -> None:
@@ -217,6 +273,7 @@ def tune(ix: "VaultIndex", index: Any) -> None:
     rule = trial.setting
     assert isinstance(rule, ProbeRule)
     st.nprobe, st.drop, st.max_probe, st.k_factor, st.reach = rule.floor, rule.drop, rule.cap, trial.k_factor, reach
+    st.far_floor, st.far_score = (rule.far_floor, rule.far_score) if rule.far_floor else (0, None)
     st.mean_probe = stats_chosen.lists
     st.guard = trial.guard if guarded and math.isfinite(trial.guard) else None
     st.recall, st.exact_share, st.gap_share = recall(trial)[0], trial.exact_share, trial.out_of_sample_misses()
@@ -241,10 +298,10 @@ def tune(ix: "VaultIndex", index: Any) -> None:
         a += len(qs.queries)
         log.info("  %s: recall@%d %.3f, %d of %d with a gap above %.3f", qs.name, TUNE_K, trial.rec[part].mean(),
                  int(trial.bad[part].sum()), len(qs.queries), float(limit[part][0]) if len(qs.queries) else TUNE_GAP)
-    log.info("tuned %s in %.1f s: probe %d..%d lists within %.3f of the best (mean %.1f, coarse recall %.3f; fixed reach %d), k_factor %d, "
-             "guard %s: recall@%d %.3f, exact share %.4f, misses %.4f before the guard, %.4f after (out of sample)",
-             ix.spec, time.perf_counter() - t0, rule.floor, rule.widest, rule.drop, st.mean_probe, stats_chosen.recall, reach, trial.k_factor,
-             st.guard, TUNE_K, st.recall, st.exact_share, trial.missed.mean(), st.gap_share)
+    log.info("tuned %s in %.1f s: probe %s (mean %.1f, coarse recall %.3f; fixed reach %d), k_factor %d, guard %s: recall@%d "
+             "%.3f, exact share %.4f, misses %.4f before the guard, %.4f after (out of sample)",
+             ix.spec, time.perf_counter() - t0, rule.summary(), st.mean_probe, stats_chosen.recall, reach, trial.k_factor, st.guard,
+             TUNE_K, st.recall, st.exact_share, trial.missed.mean(), st.gap_share)
 
 
 def headroom(found: Trial, up: Trial) -> Trial:
@@ -275,12 +332,10 @@ def drift(ix: "VaultIndex", index: Any, first_new: int) -> tuple[float, int, int
     list_of = reach_mod.list_of_entries(faiss, ivf, ix.vault.n_entries)
     rule = ix.rule
     width = max(rule.widest, probe_caps(ivf.nlist)[-1])
-    scores, order = ix.coarse.scores(qs.queries, width, 2 * rule.floor + RESCORE_EXTRA)
+    scores, order, far = ix.coarse.ranked(qs.queries, rule, width)
     assert qs.pool is not None
     need = reach_mod.need(qs, reach_mod.member_positions(order, qs.pool[1], list_of, ix.siblings, qs.allowed))
-    count = np.full(len(qids), rule.floor, np.int64)
-    if rule.cap > rule.floor and rule.drop > 0:
-        count = np.minimum(np.maximum(count, (scores >= scores[:, :1] - np.float32(rule.drop)).sum(axis=1)), rule.cap)
+    count = rule.counts(scores, far)
     rate = reach_mod.miss_rate(count / np.maximum(need, 1).astype(np.float64))
     fixed, _ = reach_mod.reach_from_needs(need, [p for p in FLOORS if p <= width])
     log.info("appended entries (%d measured): the tuned rule misses an expected %.2g of their neighbourhoods "
