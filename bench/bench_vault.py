@@ -46,6 +46,7 @@ from vault_data import KINDS, QUERY_KINDS, Dataset  # noqa: E402
 HNSW_EFS = (16, 32, 48, 64, 96, 128, 192, 256, 512, 768, 1024)
 IVF_NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 SLOW_MS = 15.0  # settings slower than this (measured in batch) are timed on a tenth of the timed queries
+SETTING = ("spec", "nprobe", "drop", "max_probe", "far_floor", "far_score", "k_factor", "guard")  # what a tune chooses
 
 
 def pct(xs: Any, p: float) -> float:
@@ -315,9 +316,8 @@ def bench_size(n: int, d: int, kind: str, n_queries: int, n_timed: int, work: Pa
     if args.stability and not index.exact:
         t = time.perf_counter()
         again = rebuild_index(path).describe()
-        keys = ("spec", "nprobe", "drop", "max_probe", "k_factor", "guard")
-        stable = {"same": all(again[k] == desc[k] for k in keys), "first": {k: desc[k] for k in keys},
-                  "second": {k: again[k] for k in keys}, "seconds": time.perf_counter() - t}
+        stable = {"same": all(again[k] == desc[k] for k in SETTING), "first": {k: desc[k] for k in SETTING},
+                  "second": {k: again[k] for k in SETTING}, "seconds": time.perf_counter() - t}
         log(f"second build of the same data: {stable}")
         vault = Vault.open(path)
         index = get_index(vault)
@@ -373,7 +373,7 @@ def bench_size(n: int, d: int, kind: str, n_queries: int, n_timed: int, work: Pa
     drift = {"append_s": append_s, "appended": len(extra), "queries": args.drift_queries,
              "retuned": bool(st2 is not None and st2.tuned_n == idx2.index.ntotal),
              "drift_rate": getattr(st2, "drift_rate", None), "drift_reach": getattr(st2, "drift_reach", None),
-             "setting_after": {k: idx2.describe().get(k) for k in ("nprobe", "drop", "max_probe", "k_factor", "guard")}}
+             "setting_after": {k: idx2.describe().get(k) for k in SETTING}}
     if kind == "clip" and args.drift:
         regions = {"old": q[: args.drift_queries], "new": data.clip.queries(args.drift_queries, region="appended")[0]}
         for name, rq in regions.items():
@@ -468,12 +468,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                            f"{cheapest(ms, c, luna, lambda m, ref: m['recall'] >= ref['recall'])} | "
                            f"{cheapest(ms, c, luna, lambda m, ref: m['misses'] <= ref['misses'])} |")
     out += ["", "### Luna per data set", ""]
-    out += ["| data | entries | index | probing (floor..max, drop; mean lists) | k_factor | recall@5 | misses (worst gap) | "
+    out += ["| data | entries | index | probing (floor..max, drop; mean lists (far floor below a best score)) | k_factor | recall@5 | misses (worst gap) | "
             "exact answers | same setting on a second build | build entries/s | bytes/entry | batch-64 ms/query | "
             "cold open s | flat 1-thread p50 ms | process/thread CPU per query |", "|" + "---|" * 15]
     for r in rows:
         ix = r["index"]
         probing = "-" if ix.get("exact") else f"{ix['nprobe']}..{max(ix['nprobe'], ix['max_probe'])}, {ix['drop']:g}; {ix['mean_probe']:.0f}"
+        if ix.get("far_floor"):
+            probing += f" ({ix['far_floor']} below {ix['far_score']:.3f})"
         same = "-" if r["stable"] is None else ("yes" if r["stable"]["same"] else f"no: {r['stable']['second']}")
         out.append(f"| {r['data']} | {r['n']:,} | {ix['spec']} | {probing} | {ix.get('k_factor', '-')} | {r['recall_at_5']:.3f} | "
                    f"{r['misses']} of {r['queries']:,} ({r['max_gap']:.3f}) | {r['exact_answers']} | {same} | "
