@@ -436,6 +436,15 @@ def test_tuning_guard_covers_gaps_above_half_the_limit_but_counts_only_real_miss
 
 
 
+def test_a_second_build_of_the_same_data_chooses_the_same_setting_far_tier_included(tmp_path: Path) -> None:
+    """Every choice rests on counts: a rebuild tunes to the same rule, k_factor and guard (here a rule with a far tier)."""
+    path = tmp_path / "v.vault"
+    _build(path, 4000, index="IVF64,PQ8x4fs")
+    keys = ("nprobe", "drop", "max_probe", "far_floor", "far_score", "k_factor", "guard")
+    first = {k: get_index(Vault.open(path)).describe()[k] for k in keys}
+    assert first["far_floor"] > first["nprobe"] and first["far_score"] is not None
+    assert {k: rebuild_index(path).describe()[k] for k in keys} == first
+
 def test_far_tier_gives_the_smallest_passing_floor_to_the_fewest_queries_lowest_best_score_first() -> None:
     """Hand-made: the 50 of 1,000 tuning queries with the lowest best centroid score miss under floor 4 and floor 16;
     floor 64 reaches them. The far tier gives floor 64 to the 6% lowest (4% would leave ten of them missed)."""
