@@ -60,13 +60,19 @@ class ProbeRule:
         """[B] bool: the queries (best centroid score `top` [B]) that get `far_floor`."""
         return np.asarray(top < self.far_score) if self.far_floor > self.floor else np.zeros(np.shape(top), bool)
 
-    def counts(self, scores: np.ndarray, far: np.ndarray) -> np.ndarray:
-        """[B] lists each query probes, from its centroid scores [B, W] (best first, W as wide as the rule)."""
+    def counts(self, scores: np.ndarray, far: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+        """[B] lists each query probes, from its centroid scores [B, W] (best first, W as wide as the rule);
+        `within`: `within_drop(scores, self.drop)` when the caller has it already."""
         floor = np.minimum(np.where(far, self.far_floor, self.floor), scores.shape[1])
         if not self.adaptive:
             return floor.astype(np.int64)
-        within = (scores >= scores[:, :1] - np.float32(self.drop)).sum(axis=1)
+        within = within_drop(scores, self.drop) if within is None else within
         return np.maximum(floor, np.minimum(within, self.cap)).astype(np.int64)
+
+
+def within_drop(scores: np.ndarray, drop: float) -> np.ndarray:
+    """[B] how many of each row's centroid scores [B, W] (best first) are within `drop` of its best."""
+    return (scores >= scores[:, :1] - np.float32(drop)).sum(axis=1)
 
 
 @dataclass

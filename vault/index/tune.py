@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import reach as reach_mod
-from .coarse import RESCORE_EXTRA, ProbeRule
+from .coarse import RESCORE_EXTRA, ProbeRule, within_drop
 from .exact import exact_search
 from .guard import MAX_EXACT_SHARE, TUNE_GAP, Trial
 from .measure import GAP_LIMIT, recall_per_query, similarity_gap
@@ -143,11 +143,12 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
         tpos = np.concatenate(truth_pos)
         tops[floor] = scores[:, 0]
         near = np.zeros(len(queries), bool)
+        within = {drop: within_drop(scores, drop) for drop in DROPS if drop > 0}  # one per drop, shared by its caps
         for drop, widest in ((d, c) for d in DROPS for c in (caps if d > 0 else [floor])):
             if widest < floor or (drop > 0 and widest == floor):
                 continue
             rule = ProbeRule(floor, drop, widest if drop > 0 else 0)
-            count = rule.counts(scores, near)
+            count = rule.counts(scores, near, within.get(drop))
             recall = ((tpos < count[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
             per[rule] = PerQuery(count / need, recall, cum[np.arange(len(count)), count - 1], count)
     stats = {rule: summarise(rule, p, kinds) for rule, p in per.items()}
