@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss  # noqa: E402
 from vault_data import ClipLike  # noqa: E402
 
+from luna_vault.vault.index.measure import recall_per_query  # noqa: E402
 from luna_vault.vault.index.train import TRAIN_PER_LIST, two_level_centroids  # noqa: E402
 
 K = 5
@@ -77,7 +78,7 @@ def scan(index: faiss.Index, q: np.ndarray, lists: np.ndarray, scores: np.ndarra
 
 def captured(cand: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's exact top-K among its candidates."""
-    return float(np.mean([np.isin(truth[i], cand[i]).mean() for i in range(len(truth))]))
+    return float(recall_per_query(cand, truth).mean())
 
 
 def rescore_decoded(fine: faiss.IndexPQ, codes: np.ndarray, q: np.ndarray, cand: np.ndarray, c: int
