@@ -9,9 +9,11 @@ probes the same lists (`search_preassigned`, one thread), so only the codes diff
 setting: the share of each query's exact top-5 (over the whole set) among its C candidates, the
 first pass's p50, and the finer pass's cost by the routes FAISS offers from Python (decoding the N
 codes, or packing them into fast-scan blocks), against the one-pass PQ512x4fs reference of the
-same run.
+same run. Data from bench/vault_data.py (`--data`: clip by default, CLIP-shaped; mixture is the
+independent generator of the outside report).
 
-    python bench/bench_two_pass.py --n 1000000 --lists 4096 --probe 256 --work /tmp/two-pass
+    python bench/bench_two_pass.py --n 1000000 --lists 4096 --probe 256 --first 2000,4000
+    python bench/bench_two_pass.py --data mixture --n 200000 --lists 1024 --probe 64 --first 1000,2000
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faiss  # noqa: E402
-from vault_data import ClipLike  # noqa: E402
+from vault_data import KINDS, Dataset  # noqa: E402
 
 from luna_vault.vault.index.measure import recall_per_query  # noqa: E402
 from luna_vault.vault.index.train import TRAIN_PER_LIST, two_level_centroids  # noqa: E402
@@ -123,6 +125,7 @@ def rescore_packed(fine: faiss.IndexPQ, codes: np.ndarray, q: np.ndarray, cand: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="clip", choices=KINDS, help="generator (bench/vault_data.py); mixture is the independent one")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--lists", type=int, default=1024)
@@ -135,10 +138,8 @@ def main() -> None:
     firsts = [int(v) for v in args.first.split(",")]
 
     t = time.perf_counter()
-    data = ClipLike(args.n, args.dim)
-    x, _ = data.all()
-    q, _ = data.queries(args.queries)
-    q = np.ascontiguousarray(q, dtype=np.float32)
+    data = Dataset(args.n, args.dim, args.data)
+    x, q = data.x, np.ascontiguousarray(data.queries(args.queries), dtype=np.float32)
     truth = exact_top(x, q)
     rng = np.random.default_rng(0)
     sample = x[np.sort(rng.choice(len(x), min(len(x), max(TRAIN_PER_LIST * args.lists, 50_000)), replace=False))]
@@ -148,7 +149,7 @@ def main() -> None:
     scores, lists = order.search(q, args.probe)
     truth_lists = order.search(x[truth.ravel()], 1)[1].reshape(truth.shape)
     in_lists = float(np.mean([np.isin(truth_lists[i], lists[i]).mean() for i in range(len(q))]))
-    print(f"{args.n:,} CLIP-shaped entries, {args.queries:,} queries, IVF{args.lists} probing {args.probe} lists each "
+    print(f"{args.n:,} {args.data} entries, {args.queries:,} queries, IVF{args.lists} probing {args.probe} lists each "
           f"(holding {in_lists:.3f} of the exact top-{K}); data, exact answers and partition in "
           f"{time.perf_counter() - t:.0f} s", flush=True)
 
