@@ -8,8 +8,9 @@ index shares one partition (the spherical two-level k-means of vault/index/train
 probes the same lists (`search_preassigned`, one thread), so only the codes differ. Reported per
 setting: the share of each query's exact top-5 (over the whole set) among its C candidates, the
 first pass's p50, and the finer pass's cost by the routes FAISS offers from Python (decoding the N
-codes, or packing them into fast-scan blocks), against the one-pass PQ512x4fs reference of the
-same run. Data from bench/vault_data.py (`--data`: clip by default, CLIP-shaped; mixture is the
+codes, packing them into fast-scan blocks, or the library's route: `ProductQuantizer.search_ip` over
+the gathered codes, pairs of 4-bit sub-quantizers read as one 8-bit one), against the one-pass
+PQ512x4fs reference of the same run. Data from bench/vault_data.py (`--data`: clip by default, CLIP-shaped; mixture is the
 independent generator of the outside report).
 
     python bench/bench_two_pass.py --n 1000000 --lists 4096 --probe 256 --first 2000,4000
@@ -31,6 +32,7 @@ import faiss  # noqa: E402
 from vault_data import KINDS, Dataset  # noqa: E402
 
 from luna_vault.vault.index.measure import recall_per_query  # noqa: E402
+from luna_vault.vault.index.refine import fused  # noqa: E402
 from luna_vault.vault.index.train import TRAIN_PER_LIST, two_level_centroids  # noqa: E402
 
 K = 5
@@ -97,6 +99,26 @@ def rescore_decoded(fine: faiss.IndexPQ, codes: np.ndarray, q: np.ndarray, cand:
     return out, float(np.median(times)) * 1e3
 
 
+def rescore_fused(fine: faiss.IndexPQ, codes: np.ndarray, q: np.ndarray, cand: np.ndarray, c: int
+                  ) -> tuple[np.ndarray, float]:
+    """The library's finer pass (vault/index/refine.py): the candidates' codes gathered, scored through
+    `ProductQuantizer.search_ip` with each pair of 4-bit sub-quantizers read as one 8-bit one; p50 ms of both."""
+    pq = fused(faiss, fine.pq)
+    out, times = np.full((len(q), c), -1, np.int64), []
+    dist, pos = np.empty(c, np.float32), np.empty(c, np.int64)
+    for i in range(len(q)):
+        ids = cand[i][cand[i] >= 0]
+        t = time.perf_counter()
+        sub = np.ascontiguousarray(codes[ids])
+        heap = faiss.float_minheap_array_t()
+        heap.nh, heap.k, heap.val, heap.ids = 1, c, faiss.swig_ptr(dist), faiss.swig_ptr(pos)
+        pq.search_ip(faiss.swig_ptr(q[i : i + 1]), 1, faiss.swig_ptr(sub), len(ids), heap, True)
+        times.append(time.perf_counter() - t)
+        got = ids[pos[pos >= 0]]
+        out[i, : len(got)] = got
+    return out, float(np.median(times)) * 1e3
+
+
 def rescore_packed(fine: faiss.IndexPQ, codes: np.ndarray, q: np.ndarray, cand: np.ndarray, c: int
                    ) -> tuple[np.ndarray, float]:
     """The same through FAISS's fast-scan: the candidates' codes packed into blocks per query, then scanned
@@ -133,6 +155,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--candidates", type=int, default=160, help="C: what the exact re-rank reads (5 x k_factor)")
     ap.add_argument("--first", default="1000,2000,4000", help="N: a first pass's best kept for the finer pass")
+    ap.add_argument("--finer", default="fused,decoded,packed", help="finer-pass routes to time (fused: the library's)")
+    ap.add_argument("--codes", default=",".join(FIRST_PASSES), help="first-pass codes")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
     firsts = [int(v) for v in args.first.split(",")]
@@ -162,17 +186,19 @@ def main() -> None:
     fine.train(sample)
     fine.add(x)
     codes = faiss.vector_to_array(fine.codes).reshape(fine.ntotal, -1)
-    for code in FIRST_PASSES:
+    routes = {"fused": (rescore_fused, "fused 8-bit tables (the library's)"), "decoded": (rescore_decoded, "decoded"),
+              "packed": (rescore_packed, "packed fast-scan")}
+    for code in args.codes.split(","):
         first, _quantizer = ivf(x, centroids, code, sample)
         ids, ms = scan(first, q, lists, scores, args.candidates)
         rows.append((code, args.candidates, "-", captured(ids, truth), ms, None))
         for n in firsts:
             ids, ms = scan(first, q, lists, scores, n)
             rows.append((code, n, "none (all N kept: the bound)", captured(ids, truth), ms, None))
-            best, fine_ms = rescore_decoded(fine, codes, q, ids, args.candidates)
-            rows.append((code, n, f"{FINE}, decoded", captured(best, truth), ms, fine_ms))
-            best, fine_ms = rescore_packed(fine, codes, q, ids, args.candidates)
-            rows.append((code, n, f"{FINE}, packed fast-scan", captured(best, truth), ms, fine_ms))
+            for route in args.finer.split(","):
+                rescore, how = routes[route]
+                best, fine_ms = rescore(fine, codes, q, ids, args.candidates)
+                rows.append((code, n, f"{FINE}, {how}", captured(best, truth), ms, fine_ms))
         del first
 
     print(f"\n| first pass | its N best | finer pass to {args.candidates} | exact top-{K} among the candidates | "
