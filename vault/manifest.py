@@ -333,14 +333,13 @@ def _segment_info(s: Any, pattern: re.Pattern[str]) -> SegmentInfo:
 # ---- index specs ------------------------------------------------------------------------------------
 _INDEX_SPECS = (
     re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,PQ(?P<pq>\d{1,5})x4fs$"),
-    re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,PQ(?P<pq>\d{1,5})x4fs,Refine\(PQ(?P<refine>\d{1,5})x4\)$"),
     re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,PQ(?P<pq>\d{1,5})(?:x(?P<bits>4|8))?$"),
     re.compile(r"^IVF(?P<nlist>\d{1,6})(?:_HNSW(?P<m>\d{1,3}))?,(?:Flat|SQ8|SQfp16)$"),
     re.compile(r"^HNSW(?P<m>\d{1,3})(?:,Flat)?$"),
 )
-INDEX_SPEC_HELP = ("'auto', 'Flat', 'IVF<lists>,PQ<m>x4fs', 'IVF<lists>,PQ<m>x4fs,Refine(PQ<m>x4)' (two passes), "
-                   "'IVF<lists>,PQ<m>[x4|x8]', 'IVF<lists>,Flat|SQ8|SQfp16' (optionally IVF<lists>_HNSW<M>) or "
-                   "'HNSW<M>', with lists 1..65536, M 4..64 and m dividing the embedding dim")
+INDEX_SPEC_HELP = ("'auto', 'Flat', 'IVF<lists>,PQ<m>x4fs', 'IVF<lists>,PQ<m>[x4|x8]', 'IVF<lists>,Flat|SQ8|SQfp16' "
+                   "(optionally IVF<lists>_HNSW<M>) or 'HNSW<M>', with lists 1..65536, M 4..64 and m dividing the "
+                   "embedding dim")
 
 
 def check_index_spec(spec: str, dim: int | None = None) -> str:
@@ -361,11 +360,8 @@ def check_index_spec(spec: str, dim: int | None = None) -> str:
             why = f"{g['nlist']} lists is outside 1..65536"
         elif g.get("m") is not None and not 4 <= int(g["m"]) <= 64:
             why = f"HNSW M {g['m']} is outside 4..64"
-        else:
-            bad = [m for m in (g.get("pq"), g.get("refine"))
-                   if m is not None and (int(m) < 1 or (dim and (int(m) > dim or dim % int(m))))]
-            if bad:
-                why = f"PQ{bad[0]} does not divide the {dim}-d embeddings"
+        elif g.get("pq") is not None and (int(g["pq"]) < 1 or (dim and (int(g["pq"]) > dim or dim % int(g["pq"])))):
+            why = f"PQ{g['pq']} does not divide the {dim}-d embeddings"
     if why:
         raise VaultFormatError(f"index {spec[:60]!r} cannot be used ({why}); expected {INDEX_SPEC_HELP}")
     return spec

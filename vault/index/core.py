@@ -27,7 +27,6 @@ from .faiss_calls import faiss_threads, search
 from .gpu import gpu_available, to_gpu
 from .queries import TUNE_K
 from .reach import REACH_RATE, list_of_entries
-from .refine import FinerCodes, first_pass_k, scanned
 from .siblings import Siblings
 from .split import SplitScans
 from .state import IndexState, content_digest, default_cache_dir, index_cache_folder, ivf_of, read_state
@@ -63,7 +62,6 @@ class VaultIndex:
         self.coarse: Coarse | None = None  # the coarse step (IVF indexes): which lists each query probes
         self.siblings: Siblings | None = None  # entries by prompt: re-ranked along with the best matches
         self.outliers: Any | None = None  # entries no list represents, searched for every query (outliers.py)
-        self.finer: FinerCodes | None = None  # a two-pass index's finer codes (refine.py)
         if not self.exact:  # map the stored vectors now (in the background) so re-ranking never page-faults
             self._prefetch = threading.Thread(target=self._prefetch_embeddings, daemon=True)
             self._prefetch.start()
@@ -287,13 +285,11 @@ class VaultIndex:
         return drifted or index.ntotal > 1.25 * max(st.tuned_n, 1)
 
     def _maybe_gpu(self, index: Any) -> Any:
-        import faiss
-
-        if isinstance(index, faiss.IndexRefine):  # its first pass is fast-scan (no GPU version) and the second ours
-            return index
         out = to_gpu(index, self.spec)
         if out is None:
             return index
+        import faiss
+
         ivf = ivf_of(faiss, index)
         if ivf is not None and self.coarse is None:  # the guard needs centroid scores; GPU indexes do not hand them out
             self.coarse = Coarse(ivf.quantizer.reconstruct_n(0, ivf.nlist))
@@ -337,10 +333,7 @@ class VaultIndex:
             if self.coarse is not None:
                 top = self.coarse.scores(queries, 1, 1)[0][:, 0]
             return cand, top, None
-        lists_index = scanned(faiss, index)  # the first pass of a two-pass index (refine.py)
-        if isinstance(lists_index, faiss.IndexIVF) and self.coarse is not None:
-            finer = self._finer(faiss, index)
-            kk_out, kk = kk, first_pass_k(kk, index.ntotal) if finer is not None else kk
+        if isinstance(index, faiss.IndexIVF) and self.coarse is not None:
             threads = faiss.omp_get_max_threads()  # what the caller allows: faiss_threads holds FAISS to one below
             with faiss_threads(1 if B <= 256 else None):
                 probes = self.coarse.probes(queries, rule)
@@ -350,18 +343,16 @@ class VaultIndex:
                 dist = np.empty((B, kk), np.float32)
                 cand = np.empty((B, kk), np.int64)
                 lists, scores = np.ascontiguousarray(probes.lists), np.ascontiguousarray(probes.scores)
-                codes = float(probes.count.sum()) * lists_index.ntotal / max(lists_index.nlist, 1)
-                with self.split.scan(faiss, lists_index, B, kk, codes, threads):
-                    lists_index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists),
-                                                     faiss.swig_ptr(scores), faiss.swig_ptr(dist), faiss.swig_ptr(cand),
-                                                     False, params)
+                codes = float(probes.count.sum()) * index.ntotal / max(index.nlist, 1)
+                with self.split.scan(faiss, index, B, kk, codes, threads):
+                    index.search_preassigned_c(B, faiss.swig_ptr(queries), kk, faiss.swig_ptr(lists),
+                                               faiss.swig_ptr(scores), faiss.swig_ptr(dist), faiss.swig_ptr(cand), False,
+                                               params)
                 if self.outliers is not None:  # entries no list represents: ranked with the lists' candidates
                     pool_dist, pool_ids = search(self.outliers, queries, min(kk, outliers_mod.POOL_K, self.outliers.ntotal))
                     if allowed is not None:  # a fast-scan index takes no selector
                         pool_ids = np.where((pool_ids >= 0) & allowed[np.maximum(pool_ids, 0)], pool_ids, -1)
                     cand = outliers_mod.merge(dist, cand, pool_dist, pool_ids, kk)
-                if finer is not None:
-                    cand = finer.rescore(queries, cand, kk_out)
             return cand, probes.top, probes
         # a custom factory string (pre-transforms, other index types): plain search, no guard
         params = faiss.SearchParametersIVF(nprobe=rule.floor) if ivf_of(faiss, index) is not None else faiss.SearchParameters()
@@ -369,14 +360,6 @@ class VaultIndex:
             params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
         _, cand = index.search(queries, kk, params=params)
         return cand, top, None
-
-    def _finer(self, faiss: Any, index: Any) -> FinerCodes | None:
-        """The second pass of a two-pass index (None for others), made once per index object."""
-        if not isinstance(index, faiss.IndexRefine):
-            return None
-        if self.finer is None or self.finer.index is not index:
-            self.finer = FinerCodes(faiss, index)
-        return self.finer
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (similarities [B, k] float32, ids [B, k] int64) by inner product; -1 ids pad short rows.

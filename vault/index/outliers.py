@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .exact import fp32_rows
-from .refine import scanned
 
 if TYPE_CHECKING:
     from ..store import Vault
@@ -32,7 +31,7 @@ BLOCK = 8192
 
 def supported(faiss: Any, index: Any) -> bool:
     """Only an IVF with fast-scan PQ codes of the vectors themselves (not residuals) shares its codebook."""
-    ivf = scanned(faiss, index)  # a two-pass index: its first pass (refine.py)
+    ivf = faiss.downcast_index(index)
     return isinstance(ivf, faiss.IndexIVFPQFastScan) and not ivf.by_residual
 
 
@@ -63,7 +62,7 @@ def pool_index(faiss: Any, index: Any, vault: "Vault", ids: np.ndarray) -> Any |
     """A flat fast-scan index of the entries `ids`, coded with the IVF's own PQ codebook (None when empty)."""
     if not len(ids):
         return None
-    ivf = scanned(faiss, index)
+    ivf = faiss.downcast_index(index)
     fast = faiss.IndexPQFastScan(ivf.d, ivf.pq.M, ivf.pq.nbits, faiss.METRIC_INNER_PRODUCT)
     fast.pq = ivf.pq  # a copy of the trained codebook: the codes and their estimates match the lists'
     fast.is_trained = True

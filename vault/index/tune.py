@@ -37,7 +37,6 @@ from .exact import exact_search
 from .guard import MAX_EXACT_SHARE, TUNE_GAP, Trial
 from .measure import GAP_LIMIT, recall_per_query, similarity_gap
 from .queries import TUNE_K, QuerySet, held_out, query_sets
-from .refine import scanned
 from .state import ivf_of
 from .train import untrained_mask
 
@@ -121,7 +120,7 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
     ivf = ivf_of(faiss, index)
     list_of = reach_mod.list_of_entries(faiss, ivf, ix.vault.n_entries)
     sizes = np.bincount(list_of[list_of >= 0], minlength=ivf.nlist)
-    fast_scan = "FastScan" in type(scanned(faiss, index)).__name__
+    fast_scan = "FastScan" in type(faiss.downcast_index(index)).__name__
     step = (np.ceil(sizes / BLOCK) * BLOCK if fast_scan else sizes) + LIST_COST
     caps = probe_caps(ivf.nlist)
     cap = caps[-1]
@@ -205,7 +204,7 @@ def tune(ix: "VaultIndex", index: Any) -> None:
     t0 = time.perf_counter()
     rng = np.random.default_rng(1)
     sets = query_sets(vault, untrained_mask(vault, st.train_share, st.trained_n), rng)
-    guarded = isinstance(scanned(faiss, index), faiss.IndexIVF) and ix.coarse is not None and not ix.gpu
+    guarded = isinstance(index, faiss.IndexIVF) and ix.coarse is not None and not ix.gpu
     ivf = ivf_of(faiss, index)
     reach = 0
     if guarded:
