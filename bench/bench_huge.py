@@ -3,6 +3,7 @@
 Run by hand (not a test), one command:
 
     python bench/bench_huge.py --n 10000000 --work /big/disk     # ~26 GB there at 10M (2.6 KB per entry)
+    python bench/bench_huge.py --n 1000000 --work /big/disk --phases index,query --spec "IVF4096,PQ512x4fs"  # another index
 
 The data (bench/vault_data.py ClipLike) is generated and written to the vault in blocks, so it never
 sits in memory whole. Each phase runs in its own process, so the resident memory reported is that
@@ -92,7 +93,7 @@ def phase_index(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="  %(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     t = time.perf_counter()
-    ix = get_index(Vault.open(work / "huge.vault"))
+    ix = get_index(Vault.open(work / "huge.vault"), args.spec)
     build_s = time.perf_counter() - t
     desc = ix.describe()
     import faiss
@@ -129,7 +130,7 @@ def phase_query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     truth_s, truth_i = np.load(work / "truth_s.npy"), np.load(work / "truth_i.npy")
     t = time.perf_counter()
     vault = Vault.open(work / "huge.vault")
-    ix = get_index(vault)
+    ix = get_index(vault, args.spec)
     if hasattr(ix, "_prefetch"):
         ix._prefetch.join()
     open_s = time.perf_counter() - t
@@ -164,6 +165,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--spec", default=None, help="index spec for the index and query phases (default: the vault's, "
+                    "'auto'); each spec has its own index cache and results file")
     ap.add_argument("--work", required=True, help="folder for the vault, its index cache and the queries (kept)")
     ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated: " + ", ".join(PHASES))
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # one phase, in this process (run by main)
@@ -171,20 +174,21 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work).resolve() / f"clip-{args.n}"
     work.mkdir(parents=True, exist_ok=True)
-    os.environ["LUNA_VAULT_CACHE"] = str(work / "cache")
+    tag = "".join(c if c.isalnum() else "_" for c in args.spec) if args.spec else ""
+    os.environ["LUNA_VAULT_CACHE"] = str(work / (f"cache-{tag}" if tag else "cache"))
     if args.phase:
         t = time.perf_counter()
         row = PHASES[args.phase](args, work)
         row.update(seconds=time.perf_counter() - t, memory=memory())
         print("RESULT " + json.dumps(row), flush=True)
         return
-    out = Path(args.out) if args.out else work / "huge.json"
+    out = Path(args.out) if args.out else work / (f"huge-{tag}.json" if tag else "huge.json")
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results.update(n=args.n, dim=args.dim, machine=f"{os.cpu_count()} cores")
     for name in args.phases.split(","):
         print(f"== {name} ({args.n:,} entries)", flush=True)
         cmd = [sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--queries", str(args.queries),
-               "--seed", str(args.seed), "--work", args.work, "--phase", name]
+               "--seed", str(args.seed), "--work", args.work, "--phase", name] + (["--spec", args.spec] if args.spec else [])
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         lines = proc.stdout.splitlines()
         print("\n".join(line for line in lines if not line.startswith("RESULT ")), flush=True)
