@@ -40,20 +40,6 @@ FIRST_PASSES = ("PQ256x4fs", "PQ128x4fs")
 FINE = "PQ512x4"  # the 256-byte code, flat (ids -> codes), that re-scores a first pass's N best
 
 
-def exact_top(x: np.ndarray, q: np.ndarray, block: int = 200_000) -> np.ndarray:
-    """[m, K] ids of each query's exact top-K by inner product (blocks of stored rows)."""
-    best_s = np.full((len(q), K), -np.inf, np.float32)
-    best_i = np.full((len(q), K), -1, np.int64)
-    for a in range(0, len(x), block):
-        flat = faiss.IndexFlatIP(x.shape[1])
-        flat.add(x[a : a + block])
-        s, i = flat.search(q, K)
-        s_all, i_all = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + a], 1)
-        order = np.argsort(-s_all, axis=1)[:, :K]
-        best_s, best_i = np.take_along_axis(s_all, order, 1), np.take_along_axis(i_all, order, 1)
-    return best_i
-
-
 def ivf(x: np.ndarray, centroids: np.ndarray, code: str, sample: np.ndarray) -> tuple[faiss.Index, faiss.Index]:
     """(IVF fast-scan index with `code` over the given centroids (only the codes are trained), its quantizer: the
     caller holds it as long as the index, which does not own it)."""
@@ -175,7 +161,7 @@ def main() -> None:
     t = time.perf_counter()
     data = Dataset(args.n, args.dim, args.data)
     x, q = data.x, np.ascontiguousarray(data.queries(args.queries), dtype=np.float32)
-    truth = exact_top(x, q)
+    truth = faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)[1]  # exact top-K, blocked by FAISS
     rng = np.random.default_rng(0)
     sample = x[np.sort(rng.choice(len(x), min(len(x), max(TRAIN_PER_LIST * args.lists, 50_000)), replace=False))]
     centroids = two_level_centroids(sample[: TRAIN_PER_LIST * args.lists], args.lists)
