@@ -471,6 +471,46 @@ def test_far_tier_gives_the_smallest_passing_floor_to_the_fewest_queries_lowest_
     per[ProbeRule(64)] = outcome(missed, 64, 100.0)  # no higher floor reaches them: no far tier
     assert far_tiers(per, {rule: summarise(rule, p, kinds) for rule, p in per.items()}, {r.floor: top for r in per}, kinds) == []
 
+def test_far_tier_takes_the_smallest_passing_floor_whatever_order_the_rules_come_in() -> None:
+    """The same 50 hard queries; floors 256 and 64 both reach them, given widest first: the tier's floor is 64."""
+    from luna_vault.vault.index.coarse import ProbeRule
+    from luna_vault.vault.index.tune import PerQuery, far_tiers, summarise
+
+    n = 1000
+    top = np.linspace(0.5, 0.9, n)
+
+    def outcome(slack: np.ndarray, lists: int) -> PerQuery:
+        return PerQuery(slack, np.ones(n), np.full(n, float(lists)), np.full(n, lists))
+
+    wide = np.full(n, 100.0)
+    per = {ProbeRule(256): outcome(wide, 256), ProbeRule(64): outcome(wide, 64),
+           ProbeRule(4): outcome(np.where(np.arange(n) < 50, 0.5, 100.0), 4)}
+    kinds = [(0, n)]
+    stats = {rule: summarise(rule, p, kinds) for rule, p in per.items()}
+    tiers = far_tiers(per, stats, {r.floor: top for r in per}, kinds)
+    assert [(t.rule.floor, t.rule.far_floor) for t in tiers] == [(4, 64)]
+
+
+def test_list_costs_count_fast_scan_blocks_and_the_cost_of_a_list() -> None:
+    """Lists of 1, 32, 33 and 0 entries in a fast-scan index cost 32, 32, 64 and 0 entries, each + LIST_COST; the
+    list of every entry is where it was added."""
+    import faiss
+
+    from luna_vault.vault.index.tune import BLOCK, LIST_COST, list_costs
+
+    d, rng = 16, np.random.default_rng(0)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQFastScan(quantizer, d, 4, 4, 4, faiss.METRIC_INNER_PRODUCT)
+    index.train(rng.standard_normal((256, d)).astype(np.float32))
+    sizes = [1, 32, 33, 0]
+    lists = np.repeat(np.arange(4), sizes)
+    x = rng.standard_normal((len(lists), d)).astype(np.float32)
+    index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(lists.astype(np.int64)))  # each entry into its list
+    list_of, step = list_costs(faiss, index, len(lists) + 2)
+    assert list(list_of) == list(lists) + [-1, -1]
+    assert list(step) == [BLOCK + LIST_COST, BLOCK + LIST_COST, 2 * BLOCK + LIST_COST, LIST_COST]
+
+
 def test_k_factor_headroom_is_taken_only_when_it_buys_the_recall_step() -> None:
     """One k_factor step above the smallest that passes is kept when its tuning recall (exact answers counting as
     exact) is RECALL_STEP higher or more."""

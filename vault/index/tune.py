@@ -111,6 +111,31 @@ def summarise(rule: ProbeRule, p: PerQuery, kinds: list[tuple[int, int]]) -> Rul
                      float(p.count.mean()))
 
 
+def list_costs(faiss: Any, index: Any, n_entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """([n_entries] the list of each entry, -1: none; [nlist] what probing each list costs: its entries, in fast-scan
+    blocks of BLOCK when the index scans so, + LIST_COST)."""
+    ivf = ivf_of(faiss, index)
+    list_of = reach_mod.list_of_entries(faiss, ivf, n_entries)
+    sizes = np.bincount(list_of[list_of >= 0], minlength=ivf.nlist)
+    fast_scan = "FastScan" in type(faiss.downcast_index(index)).__name__
+    return list_of, (np.ceil(sizes / BLOCK) * BLOCK if fast_scan else sizes) + LIST_COST
+
+
+def needs_in_order(ix: "VaultIndex", pooled: list[QuerySet], order: np.ndarray, list_of: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For the queries of `pooled` (stacked, with pools) and their lists in probe order `order` [B, W]: each query's
+    need (reach.need; NEVER: not within the order) and where its true top-k's lists stand in the order [B, k]."""
+    needs, truth_pos = [], []
+    a = 0
+    for qs in pooled:
+        assert qs.pool is not None
+        b = a + len(qs.queries)
+        needs.append(reach_mod.need(qs, reach_mod.member_positions(order[a:b], qs.pool[1], list_of, ix.siblings, qs.allowed)))
+        truth_pos.append(reach_mod.member_positions(order[a:b], qs.truth_ids, list_of, ix.siblings, qs.allowed))
+        a = b
+    return np.concatenate(needs), np.concatenate(truth_pos)
+
+
 def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[list[RuleStats], int]:
     """RuleStats of every candidate rule (see the module docstring; with far tiers, see `far_tiers`), and the reach:
     the smallest fixed nprobe (no drop) whose miss rate is within REACH_RATE, for comparison."""
@@ -118,10 +143,7 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
 
     assert ix.coarse is not None
     ivf = ivf_of(faiss, index)
-    list_of = reach_mod.list_of_entries(faiss, ivf, ix.vault.n_entries)
-    sizes = np.bincount(list_of[list_of >= 0], minlength=ivf.nlist)
-    fast_scan = "FastScan" in type(faiss.downcast_index(index)).__name__
-    step = (np.ceil(sizes / BLOCK) * BLOCK if fast_scan else sizes) + LIST_COST
+    list_of, step = list_costs(faiss, index, ix.vault.n_entries)
     caps = probe_caps(ivf.nlist)
     cap = caps[-1]
     pooled = [qs for qs in sets if qs.pool is not None]
@@ -134,13 +156,8 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
     for floor in (f for f in FLOORS if f <= cap):  # the order's head is exact for 2 * floor + RESCORE_EXTRA lists
         scores, order = ix.coarse.scores(queries, cap, 2 * floor + RESCORE_EXTRA)
         cum = np.cumsum(step[np.maximum(order, 0)], axis=1)
-        needs, truth_pos = [], []
-        for qs, a, b in zip(pooled, bounds[:-1], bounds[1:]):
-            assert qs.pool is not None
-            needs.append(reach_mod.need(qs, reach_mod.member_positions(order[a:b], qs.pool[1], list_of, ix.siblings, qs.allowed)))
-            truth_pos.append(reach_mod.member_positions(order[a:b], qs.truth_ids, list_of, ix.siblings, qs.allowed))
-        need = np.maximum(np.concatenate(needs), 1).astype(np.float64)
-        tpos = np.concatenate(truth_pos)
+        need, tpos = needs_in_order(ix, pooled, order, list_of)
+        need = np.maximum(need, 1).astype(np.float64)
         tops[floor] = scores[:, 0]
         near = np.zeros(len(queries), bool)
         within = {drop: within_drop(scores, drop) for drop in DROPS if drop > 0}  # one per drop, shared by its caps
@@ -169,8 +186,8 @@ def far_tiers(per: dict[ProbeRule, PerQuery], stats: dict[ProbeRule, RuleStats],
     for lo, p_lo in per.items():
         if stats[lo].miss_rate <= reach_mod.REACH_RATE:
             continue
-        hi = next((r for r in per if r.floor > lo.floor and r.drop == lo.drop and r.cap == (lo.cap if lo.drop > 0 else 0)
-                   and stats[r].miss_rate <= reach_mod.REACH_RATE), None)
+        hi = min((r for r in per if r.floor > lo.floor and r.drop == lo.drop and r.cap == (lo.cap if lo.drop > 0 else 0)
+                  and stats[r].miss_rate <= reach_mod.REACH_RATE), key=lambda r: r.floor, default=None)
         if hi is None:
             continue
         top, p_hi = tops[lo.floor], per[hi]
