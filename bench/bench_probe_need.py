@@ -161,11 +161,14 @@ def main() -> None:
     fit, check = (profile(ix, s) for s in seeds)
     print(f"{ix.vault.n_entries:,} entries, {ix.spec}, rule {ix.rule.summary()}; profiles in {time.perf_counter() - t:.0f} s")
     target, rule = ix.recall_target, ix.rule
-    res: dict[str, Any] = {"entries": ix.vault.n_entries, "spec": ix.spec, "rule": ix.rule.summary(), "need": {}}
+    res: dict[str, Any] = {"entries": ix.vault.n_entries, "spec": ix.spec, "rule": ix.rule.summary(),
+                           "need": {}}  # per kind, percentiles of the need and of the lists holding all of the true top-k
+    width = check["scores"].shape[1]
+    top_k = np.where(check["valid"], np.minimum(check["tpos"], width - 1), -1).max(axis=1) + 1
     for k, name in enumerate(check["names"]):
-        need = check["need"][check["kind"] == k]
-        res["need"][str(name)] = {q: float(np.percentile(need, v)) for q, v in (("p50", 50), ("p90", 90), ("p99", 99))}
-        res["need"][str(name)]["max"] = float(need.max())
+        mine = check["kind"] == k
+        res["need"][str(name)] = {what: {q: float(np.percentile(v[mine], q)) for q in (50, 90, 99, 100)}
+                                  for what, v in (("need", np.minimum(check["need"], width)), ("all_top_k", top_k))}
     for name, p in (("fit", fit), ("check", check)):
         tuned = Outcome(p, rule.counts(p["scores"], rule.far(p["scores"][:, 0])))
         res[f"tuned_{name}"] = tuned.row()
