@@ -471,6 +471,7 @@ def test_far_tier_gives_the_smallest_passing_floor_to_the_fewest_queries_lowest_
     per[ProbeRule(64)] = outcome(missed, 64, 100.0)  # no higher floor reaches them: no far tier
     assert far_tiers(per, {rule: summarise(rule, p, kinds) for rule, p in per.items()}, {r.floor: top for r in per}, kinds) == []
 
+
 def test_far_tier_takes_the_smallest_passing_floor_whatever_order_the_rules_come_in() -> None:
     """The same 50 hard queries; floors 256 and 64 both reach them, given widest first: the tier's floor is 64."""
     from luna_vault.vault.index.coarse import ProbeRule
