@@ -44,28 +44,23 @@ MARGINS = np.arange(0.0, 8.0, 0.05)  # the learned count's margins tried, in log
 EXACT_HEAD = 2 * 64 + 16  # lists re-scored exactly at the head of each query's order
 
 
-def profile(ix: Any, seed: int) -> dict[str, np.ndarray]:
+def profile(ix: Any, seed: int, nlist: int, list_of: np.ndarray, step: np.ndarray) -> dict[str, np.ndarray]:
     """One seed's tuning queries: centroid scores and list order (as wide as the widest cap), need, where the true
-    top-k's lists stand, validity of the truth, cumulative cost along the order, kind."""
-    import faiss
-
+    top-k's lists stand, validity of the truth, cumulative cost along the order, kind (`list_of`, `step`: from
+    tune.list_costs, taken once for both seeds)."""
     from luna_vault.vault.index.queries import query_sets
-    from luna_vault.vault.index.state import ivf_of
     from luna_vault.vault.index.train import untrained_mask
-    from luna_vault.vault.index.tune import list_costs, needs_in_order, probe_caps
+    from luna_vault.vault.index.tune import needs_in_order, probe_caps
 
     st = ix.state
     sets = query_sets(ix.vault, untrained_mask(ix.vault, st.train_share, st.trained_n), np.random.default_rng(seed))
     pooled = [qs for qs in sets if qs.pool is not None]
-    queries = np.concatenate([qs.queries for qs in pooled])
-    cap = probe_caps(ivf_of(faiss, ix.index).nlist)[-1]
-    scores, order = ix.coarse.scores(queries, cap, EXACT_HEAD)
-    list_of, step = list_costs(faiss, ix.index, ix.vault.n_entries)
+    scores, order = ix.coarse.scores(np.concatenate([qs.queries for qs in pooled]), probe_caps(nlist)[-1], EXACT_HEAD)
     need, tpos = needs_in_order(ix, pooled, order, list_of)
     return {"scores": scores, "need": need, "tpos": tpos, "valid": np.concatenate([qs.truth_ids >= 0 for qs in pooled]),
             "cum": np.cumsum(step[np.maximum(order, 0)], axis=1),
             "kind": np.concatenate([np.full(len(qs.queries), i) for i, qs in enumerate(pooled)]),
-            "names": np.array([qs.name for qs in pooled]), "nlist": np.array(ivf_of(faiss, ix.index).nlist)}
+            "names": np.array([qs.name for qs in pooled]), "nlist": np.array(nlist)}
 
 
 def lists_for_top_k(p: dict[str, np.ndarray]) -> np.ndarray:
@@ -96,15 +91,12 @@ class Outcome:
 
     def __init__(self, p: dict[str, np.ndarray], count: np.ndarray) -> None:
         from luna_vault.vault.index.reach import miss_rate
+        from luna_vault.vault.index.tune import PerQuery
 
-        width = p["scores"].shape[1]
-        self.count = np.clip(count, 1, width).astype(np.int64)
-        self.cost = float(p["cum"][np.arange(len(self.count)), self.count - 1].mean())
-        slack = self.count / np.maximum(p["need"], 1).astype(np.float64)
-        self.miss = miss_rate(slack)
-        self.misses = int((slack < 1).sum())
-        v = p["valid"]
-        self.recall = float((((p["tpos"] < self.count[:, None]) & v).sum(1) / np.maximum(v.sum(1), 1)).mean())
+        self.count = np.clip(count, 1, p["scores"].shape[1]).astype(np.int64)
+        per = PerQuery.of(self.count, np.maximum(p["need"], 1).astype(np.float64), p["tpos"], p["valid"], p["cum"])
+        self.cost, self.recall = float(per.cost.mean()), float(per.recall.mean())
+        self.miss, self.misses = miss_rate(per.slack), int((per.slack < 1).sum())
 
     def keeps_targets(self, recall_target: float) -> bool:
         from luna_vault.vault.index.reach import REACH_RATE
@@ -164,8 +156,13 @@ def main() -> None:
     ix = get_index(Vault.open(Path(args.vault)), None)
     if ix.coarse is None or ix.state is None:
         raise SystemExit(f"{args.vault}: the index has no probing rule to compare ({ix.spec}): nothing to measure")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    fit, check = (profile(ix, s) for s in seeds)
+    import faiss
+
+    from luna_vault.vault.index.state import ivf_of
+    from luna_vault.vault.index.tune import list_costs
+
+    nlist, (list_of, step) = ivf_of(faiss, ix.index).nlist, list_costs(faiss, ix.index, ix.vault.n_entries)
+    fit, check = (profile(ix, int(s), nlist, list_of, step) for s in args.seeds.split(","))
     print(f"{ix.vault.n_entries:,} entries, {ix.spec}, rule {ix.rule.summary()}; profiles in {time.perf_counter() - t:.0f} s")
     target, rule = ix.recall_target, ix.rule
     res: dict[str, Any] = {"entries": ix.vault.n_entries, "spec": ix.spec, "rule": ix.rule.summary(),

@@ -98,6 +98,13 @@ class PerQuery:
     cost: np.ndarray  # entries scanned (in fast-scan blocks) + LIST_COST per list
     count: np.ndarray  # lists probed
 
+    @staticmethod
+    def of(count: np.ndarray, need: np.ndarray, tpos: np.ndarray, valid: np.ndarray, cum: np.ndarray) -> "PerQuery":
+        """Probing `count` [B] lists: from each query's need [B] (>= 1), where its true top-k's lists stand in its
+        order [B, k] (`valid`: which of them exist) and the cumulative cost along its order [B, W]."""
+        recall = ((tpos < count[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+        return PerQuery(count / need, recall, cum[np.arange(len(count)), count - 1], count)
+
     def where(self, far: np.ndarray, other: "PerQuery") -> "PerQuery":
         """`other`'s values for the queries in `far`, these for the rest."""
         return PerQuery(np.where(far, other.slack, self.slack), np.where(far, other.recall, self.recall),
@@ -166,8 +173,7 @@ def analyse_rules(ix: "VaultIndex", index: Any, sets: list[QuerySet]) -> tuple[l
                 continue
             rule = ProbeRule(floor, drop, widest if drop > 0 else 0)
             count = rule.counts(scores, near, within.get(drop))
-            recall = ((tpos < count[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
-            per[rule] = PerQuery(count / need, recall, cum[np.arange(len(count)), count - 1], count)
+            per[rule] = PerQuery.of(count, need, tpos, valid, cum)
     stats = {rule: summarise(rule, p, kinds) for rule, p in per.items()}
     reach = next((r.floor for r, s in stats.items() if r.drop == 0 and s.miss_rate <= reach_mod.REACH_RATE), cap)
     return list(stats.values()) + far_tiers(per, stats, tops, kinds), reach
