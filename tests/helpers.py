@@ -27,13 +27,13 @@ def clustered(n: int, d: int, clusters: int = 20, seed: int = 0, spread: float =
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def ivf_vault(path: Path, n: int = 24000, d: int = 32) -> Path:
-    """A vault of `n` clustered entries (two per prompt) with a small IVF fast-scan index, for index-path tests;
-    `ivf_queries` draws queries from the same clusters."""
+def ivf_vault(path: Path, n: int = 24000, d: int = 32, segment: int = 131072) -> Path:
+    """A vault of `n` clustered entries (two per prompt, `segment` per segment file) with a small IVF fast-scan
+    index, for index-path tests; `ivf_queries` draws queries from the same clusters."""
     from luna_vault.vault import EncoderFingerprint, build
 
     build(path, clustered(n, d, seed=5, clusters=150), [f"p{i // 2}" for i in range(n)],
-          encoder=EncoderFingerprint("t", d, "w"), category="c", index="IVF256,PQ16x4fs")
+          encoder=EncoderFingerprint("t", d, "w"), category="c", index="IVF256,PQ16x4fs", chunk=segment)
     return path
 
 

@@ -183,23 +183,28 @@ class Vault:
     def embeddings(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored fp16 embeddings of the given entries, in order."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) <= 64:  # a query's candidates: plain Python beats numpy's per-call overhead here
+        if len(ids) <= 64 and not self.rows_from_file:  # a query's candidates: plain Python beats numpy's overhead here
             out = np.empty((len(ids), self.dim), np.float16)
             for j, i in enumerate(ids.tolist()):
                 seg, local = self._locate_one(i)
                 out[j] = seg.embeddings[local]
             return out
-        if ids.min() < 0 or ids.max() >= self.n_entries:
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.n_entries):
             raise IndexError(f"entry id out of range 0..{self.n_entries - 1}")
-        if len(self.segments) == 1:
-            return self.segments[0].embeddings[ids]
-        seg = np.searchsorted(self.entry_bases, ids, side="right") - 1
         out = np.empty((len(ids), self.dim), np.float16)
+        if len(self.segments) == 1:
+            return self.segments[0].rows(ids, out)
+        seg = np.searchsorted(self.entry_bases, ids, side="right") - 1
         for s, segment in enumerate(self.segments):
             sel = np.flatnonzero(seg == s)
             if len(sel):
-                out[sel] = segment.embeddings[ids[sel] - segment.entry_base]
+                out[sel] = segment.rows(ids[sel] - segment.entry_base, np.empty((len(sel), self.dim), np.float16))
         return out
+
+    @property
+    def rows_from_file(self) -> bool:
+        """Whether some segment's rows are read with pread (Segment.read_rows_from_file): a vault too big to map."""
+        return any(seg.reads_from_file for seg in self.segments)
 
     def iter_embedding_blocks(self, block: int = 65536, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first_id, fp16 block) over all entries in id order, deleted ones included; from the block holding

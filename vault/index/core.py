@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from filelock import FileLock
 
+from ...core.errors import VaultCorruptError
 from ..entries import check_unit_block
 from ..manifest import check_index_spec
 from ..segment import prefetch, read_rows_only
@@ -79,7 +80,11 @@ class VaultIndex:
             log.info("not mapping %.1f GB of stored vectors ahead (more than %.0f%% of memory)",
                      sum(seg.embeddings.nbytes for seg in self.vault.segments) / 1e9, 100 * PREFETCH_SHARE)
             for seg in self.vault.segments:
-                read_rows_only(seg.embeddings)
+                read_rows_only(seg.embeddings)  # what is still read through the mapping skips read-ahead
+                try:
+                    seg.read_rows_from_file()  # re-ranked rows: pread, so they never stay in this process's memory
+                except VaultCorruptError as e:  # the mapping still holds the file the vault opened: read through it
+                    log.warning("%s; reading its rows through the mapping", e)
             return
         for seg in self.vault.segments:
             prefetch(seg.embeddings)

@@ -85,23 +85,20 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def rows_of(vault: "Vault", ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The stored fp16 rows of sorted entry ids, gathered per segment (one numpy take each, no per-id Python),
-    into `out` [len(ids), D] fp16 when given."""
+    """The stored fp16 rows of sorted entry ids, gathered per segment (one call each, no per-id Python unless the
+    segment is read with pread), into `out` [len(ids), D] fp16 when given."""
     if out is None:
-        if len(vault.segments) == 1:
-            return vault.segments[0].embeddings[ids]
         out = np.empty((len(ids), vault.dim), np.float16)
     bases = vault.entry_bases
-    if len(ids) and (ids[0] < 0 or ids[-1] >= bases[-1]):  # sorted: the ends bound them all ("clip" would not)
+    if len(ids) and (ids[0] < 0 or ids[-1] >= bases[-1]):  # sorted: the ends bound them all
         raise IndexError(f"entry ids {int(ids[0])}..{int(ids[-1])} outside the vault's {int(bases[-1])} rows")
-    if len(vault.segments) == 1:  # mode "clip" writes straight into `out` ("raise" copies it)
-        np.take(vault.segments[0].embeddings, ids, axis=0, out=out, mode="clip")
-        return out
+    if len(vault.segments) == 1:
+        return vault.segments[0].rows(ids, out)
     cuts = np.searchsorted(ids, bases).tolist()  # segment s holds ids[cuts[s]:cuts[s + 1]]
     for s, segment in enumerate(vault.segments):
         a, b = cuts[s], cuts[s + 1]
         if a < b:
-            np.take(segment.embeddings, ids[a:b] - segment.entry_base, axis=0, out=out[a:b], mode="clip")
+            segment.rows(ids[a:b] - segment.entry_base, out[a:b])
     return out
 
 
