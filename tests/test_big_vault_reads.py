@@ -90,3 +90,17 @@ def test_a_segment_replaced_after_the_vault_opened_is_refused_for_pread(tmp_path
         seg.read_rows_from_file()
     assert not vault.rows_from_file
     assert vault.embeddings([0, 1]).shape == (2, D)  # still read through the mapping of the file it opened
+
+
+def test_a_segment_truncated_under_pread_reads_is_a_clear_error(tmp_path: Path) -> None:
+    path = ivf_vault(tmp_path / "big.vault", d=D, segment=10000)
+    vault = Vault.open(path)
+    seg = vault.segments[0]
+    seg.read_rows_from_file()
+    keep = seg.embeddings[:2].copy()
+    row = D * 2
+    with open(seg.path, "r+b") as f:  # in place (same inode), inside the last row: through the map that read is a SIGBUS
+        f.truncate(segment_mod.mapping_of(seg.embeddings)[1] + (seg.n - 1) * row + row // 2)
+    with pytest.raises(VaultCorruptError, match="truncated after the vault was opened"):
+        vault.embeddings([seg.n - 1])
+    assert np.array_equal(vault.embeddings([0, 1]), keep)  # rows still in the file read as before
