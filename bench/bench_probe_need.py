@@ -23,6 +23,9 @@ smarter per-query count could scan fewer codes than the drop rule at the same ex
 
     python bench/bench_probe_need.py --vault /work/huge1/clip-1000000/huge.vault \
         --cache /work/huge1/clip-1000000/cache
+
+`--recall-targets 0.98,0.97,0` adds, per target, the cheapest floor/drop/cap rule over every query
+that keeps it (0: the miss-rate limit alone): how much of the probing the recall target costs.
 """
 
 from __future__ import annotations
@@ -147,6 +150,8 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="index cache folder (LUNA_VAULT_CACHE; default: the usual one)")
     ap.add_argument("--seeds", default="1,3", help="two seeds: tuning queries to fit on, and to check on")
     ap.add_argument("--out", default=None, help="JSON results (default: print only)")
+    ap.add_argument("--recall-targets", default="", help="also the cheapest floor/drop/cap rule for every query at each "
+                    "of these pooled recall@5 targets, e.g. 0.98,0.97,0 (0: the miss-rate limit alone)")
     args = ap.parse_args()
     if args.cache:
         os.environ["LUNA_VAULT_CACHE"] = args.cache
@@ -182,6 +187,11 @@ def main() -> None:
         res[f"oracle_{name}"] = ({"rule_for_the_rest": found[0].summary(), "flagged": float(hard.mean()), **found[1].row()}
                                  if found else None)
     res["learned"] = learned(fit, check, rule.floor, target)
+    for value in (float(v) for v in args.recall_targets.split(",") if v):  # what the recall target costs
+        for name, p in (("fit", fit), ("check", check)):
+            every = np.ones(len(p["need"]), bool)
+            found = cheapest_rule(p, every, every.astype(np.int64), value)
+            res[f"cheapest_at_{value:g}_{name}"] = {"rule": found[0].summary(), **found[1].row()} if found else None
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
