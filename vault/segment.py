@@ -311,8 +311,8 @@ class Segment:
         """Read this segment's rows with pread from now on (`rows`), not through the mapping.
 
         A mapped page read at random stays in the process's resident set, and the kernel maps its cached
-        neighbours with it (fault-around): at 10M entries 5.0 GB of the vault's pages after 2,000 queries (8.4 GB
-        resident in all), growing with every query, and counted by the out-of-memory killer. pread copies the 2 KB
+        neighbours with it (fault-around): at 10M entries 5.0 GB of the vault's pages after 1,000 queries (8.4 GB
+        resident in all), growing with every new query, and counted by the out-of-memory killer. pread copies the 2 KB
         row and maps nothing: 3.5 GB resident after the same queries, for ~0.6 ms more per query (482 rows: 2.79 ms
         against 2.17). For vaults too big to map ahead (index/core.py). Opens the file again now, by name, and
         refuses one that is no longer the mapped file (VaultCorruptError). Where the system has no pread (Windows),
