@@ -72,6 +72,9 @@ def test_rows_of_a_vault_too_big_to_map_are_read_with_pread_and_match_the_mapped
     assert np.array_equal(rows_of(vault, sorted_ids), mapped.embeddings(sorted_ids))
     with pytest.raises(IndexError):
         vault.embeddings([vault.n_entries])
+    last = vault.segments[-1]
+    with pytest.raises(IndexError):  # sorted: the ends bound the check, and the last row past the segment is caught
+        last.rows(np.array([0, last.n]), np.empty((2, D), np.float16), in_order=True)
     q = ivf_queries(20, D)  # searching reads its re-ranked rows the same way, and finds the same answers
     reads.clear()
     want = search(mapped, q, k=5)

@@ -250,6 +250,7 @@ class Segment:
         self.path = Path(folder) / info.file
         t, meta, self._identity = map_safetensors(self.path, info.bytes, SEGMENT_KIND)
         self._row_fd: int | None = None  # set by read_rows_from_file: rows are then read with pread, not mapped
+        self._rows_start = 0  # where the embeddings start in the file (set with _row_fd)
         n, p, f = info.entries, info.prompts, info.file
         if vault_id is not None:  # bound to this vault, at this place in its list
             if meta.get("vault_id") != vault_id:
@@ -330,21 +331,22 @@ class Segment:
             os.close(fd)
             raise VaultCorruptError(f"{self.info.file} was replaced after this vault was opened: its rows would not be "
                                     "the ones the index was built on; open the vault again")
-        self._row_fd = fd
+        self._row_fd, self._rows_start = fd, mapping_of(self.embeddings)[1]  # the mapping covers the file from byte 0
         weakref.finalize(self, os.close, fd)
 
-    def rows(self, local: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """The stored fp16 rows at the local indices `local` (any order) into `out` [len(local), D] (C-contiguous)."""
-        if len(local) and (int(local.min()) < 0 or int(local.max()) >= self.n):
-            raise IndexError(f"rows {int(local.min())}..{int(local.max())} outside the segment's {self.n}")
+    def rows(self, local: np.ndarray, out: np.ndarray, in_order: bool = False) -> np.ndarray:
+        """The stored fp16 rows at the local indices `local` into `out` [len(local), D] (C-contiguous). `in_order`: the
+        indices are sorted, so their ends bound them (a single query's gather: no pass over them for the check)."""
+        lo, hi = (int(local[0]), int(local[-1])) if in_order or len(local) < 2 else (int(local.min()), int(local.max()))
+        if len(local) and (lo < 0 or hi >= self.n):
+            raise IndexError(f"rows {lo}..{hi} outside the segment's {self.n}")
         if self._row_fd is None:  # "clip": no bounds copy (checked above)
             np.take(self.embeddings, local, axis=0, out=out, mode="clip")
             return out
         row = self.embeddings.shape[1] * self.embeddings.itemsize
-        start = mapping_of(self.embeddings)[1]  # the mapping covers the whole file from byte 0
         view = memoryview(out).cast("B")
         for j, i in enumerate(local.tolist()):
-            if os.preadv(self._row_fd, [view[j * row : (j + 1) * row]], start + i * row) != row:
+            if os.preadv(self._row_fd, [view[j * row : (j + 1) * row]], self._rows_start + i * row) != row:
                 raise VaultCorruptError(f"{self.info.file} ended before row {i}: the file was truncated after the "
                                         "vault was opened; restore it from a good copy")
         return out

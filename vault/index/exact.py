@@ -93,12 +93,12 @@ def rows_of(vault: "Vault", ids: np.ndarray, out: np.ndarray | None = None) -> n
     if len(ids) and (ids[0] < 0 or ids[-1] >= bases[-1]):  # sorted: the ends bound them all
         raise IndexError(f"entry ids {int(ids[0])}..{int(ids[-1])} outside the vault's {int(bases[-1])} rows")
     if len(vault.segments) == 1:
-        return vault.segments[0].rows(ids, out)
+        return vault.segments[0].rows(ids, out, in_order=True)
     cuts = np.searchsorted(ids, bases).tolist()  # segment s holds ids[cuts[s]:cuts[s + 1]]
     for s, segment in enumerate(vault.segments):
         a, b = cuts[s], cuts[s + 1]
         if a < b:
-            segment.rows(ids[a:b] - segment.entry_base, out[a:b])
+            segment.rows(ids[a:b] - segment.entry_base, out[a:b], in_order=True)
     return out
 
 
